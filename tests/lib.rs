@@ -1,0 +1,1 @@
+//! Switchboard end-to-end tests; everything lives in the `it` test binary.
