@@ -1,1 +1,12 @@
-//! placeholder
+//! Switchboard's gateway: the edges between the phone system, the gateway's own model of it, and
+//! the outside world. Today: configuration and the PBX link client.
+//!
+//! # Layout
+//! - [`config`]: the typed configuration, from file, environment and flags.
+//! - [`pbx`]: the PBX link client (connect, register, monitor, resync, heartbeats, reconnect) and its
+//!   pure parts ([`pbx::sequencer`], [`pbx::Backoff`]).
+//! - [`app`]: the running gateway: starts the parts, and shuts them down in order.
+
+pub mod app;
+pub mod config;
+pub mod pbx;

@@ -1,1 +1,11 @@
-//! placeholder
+//! Switchboard's test peers and load tools. Today: the PBX simulator, the reference model of a phone
+//! system that the gateway's tests and demo run against.
+//!
+//! # Layout
+//! - [`sim::model`]: the phone system itself, pure: devices, calls, connections, ACD queue, park orbits.
+//! - [`sim::server`]: the PBX link listener around it: registration, heartbeats, monitors, events, faults.
+//! - [`sim::traffic`]: the seeded contact-center day that drives it.
+//! - [`sim::faults`]: the link faults the simulator can inject.
+//! - [`sim::inspect`]: the comparable picture of its state that tests and `pbx-sim` expose.
+
+pub mod sim;

@@ -204,14 +204,13 @@ impl Encoder<LinkMessage> for LinkCodec {
     type Error = FrameError;
 
     fn encode(&mut self, message: LinkMessage, dst: &mut BytesMut) -> Result<(), FrameError> {
-        self.encode(&message, dst)
+        self.encode_message(&message, dst)
     }
 }
 
-impl Encoder<&LinkMessage> for LinkCodec {
-    type Error = FrameError;
-
-    fn encode(&mut self, message: &LinkMessage, dst: &mut BytesMut) -> Result<(), FrameError> {
+impl LinkCodec {
+    /// Encodes a message it does not own; [`Encoder::encode`] for a borrowed message.
+    pub fn encode_message(&mut self, message: &LinkMessage, dst: &mut BytesMut) -> Result<(), FrameError> {
         let body_len = message.body_len();
         let length = (HEADER_LEN + body_len) as u64;
         let too_long = FrameError::TooLong { length, max: self.max_frame_length };

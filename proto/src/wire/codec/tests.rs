@@ -2,7 +2,7 @@
 
 use bytes::{BufMut, BytesMut};
 use proptest::prelude::*;
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::Decoder;
 
 use super::{LinkCodec, LinkMessage};
 use crate::pbx::{self, event_report, request, response};
@@ -85,7 +85,7 @@ fn encode_all(messages: &[LinkMessage]) -> BytesMut {
     let mut codec = LinkCodec::default();
     let mut bytes = BytesMut::new();
     for message in messages {
-        codec.encode(message, &mut bytes).expect("sample messages fit the default limit");
+        codec.encode_message(message, &mut bytes).expect("sample messages fit the default limit");
     }
     bytes
 }
@@ -171,12 +171,12 @@ fn oversized_length_is_refused_before_allocating() {
 fn a_frame_exactly_at_the_limit_is_accepted() {
     let message = LinkMessage::Error { invoke_id: 1, body: pbx::ErrorResponse { cause: 1, message: "x".repeat(100) } };
     let mut exact = BytesMut::new();
-    LinkCodec::default().encode(&message, &mut exact).unwrap();
+    LinkCodec::default().encode_message(&message, &mut exact).unwrap();
     let mut codec = LinkCodec::new(exact.len());
     assert_eq!(codec.decode(&mut exact.clone()).unwrap(), Some(message.clone()));
     let mut smaller = LinkCodec::new(exact.len() - 1);
     assert!(matches!(smaller.decode(&mut exact.clone()), Err(FrameError::TooLong { .. })));
-    assert!(matches!(smaller.encode(&message, &mut BytesMut::new()), Err(FrameError::TooLong { .. })));
+    assert!(matches!(smaller.encode_message(&message, &mut BytesMut::new()), Err(FrameError::TooLong { .. })));
 }
 
 #[test]

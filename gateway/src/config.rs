@@ -1,0 +1,355 @@
+//! The gateway's typed configuration: defaults, then a TOML file, then environment variables, then
+//! command-line flags. Loading takes the environment as an argument, so tests need no process.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Environment variables that override the file, one per setting.
+pub mod env {
+    /// `pbx.address`.
+    pub const PBX_ADDRESS: &str = "SWITCHBOARD_PBX_ADDRESS";
+    /// `pbx.user`.
+    pub const PBX_USER: &str = "SWITCHBOARD_PBX_USER";
+    /// `pbx.password`.
+    pub const PBX_PASSWORD: &str = "SWITCHBOARD_PBX_PASSWORD";
+    /// `pbx.devices`, comma-separated.
+    pub const PBX_DEVICES: &str = "SWITCHBOARD_PBX_DEVICES";
+    /// `pbx.heartbeat_interval_ms`.
+    pub const PBX_HEARTBEAT_INTERVAL_MS: &str = "SWITCHBOARD_PBX_HEARTBEAT_INTERVAL_MS";
+    /// `pbx.request_timeout_ms`.
+    pub const PBX_REQUEST_TIMEOUT_MS: &str = "SWITCHBOARD_PBX_REQUEST_TIMEOUT_MS";
+    /// `pbx.max_frame_length`.
+    pub const PBX_MAX_FRAME_LENGTH: &str = "SWITCHBOARD_PBX_MAX_FRAME_LENGTH";
+    /// `pbx.outbound_queue`.
+    pub const PBX_OUTBOUND_QUEUE: &str = "SWITCHBOARD_PBX_OUTBOUND_QUEUE";
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this structure.
+    #[error("parsing config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with its line.
+        source: Box<toml::de::Error>,
+    },
+    /// An environment variable has a value of the wrong kind.
+    #[error("environment variable {name}={value:?}: {reason}")]
+    Env {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// What was expected.
+        reason: &'static str,
+    },
+    /// A setting is out of its range.
+    #[error("invalid setting {setting}: {reason}")]
+    Invalid {
+        /// The setting, as `section.key`.
+        setting: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A secret (password, token): its `Debug` never shows it, so it cannot leak into logs.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
+}
+
+/// Everything the gateway is configured with.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The PBX link.
+    pub pbx: PbxConfig,
+}
+
+/// The PBX link (see docs/pbx-link.md).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PbxConfig {
+    /// The PBX's link address, `host:port`.
+    pub address: String,
+    /// The user name the gateway registers with.
+    pub user: String,
+    /// The password the gateway registers with.
+    pub password: Secret,
+    /// How the gateway names itself to the PBX.
+    pub client_name: String,
+    /// Devices (agent lines, queues) to monitor; empty monitors every station and queue the PBX lists.
+    pub devices: Vec<String>,
+    /// How often the gateway sends heartbeats; the link is dead after three silent intervals.
+    pub heartbeat_interval_ms: u64,
+    /// How long a request may wait for the PBX's answer unless the caller says otherwise.
+    pub request_timeout_ms: u64,
+    /// How long a TCP connect and registration may take.
+    pub connect_timeout_ms: u64,
+    /// The first reconnect delay; it doubles (with jitter) up to `reconnect_max_ms`.
+    pub reconnect_initial_ms: u64,
+    /// The longest reconnect delay.
+    pub reconnect_max_ms: u64,
+    /// The largest frame read or written, header included.
+    pub max_frame_length: usize,
+    /// Requests queued for the link; past this, callers are told the PBX is unavailable.
+    pub outbound_queue: usize,
+    /// Requests awaiting the PBX's answer at once; past this, callers are told it is unavailable.
+    pub max_in_flight: usize,
+    /// How long a gap in event sequence numbers may stay open before the link resyncs.
+    pub gap_timeout_ms: u64,
+}
+
+impl Default for PbxConfig {
+    fn default() -> Self {
+        Self {
+            address: "127.0.0.1:4600".to_owned(),
+            user: "switchboard".to_owned(),
+            password: Secret::new("switchboard"),
+            client_name: "switchboard".to_owned(),
+            devices: Vec::new(),
+            heartbeat_interval_ms: 5_000,
+            request_timeout_ms: 5_000,
+            connect_timeout_ms: 5_000,
+            reconnect_initial_ms: 250,
+            reconnect_max_ms: 30_000,
+            max_frame_length: proto::wire::DEFAULT_MAX_FRAME_LENGTH,
+            outbound_queue: 4_096,
+            max_in_flight: 8_192,
+            gap_timeout_ms: 500,
+        }
+    }
+}
+
+impl PbxConfig {
+    /// The heartbeat interval as a duration.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
+    /// The default request deadline as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// The connect and registration deadline as a duration.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// The gap timeout as a duration.
+    pub fn gap_timeout(&self) -> Duration {
+        Duration::from_millis(self.gap_timeout_ms)
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file` if given, then the variables in `environment`, and checks the result.
+    pub fn load(file: Option<&Path>, environment: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let mut config = match file {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        config.apply_env(environment)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML file; settings it leaves out keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::from_toml(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source: Box::new(source) })
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Overrides settings with the `SWITCHBOARD_*` variables present in `environment`.
+    pub fn apply_env(&mut self, environment: &HashMap<String, String>) -> Result<(), ConfigError> {
+        let pbx = &mut self.pbx;
+        if let Some(value) = environment.get(env::PBX_ADDRESS) {
+            pbx.address = value.clone();
+        }
+        if let Some(value) = environment.get(env::PBX_USER) {
+            pbx.user = value.clone();
+        }
+        if let Some(value) = environment.get(env::PBX_PASSWORD) {
+            pbx.password = Secret::new(value.clone());
+        }
+        if let Some(value) = environment.get(env::PBX_DEVICES) {
+            pbx.devices =
+                value.split(',').map(str::trim).filter(|device| !device.is_empty()).map(str::to_owned).collect();
+        }
+        parse_env(environment, env::PBX_HEARTBEAT_INTERVAL_MS, &mut pbx.heartbeat_interval_ms)?;
+        parse_env(environment, env::PBX_REQUEST_TIMEOUT_MS, &mut pbx.request_timeout_ms)?;
+        parse_env(environment, env::PBX_MAX_FRAME_LENGTH, &mut pbx.max_frame_length)?;
+        parse_env(environment, env::PBX_OUTBOUND_QUEUE, &mut pbx.outbound_queue)?;
+        Ok(())
+    }
+
+    /// Checks every setting is usable, so a bad one fails at start, not mid-call.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let pbx = &self.pbx;
+        let invalid = |setting, reason: &str| Err(ConfigError::Invalid { setting, reason: reason.to_owned() });
+        if pbx.address.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
+            return Err(ConfigError::Invalid {
+                setting: "pbx.address",
+                reason: format!("{:?} is not host:port", pbx.address),
+            });
+        }
+        if pbx.heartbeat_interval_ms < 100 {
+            return invalid("pbx.heartbeat_interval_ms", "must be at least 100");
+        }
+        if pbx.request_timeout_ms == 0 || pbx.connect_timeout_ms == 0 {
+            return invalid("pbx.request_timeout_ms", "timeouts must be above zero");
+        }
+        if pbx.reconnect_initial_ms == 0 || pbx.reconnect_max_ms < pbx.reconnect_initial_ms {
+            return invalid("pbx.reconnect_initial_ms", "must be above zero and at most pbx.reconnect_max_ms");
+        }
+        if pbx.max_frame_length < 1024 || pbx.max_frame_length > 16 * 1024 * 1024 {
+            return invalid("pbx.max_frame_length", "must be between 1 KiB and 16 MiB");
+        }
+        if pbx.outbound_queue == 0 || pbx.max_in_flight == 0 {
+            return invalid("pbx.outbound_queue", "queues must hold at least one request");
+        }
+        Ok(())
+    }
+}
+
+fn parse_env<T: std::str::FromStr>(
+    environment: &HashMap<String, String>,
+    name: &'static str,
+    target: &mut T,
+) -> Result<(), ConfigError> {
+    if let Some(value) = environment.get(name) {
+        *target = value.trim().parse().map_err(|_| ConfigError::Env {
+            name,
+            value: value.clone(),
+            reason: "expected a whole number",
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn environment(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = Config::load(None, &HashMap::new()).unwrap();
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn file_then_environment_override_defaults() {
+        let config = Config::from_toml(
+            r#"
+            [pbx]
+            address = "10.1.2.3:4600"
+            devices = ["2001", "2002"]
+            heartbeat_interval_ms = 2000
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.pbx.address, "10.1.2.3:4600");
+        assert_eq!(config.pbx.devices, vec!["2001", "2002"]);
+        assert_eq!(config.pbx.request_timeout_ms, PbxConfig::default().request_timeout_ms);
+
+        let mut config = config;
+        config
+            .apply_env(&environment(&[
+                (env::PBX_ADDRESS, "pbx.example:7000"),
+                (env::PBX_PASSWORD, "s3cret"),
+                (env::PBX_DEVICES, "3001, 3002,"),
+                (env::PBX_REQUEST_TIMEOUT_MS, "750"),
+            ]))
+            .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.pbx.address, "pbx.example:7000");
+        assert_eq!(config.pbx.password.expose(), "s3cret");
+        assert_eq!(config.pbx.devices, vec!["3001", "3002"]);
+        assert_eq!(config.pbx.request_timeout(), Duration::from_millis(750));
+    }
+
+    #[test]
+    fn passwords_never_show_in_debug_output() {
+        let mut config = Config::default();
+        config.pbx.password = Secret::new("hunter2");
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains("***"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let error = Config::from_toml("[pbx]\nadress = \"x:1\"\n").unwrap_err();
+        assert!(error.to_string().contains("adress"), "{error}");
+    }
+
+    #[test]
+    fn a_bad_environment_number_names_the_variable() {
+        let error = Config::load(None, &environment(&[(env::PBX_OUTBOUND_QUEUE, "lots")])).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "environment variable SWITCHBOARD_PBX_OUTBOUND_QUEUE=\"lots\": expected a whole number"
+        );
+    }
+
+    #[test]
+    fn out_of_range_settings_are_refused() {
+        let mut config = Config::default();
+        config.pbx.address = "no-port".to_owned();
+        assert!(matches!(config.validate(), Err(ConfigError::Invalid { setting: "pbx.address", .. })));
+        let mut config = Config::default();
+        config.pbx.max_frame_length = 10;
+        assert!(matches!(config.validate(), Err(ConfigError::Invalid { setting: "pbx.max_frame_length", .. })));
+        let mut config = Config::default();
+        config.pbx.reconnect_max_ms = 1;
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn a_missing_file_names_the_path() {
+        let error = Config::load(Some(Path::new("/nonexistent/switchboard.toml")), &HashMap::new()).unwrap_err();
+        assert!(error.to_string().starts_with("reading config file /nonexistent/switchboard.toml"), "{error}");
+    }
+}

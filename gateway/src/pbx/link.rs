@@ -1,0 +1,816 @@
+//! The link task and its handle: connect, register, monitor, resync, heartbeat, reconnect; and the
+//! request path with deadlines, a bounded queue and fail-fast when the link is down.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use proto::pbx::{self, DeviceKind, ErrorCause, request, response};
+use proto::wire::{FrameError, LinkCodec, LinkMessage};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+
+use super::backoff::Backoff;
+use super::sequencer::Sequencer;
+use crate::config::PbxConfig;
+
+/// The service-level protocol version the gateway speaks (docs/pbx-link.md).
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Internal requests (monitors, snapshots) in flight at once during a resync, so a resync of many
+/// thousand lines neither floods the PBX nor starves callers' requests.
+const RESYNC_WINDOW: usize = 256;
+
+/// Events waiting behind a gap before the gap is given up on, whatever the gap timeout.
+const MAX_EVENTS_BEHIND_GAP: usize = 1024;
+
+/// What the link tells whoever mirrors the phone system, in the order it happened on the wire.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LinkEvent {
+    /// The link registered; snapshots of every monitored device follow. `session` counts links.
+    Up {
+        /// Counts sessions, from 1.
+        session: u64,
+        /// The PBX's name.
+        pbx_name: String,
+    },
+    /// The state of one device and all its calls now; it replaces whatever was known of them.
+    Snapshot {
+        /// The session this belongs to.
+        session: u64,
+        /// The device, its agent and its calls.
+        snapshot: pbx::SnapshotDeviceResult,
+    },
+    /// Every monitored device has a fresh snapshot: anything not in them is gone.
+    ResyncComplete {
+        /// The session this belongs to.
+        session: u64,
+        /// Devices snapshotted.
+        devices: usize,
+    },
+    /// An event, in sequence order, duplicates dropped.
+    Event(pbx::EventReport),
+    /// The link died; a new session (and a resync) follows when it comes back.
+    Down {
+        /// The session that ended.
+        session: u64,
+        /// Why, in words.
+        reason: String,
+    },
+}
+
+/// Where the link is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkStatus {
+    /// Not registered; trying. `last_error` says why the last attempt failed.
+    Connecting {
+        /// Attempts since the link was last up.
+        attempt: u32,
+        /// Why the last attempt or session failed.
+        last_error: Option<String>,
+    },
+    /// Registered.
+    Up {
+        /// The session number.
+        session: u64,
+        /// The PBX's name.
+        pbx_name: String,
+        /// Devices monitored.
+        monitored: usize,
+        /// Whether every monitored device has been snapshotted since registration.
+        resynced: bool,
+    },
+    /// Shut down.
+    Stopped,
+}
+
+/// Why a request got no result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    /// The link is not registered; the request was not sent.
+    #[error("pbx link is down: {reason}")]
+    Down {
+        /// Why the link is down.
+        reason: String,
+    },
+    /// Too many requests are queued or awaiting answers; the request was not sent.
+    #[error("pbx link is congested: {0}")]
+    Congested(&'static str),
+    /// The PBX did not answer in time. The request may still have been carried out.
+    #[error("pbx did not answer within {0:?}")]
+    DeadlineExceeded(Duration),
+    /// The link dropped after the request was sent. It may have been carried out.
+    #[error("pbx link dropped before the answer came: {reason}")]
+    Lost {
+        /// Why the link dropped.
+        reason: String,
+    },
+    /// The PBX refused the request.
+    #[error("pbx refused the request ({}): {message}", cause.as_str_name())]
+    Refused {
+        /// The CSTA-style cause.
+        cause: ErrorCause,
+        /// The PBX's words.
+        message: String,
+    },
+    /// The PBX answered with the result of another service.
+    #[error("pbx answered a {sent} request with a {received} result")]
+    Mismatch {
+        /// The service asked for.
+        sent: &'static str,
+        /// The service answered.
+        received: &'static str,
+    },
+    /// The request could not be encoded (larger than the frame limit).
+    #[error("request cannot be sent: {0}")]
+    Unsendable(String),
+    /// The gateway is shutting down.
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+}
+
+/// Counters of the link's life, read by tests and exported as metrics.
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    /// Sessions that registered.
+    pub registrations: AtomicU64,
+    /// Registrations the PBX refused (credentials, version).
+    pub registrations_refused: AtomicU64,
+    /// Links closed because a frame from the PBX could not be decoded, by cause.
+    pub decode_errors: AtomicU64,
+    /// Links declared dead after missed heartbeats.
+    pub heartbeat_timeouts: AtomicU64,
+    /// Links that ended for any reason after registering.
+    pub sessions_lost: AtomicU64,
+    /// Events delivered in order.
+    pub events: AtomicU64,
+    /// Duplicate events dropped.
+    pub duplicate_events: AtomicU64,
+    /// Gaps in event sequence numbers given up on (each triggers a resync).
+    pub sequence_gaps: AtomicU64,
+    /// Resyncs completed.
+    pub resyncs: AtomicU64,
+    /// Answers that came for requests no longer waiting (past their deadline).
+    pub late_answers: AtomicU64,
+    /// Frames received.
+    pub frames_in: AtomicU64,
+    /// Frames sent.
+    pub frames_out: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl LinkStats {
+    /// Reads one counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+struct Command {
+    service: request::Service,
+    reply: oneshot::Sender<Result<response::Result, LinkError>>,
+    deadline: Instant,
+}
+
+/// A cheap, cloneable handle for sending requests and watching the link.
+#[derive(Clone)]
+pub struct LinkHandle {
+    commands: mpsc::Sender<Command>,
+    status: watch::Receiver<LinkStatus>,
+    stats: Arc<LinkStats>,
+    default_timeout: Duration,
+}
+
+impl std::fmt::Debug for LinkHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkHandle").field("status", &*self.status.borrow()).finish_non_exhaustive()
+    }
+}
+
+impl LinkHandle {
+    /// Sends a request and waits for its answer, at most the configured request timeout.
+    pub async fn request(&self, service: request::Service) -> Result<response::Result, LinkError> {
+        self.request_within(service, self.default_timeout).await
+    }
+
+    /// Sends a request and waits for its answer at most `timeout`. Fails at once, without sending,
+    /// when the link is down or congested.
+    pub async fn request_within(
+        &self,
+        service: request::Service,
+        timeout: Duration,
+    ) -> Result<response::Result, LinkError> {
+        match &*self.status.borrow() {
+            LinkStatus::Up { .. } => {}
+            LinkStatus::Connecting { last_error, .. } => {
+                let reason = last_error.clone().unwrap_or_else(|| "connecting".to_owned());
+                return Err(LinkError::Down { reason });
+            }
+            LinkStatus::Stopped => return Err(LinkError::ShuttingDown),
+        }
+        let deadline = Instant::now() + timeout;
+        let (reply, answer) = oneshot::channel();
+        self.commands.try_send(Command { service, reply, deadline }).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => LinkError::Congested("the outbound queue is full"),
+            mpsc::error::TrySendError::Closed(_) => LinkError::ShuttingDown,
+        })?;
+        match tokio::time::timeout_at(deadline, answer).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(LinkError::ShuttingDown),
+            Err(_) => Err(LinkError::DeadlineExceeded(timeout)),
+        }
+    }
+
+    /// The link's status now.
+    pub fn status(&self) -> LinkStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver that sees every status change.
+    pub fn watch_status(&self) -> watch::Receiver<LinkStatus> {
+        self.status.clone()
+    }
+
+    /// Waits until the link is registered and every monitored device has been snapshotted.
+    pub async fn wait_resynced(&self) -> Result<(), LinkError> {
+        let mut status = self.status.clone();
+        let outcome = status
+            .wait_for(|status| matches!(status, LinkStatus::Up { resynced: true, .. } | LinkStatus::Stopped))
+            .await;
+        match outcome.as_deref() {
+            Ok(LinkStatus::Up { .. }) => Ok(()),
+            _ => Err(LinkError::ShuttingDown),
+        }
+    }
+
+    /// The link's counters.
+    pub fn stats(&self) -> &LinkStats {
+        &self.stats
+    }
+}
+
+/// Starts the link task. `events` receives the ordered [`LinkEvent`] stream; when it is full, the
+/// link stops reading (back-pressure) rather than drop anything. `shutdown` ends the task.
+pub fn start(
+    config: PbxConfig,
+    events: mpsc::Sender<LinkEvent>,
+    shutdown: CancellationToken,
+) -> (LinkHandle, JoinHandle<()>) {
+    let (commands_tx, commands) = mpsc::channel(config.outbound_queue);
+    let (status_tx, status) = watch::channel(LinkStatus::Connecting { attempt: 0, last_error: None });
+    let stats = Arc::new(LinkStats::default());
+    let handle =
+        LinkHandle { commands: commands_tx, status, stats: stats.clone(), default_timeout: config.request_timeout() };
+    let task = tokio::spawn(run(config, commands, status_tx, events, stats, shutdown));
+    (handle, task)
+}
+
+async fn run(
+    config: PbxConfig,
+    mut commands: mpsc::Receiver<Command>,
+    status: watch::Sender<LinkStatus>,
+    events: mpsc::Sender<LinkEvent>,
+    stats: Arc<LinkStats>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Backoff::new(
+        Duration::from_millis(config.reconnect_initial_ms),
+        Duration::from_millis(config.reconnect_max_ms),
+    );
+    let mut session_number = 0;
+    let mut attempt = 0;
+    while !shutdown.is_cancelled() {
+        attempt += 1;
+        let last_error = match establish(&config, &stats, &shutdown).await {
+            Ok(mut session) => {
+                session_number += 1;
+                attempt = 0;
+                let started = Instant::now();
+                let reason = session.serve(session_number, &mut commands, &status, &events, &shutdown).await;
+                if started.elapsed() > Duration::from_secs(10) {
+                    backoff.reset();
+                }
+                bump(&stats.sessions_lost);
+                tracing::warn!(session = session_number, %reason, "pbx link down");
+                session.fail_pending(&reason);
+                let _ = events.send(LinkEvent::Down { session: session_number, reason: reason.clone() }).await;
+                reason
+            }
+            Err(error) => {
+                tracing::warn!(attempt, %error, "pbx link not established");
+                error
+            }
+        };
+        if shutdown.is_cancelled() {
+            break;
+        }
+        status.send_replace(LinkStatus::Connecting { attempt, last_error: Some(last_error.clone()) });
+        // While waiting to reconnect, callers get a clear "down" at once instead of waiting.
+        let wake = Instant::now() + backoff.next_delay();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep_until(wake) => break,
+                command = commands.recv() => match command {
+                    Some(command) => {
+                        let _ = command.reply.send(Err(LinkError::Down { reason: last_error.clone() }));
+                    }
+                    None => break,
+                },
+            }
+        }
+    }
+    status.send_replace(LinkStatus::Stopped);
+    commands.close();
+    while let Some(command) = commands.recv().await {
+        let _ = command.reply.send(Err(LinkError::ShuttingDown));
+    }
+}
+
+/// What a request in flight is for.
+enum Pending {
+    Caller { reply: oneshot::Sender<Result<response::Result, LinkError>>, deadline: Instant, sent: &'static str },
+    Heartbeat,
+    ListDevices,
+    Monitor(String),
+    Snapshot(String),
+}
+
+/// One registered connection to the PBX.
+struct Session {
+    config: PbxConfig,
+    stats: Arc<LinkStats>,
+    reader: FramedRead<OwnedReadHalf, LinkCodec>,
+    writer: FramedWrite<OwnedWriteHalf, LinkCodec>,
+    pbx_name: String,
+    pbx_heartbeat: Duration,
+    sequencer: Sequencer,
+    pending: HashMap<u32, Pending>,
+    next_invoke_id: u32,
+    /// Monitors and snapshots waiting to be sent.
+    internal: VecDeque<Pending>,
+    internal_in_flight: usize,
+    /// Monitor ids by device.
+    monitors: HashMap<String, u32>,
+    /// Snapshots still to come before the resync is complete.
+    snapshots_due: usize,
+    snapshotted: usize,
+    resynced: bool,
+    gap_open_since: Option<Instant>,
+    last_frame_at: Instant,
+}
+
+/// Connects and registers, within the connect timeout.
+async fn establish(
+    config: &PbxConfig,
+    stats: &Arc<LinkStats>,
+    shutdown: &CancellationToken,
+) -> Result<Session, String> {
+    let attempt = async {
+        let stream = TcpStream::connect(&config.address)
+            .await
+            .map_err(|error| format!("cannot connect to the pbx at {}: {error}", config.address))?;
+        let _ = stream.set_nodelay(true);
+        let (read_half, write_half) = stream.into_split();
+        let mut reader = FramedRead::new(read_half, LinkCodec::new(config.max_frame_length));
+        let mut writer = FramedWrite::new(write_half, LinkCodec::new(config.max_frame_length));
+        let register = pbx::RegisterRequest {
+            user: config.user.clone(),
+            password: config.password.expose().to_owned(),
+            protocol_version: PROTOCOL_VERSION,
+            client_name: config.client_name.clone(),
+            heartbeat_interval_ms: config.heartbeat_interval_ms.try_into().unwrap_or(u32::MAX),
+        };
+        let request = LinkMessage::Request {
+            invoke_id: 1,
+            body: pbx::Request { service: Some(request::Service::Register(register)) },
+        };
+        writer.send(request).await.map_err(|error| format!("cannot send registration: {error}"))?;
+        loop {
+            match reader.next().await {
+                None => return Err("the pbx closed the link during registration".to_owned()),
+                Some(Err(error)) => {
+                    bump(&stats.decode_errors);
+                    return Err(format!("undecodable frame from the pbx during registration: {error}"));
+                }
+                Some(Ok(LinkMessage::Result { invoke_id: 1, body })) => match body.result {
+                    Some(response::Result::Register(result)) => return Ok((reader, writer, result)),
+                    other => {
+                        let received = other.as_ref().map_or("empty", response::Result::name);
+                        return Err(format!("the pbx answered registration with a {received} result"));
+                    }
+                },
+                Some(Ok(LinkMessage::Error { body, .. })) => {
+                    bump(&stats.registrations_refused);
+                    let cause = ErrorCause::try_from(body.cause).unwrap_or(ErrorCause::Unspecified);
+                    return Err(format!("registration refused ({}): {}", cause.as_str_name(), body.message));
+                }
+                // Nothing else is expected before registration; skip it rather than guess.
+                Some(Ok(other)) => tracing::debug!(class = %other.class(), "frame before registration ignored"),
+            }
+        }
+    };
+    let (reader, writer, registered) = tokio::select! {
+        () = shutdown.cancelled() => return Err("shutting down".to_owned()),
+        outcome = tokio::time::timeout(config.connect_timeout(), attempt) => match outcome {
+            Ok(outcome) => outcome?,
+            Err(_) => return Err(format!("no registration with the pbx at {} within {:?}", config.address, config.connect_timeout())),
+        },
+    };
+    bump(&stats.registrations);
+    tracing::info!(pbx = registered.pbx_name, version = registered.protocol_version, "pbx link registered");
+    let mut session = Session {
+        config: config.clone(),
+        stats: stats.clone(),
+        reader,
+        writer,
+        pbx_name: registered.pbx_name,
+        pbx_heartbeat: Duration::from_millis(u64::from(registered.heartbeat_interval_ms)),
+        sequencer: Sequencer::new(registered.next_event_sequence, MAX_EVENTS_BEHIND_GAP),
+        pending: HashMap::new(),
+        next_invoke_id: 2,
+        internal: VecDeque::new(),
+        internal_in_flight: 0,
+        monitors: HashMap::new(),
+        snapshots_due: 0,
+        snapshotted: 0,
+        resynced: false,
+        gap_open_since: None,
+        last_frame_at: Instant::now(),
+    };
+    if config.devices.is_empty() {
+        session.internal.push_back(Pending::ListDevices);
+    } else {
+        session.internal.extend(config.devices.iter().cloned().map(Pending::Monitor));
+    }
+    Ok(session)
+}
+
+impl Session {
+    /// Serves the link until it fails or the gateway shuts down; returns why it ended.
+    async fn serve(
+        &mut self,
+        session: u64,
+        commands: &mut mpsc::Receiver<Command>,
+        status: &watch::Sender<LinkStatus>,
+        events: &mpsc::Sender<LinkEvent>,
+        shutdown: &CancellationToken,
+    ) -> String {
+        let up = LinkEvent::Up { session, pbx_name: self.pbx_name.clone() };
+        if events.send(up).await.is_err() {
+            return "the event consumer is gone".to_owned();
+        }
+        self.publish_status(session, status);
+        let silence_limit = self.config.heartbeat_interval().max(self.pbx_heartbeat) * 3;
+        let mut heartbeats = tokio::time::interval(self.config.heartbeat_interval());
+        heartbeats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeats.reset();
+        let mut sweep = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            if let Err(reason) = self.send_internal().await {
+                return reason;
+            }
+            let gap_deadline = self.gap_open_since.map(|since| since + self.config.gap_timeout());
+            let room_for_more = self.pending.len() < self.config.max_in_flight;
+            let outcome = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return "the gateway is shutting down".to_owned(),
+                frame = self.reader.next() => match frame {
+                    None => Err("the pbx closed the link".to_owned()),
+                    Some(Err(error)) => Err(self.decode_failure(&error)),
+                    Some(Ok(message)) => self.on_message(session, message, events).await,
+                },
+                command = commands.recv(), if room_for_more => match command {
+                    Some(command) => self.send_command(command).await,
+                    None => Err("the gateway is shutting down".to_owned()),
+                },
+                () = sleep_until_some(gap_deadline) => self.give_up_gap(events).await,
+                _ = heartbeats.tick() => {
+                    if self.last_frame_at.elapsed() > silence_limit {
+                        bump(&self.stats.heartbeat_timeouts);
+                        Err(format!("no frame from the pbx for {:?} (heartbeats missed)", self.last_frame_at.elapsed()))
+                    } else {
+                        self.send_request(Pending::Heartbeat, request::Service::Heartbeat(pbx::HeartbeatRequest {})).await
+                    }
+                }
+                _ = sweep.tick() => self.sweep_expired(),
+            };
+            if let Err(reason) = outcome {
+                return reason;
+            }
+            self.publish_status(session, status);
+        }
+    }
+
+    fn publish_status(&self, session: u64, status: &watch::Sender<LinkStatus>) {
+        let next = LinkStatus::Up {
+            session,
+            pbx_name: self.pbx_name.clone(),
+            monitored: self.monitors.len(),
+            resynced: self.resynced,
+        };
+        status.send_if_modified(|current| {
+            if *current == next {
+                false
+            } else {
+                *current = next;
+                true
+            }
+        });
+    }
+
+    fn decode_failure(&self, error: &FrameError) -> String {
+        bump(&self.stats.decode_errors);
+        tracing::error!(%error, kind = error.kind(), "undecodable frame from the pbx; closing the link");
+        format!("undecodable frame from the pbx: {error}")
+    }
+
+    fn allocate_invoke_id(&mut self) -> u32 {
+        loop {
+            let id = self.next_invoke_id;
+            self.next_invoke_id = self.next_invoke_id.wrapping_add(1).max(1);
+            if !self.pending.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    async fn send_request(&mut self, pending: Pending, service: request::Service) -> Result<(), String> {
+        let invoke_id = self.allocate_invoke_id();
+        let frame = LinkMessage::Request { invoke_id, body: pbx::Request { service: Some(service) } };
+        match self.writer.send(frame).await {
+            Ok(()) => {
+                bump(&self.stats.frames_out);
+                self.pending.insert(invoke_id, pending);
+                Ok(())
+            }
+            Err(FrameError::TooLong { length, max }) => {
+                if let Pending::Caller { reply, .. } = pending {
+                    let message = format!("the request is {length} bytes; the link allows {max}");
+                    let _ = reply.send(Err(LinkError::Unsendable(message)));
+                }
+                Ok(())
+            }
+            Err(error) => Err(format!("cannot write to the pbx: {error}")),
+        }
+    }
+
+    async fn send_command(&mut self, command: Command) -> Result<(), String> {
+        if command.reply.is_closed() {
+            return Ok(());
+        }
+        if Instant::now() >= command.deadline {
+            let _ = command.reply.send(Err(LinkError::DeadlineExceeded(Duration::ZERO)));
+            return Ok(());
+        }
+        let pending =
+            Pending::Caller { reply: command.reply, deadline: command.deadline, sent: command.service.name() };
+        self.send_request(pending, command.service).await
+    }
+
+    /// Sends queued monitor and snapshot requests, keeping at most a window of them in flight.
+    async fn send_internal(&mut self) -> Result<(), String> {
+        while self.internal_in_flight < RESYNC_WINDOW {
+            let Some(pending) = self.internal.pop_front() else { break };
+            let service = match &pending {
+                Pending::ListDevices => request::Service::ListDevices(pbx::ListDevicesRequest {}),
+                Pending::Monitor(device) => {
+                    request::Service::MonitorStart(pbx::MonitorStartRequest { device_id: device.clone() })
+                }
+                Pending::Snapshot(device) => {
+                    request::Service::SnapshotDevice(pbx::SnapshotDeviceRequest { device_id: device.clone() })
+                }
+                Pending::Heartbeat | Pending::Caller { .. } => continue,
+            };
+            self.internal_in_flight += 1;
+            self.send_request(pending, service).await?;
+        }
+        Ok(())
+    }
+
+    async fn emit(&self, events: &mpsc::Sender<LinkEvent>, event: LinkEvent) -> Result<(), String> {
+        events.send(event).await.map_err(|_| "the event consumer is gone".to_owned())
+    }
+
+    async fn on_message(
+        &mut self,
+        session: u64,
+        message: LinkMessage,
+        events: &mpsc::Sender<LinkEvent>,
+    ) -> Result<(), String> {
+        self.last_frame_at = Instant::now();
+        bump(&self.stats.frames_in);
+        if !matches!(message, LinkMessage::Event(_)) && self.sequencer.has_gap() {
+            // Events never cross results on a conforming link, so a result arriving while a gap is
+            // open means the missing event is lost: stop waiting for it (docs/pbx-link.md).
+            self.give_up_gap(events).await?;
+        }
+        match message {
+            LinkMessage::Event(report) => {
+                let released = self.sequencer.push(report);
+                if released.duplicate {
+                    bump(&self.stats.duplicate_events);
+                }
+                for event in released.events {
+                    bump(&self.stats.events);
+                    self.emit(events, LinkEvent::Event(event)).await?;
+                }
+                self.gap_open_since = match (self.sequencer.has_gap(), self.gap_open_since) {
+                    (false, _) => None,
+                    (true, Some(since)) => Some(since),
+                    (true, None) => Some(Instant::now()),
+                };
+                Ok(())
+            }
+            LinkMessage::Result { invoke_id, body } => {
+                let Some(pending) = self.pending.remove(&invoke_id) else {
+                    bump(&self.stats.late_answers);
+                    return Ok(());
+                };
+                self.on_answer(session, pending, Ok(body.result), events).await
+            }
+            LinkMessage::Error { invoke_id: 0, body } => {
+                Err(format!("the pbx reported a link error: {}", body.message))
+            }
+            LinkMessage::Error { invoke_id, body } => {
+                let Some(pending) = self.pending.remove(&invoke_id) else {
+                    bump(&self.stats.late_answers);
+                    return Ok(());
+                };
+                let cause = ErrorCause::try_from(body.cause).unwrap_or(ErrorCause::Unspecified);
+                self.on_answer(session, pending, Err(LinkError::Refused { cause, message: body.message }), events).await
+            }
+            LinkMessage::Request { invoke_id, body } => {
+                let answer = match body.service {
+                    Some(request::Service::Heartbeat(_)) => LinkMessage::Result {
+                        invoke_id,
+                        body: pbx::Response {
+                            result: Some(response::Result::Heartbeat(pbx::HeartbeatResult {
+                                timestamp_ms: unix_time_ms(),
+                            })),
+                        },
+                    },
+                    other => LinkMessage::Error {
+                        invoke_id,
+                        body: pbx::ErrorResponse {
+                            cause: ErrorCause::ServiceNotSupported as i32,
+                            message: format!(
+                                "the gateway serves only heartbeats, not {}",
+                                other.as_ref().map_or("an empty request", request::Service::name)
+                            ),
+                        },
+                    },
+                };
+                self.writer.send(answer).await.map_err(|error| format!("cannot write to the pbx: {error}"))?;
+                bump(&self.stats.frames_out);
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_answer(
+        &mut self,
+        session: u64,
+        pending: Pending,
+        outcome: Result<Option<response::Result>, LinkError>,
+        events: &mpsc::Sender<LinkEvent>,
+    ) -> Result<(), String> {
+        match pending {
+            Pending::Caller { reply, sent, .. } => {
+                let answer = outcome.and_then(|result| match result {
+                    Some(result) if result.name() == sent => Ok(result),
+                    Some(result) => Err(LinkError::Mismatch { sent, received: result.name() }),
+                    None => Err(LinkError::Mismatch { sent, received: "empty" }),
+                });
+                let _ = reply.send(answer);
+                Ok(())
+            }
+            Pending::Heartbeat => Ok(()),
+            Pending::ListDevices => {
+                self.internal_in_flight -= 1;
+                match outcome {
+                    Ok(Some(response::Result::ListDevices(list))) => {
+                        let devices = list
+                            .devices
+                            .into_iter()
+                            .filter(|device| device.kind != DeviceKind::External as i32)
+                            .map(|device| Pending::Monitor(device.device_id));
+                        self.internal.extend(devices);
+                        if self.internal.is_empty() {
+                            self.finish_resync_if_done(session, events).await?;
+                        }
+                        Ok(())
+                    }
+                    Ok(_) => Err("the pbx answered list_devices with another result".to_owned()),
+                    Err(error) => Err(format!("the pbx would not list its devices: {error}")),
+                }
+            }
+            Pending::Monitor(device) => {
+                self.internal_in_flight -= 1;
+                match outcome {
+                    Ok(Some(response::Result::MonitorStart(started))) => {
+                        self.monitors.insert(device.clone(), started.monitor_id);
+                        self.snapshots_due += 1;
+                        self.internal.push_back(Pending::Snapshot(device));
+                    }
+                    Ok(_) => return Err(format!("the pbx answered monitor_start for {device} with another result")),
+                    Err(error) => {
+                        // One unknown device must not keep every other line unmonitored.
+                        tracing::error!(device, %error, "device cannot be monitored");
+                    }
+                }
+                self.finish_resync_if_done(session, events).await
+            }
+            Pending::Snapshot(device) => {
+                self.internal_in_flight -= 1;
+                self.snapshots_due = self.snapshots_due.saturating_sub(1);
+                match outcome {
+                    Ok(Some(response::Result::SnapshotDevice(snapshot))) => {
+                        self.snapshotted += 1;
+                        self.emit(events, LinkEvent::Snapshot { session, snapshot }).await?;
+                    }
+                    Ok(_) => return Err(format!("the pbx answered snapshot_device for {device} with another result")),
+                    Err(error) => tracing::error!(device, %error, "device snapshot refused"),
+                }
+                self.finish_resync_if_done(session, events).await
+            }
+        }
+    }
+
+    async fn finish_resync_if_done(&mut self, session: u64, events: &mpsc::Sender<LinkEvent>) -> Result<(), String> {
+        let done = self.snapshots_due == 0 && self.internal.is_empty() && self.internal_in_flight == 0;
+        if done && !self.resynced {
+            self.resynced = true;
+            bump(&self.stats.resyncs);
+            tracing::info!(devices = self.snapshotted, "pbx link resynced");
+            let devices = self.snapshotted;
+            self.emit(events, LinkEvent::ResyncComplete { session, devices }).await?;
+        }
+        Ok(())
+    }
+
+    /// Stops waiting for lost events: delivers what waited, then snapshots every monitored device.
+    async fn give_up_gap(&mut self, events: &mpsc::Sender<LinkEvent>) -> Result<(), String> {
+        self.gap_open_since = None;
+        let waiting = self.sequencer.give_up_gap();
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        bump(&self.stats.sequence_gaps);
+        tracing::warn!(next = self.sequencer.next_expected(), "events lost on the pbx link; resyncing from snapshots");
+        for event in waiting {
+            bump(&self.stats.events);
+            self.emit(events, LinkEvent::Event(event)).await?;
+        }
+        let devices: Vec<String> = self.monitors.keys().cloned().collect();
+        self.snapshots_due += devices.len();
+        self.snapshotted = 0;
+        self.resynced = false;
+        self.internal.extend(devices.into_iter().map(Pending::Snapshot));
+        Ok(())
+    }
+
+    /// Drops callers whose deadline has passed (they have given up already), and fails the link if
+    /// the PBX stopped answering the gateway's own requests.
+    fn sweep_expired(&mut self) -> Result<(), String> {
+        let now = Instant::now();
+        self.pending.retain(|_, pending| match pending {
+            Pending::Caller { deadline, reply, .. } => *deadline > now && !reply.is_closed(),
+            _ => true,
+        });
+        Ok(())
+    }
+
+    /// Fails every request still waiting, so no caller hangs on a dead link.
+    fn fail_pending(&mut self, reason: &str) {
+        for (_, pending) in self.pending.drain() {
+            if let Pending::Caller { reply, .. } = pending {
+                let _ = reply.send(Err(LinkError::Lost { reason: reason.to_owned() }));
+            }
+        }
+    }
+}
+
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn unix_time_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or_default()
+}
