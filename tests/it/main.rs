@@ -1,1 +1,10 @@
-//! placeholder
+//! Switchboard's end-to-end tests, one binary: real servers on loopback, port 0.
+//!
+//! - `link`: the gateway's PBX link client against the simulator: resync, reconnect, heartbeats,
+//!   deadlines, congestion, event faults.
+//! - `sim_link`: the simulator's link server against a raw client: registration, malformed and
+//!   oversized frames, every service over the wire.
+
+mod link;
+mod sim_link;
+mod support;

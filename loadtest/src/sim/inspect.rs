@@ -1,7 +1,7 @@
 //! A plain, comparable picture of the whole phone system: what the gateway must mirror, and what
 //! `pbx-sim` serves as JSON.
 
-use proto::pbx::{AgentState, ConnectionState};
+use proto::pbx::{self, AgentState, ConnectionState};
 use serde::{Deserialize, Serialize};
 
 use super::model::{Pbx, state_name};
@@ -72,35 +72,57 @@ impl StateDump {
         let agents = pbx
             .devices()
             .into_iter()
-            .filter_map(|device| {
-                let agent = pbx.agent(&device.device_id)?;
-                Some(AgentDump {
-                    device: device.device_id,
-                    state: agent_state_name(AgentState::try_from(agent.state).unwrap_or_default()).to_owned(),
-                    agent_id: agent.agent_id.clone(),
-                    roles: agent.roles.clone(),
-                })
-            })
+            .filter_map(|device| Some(AgentDump::new(device.device_id.clone(), pbx.agent(&device.device_id)?)))
             .collect();
-        let calls = pbx
-            .call_ids()
-            .filter_map(|call_id| pbx.snapshot_call(call_id))
-            .map(|call| CallDump {
-                call_id: call.call_id,
-                parties: call
-                    .parties
-                    .into_iter()
-                    .map(|party| PartyDump {
-                        device: party.device_id,
-                        state: state_name(ConnectionState::try_from(party.state).unwrap_or_default()).to_owned(),
-                    })
-                    .collect(),
-                calling: call.calling_device,
-                called: call.called_device,
-                queue: call.queue_device,
-                park_id: call.park_id,
-            })
-            .collect();
+        let calls = pbx.call_ids().filter_map(|call_id| pbx.snapshot_call(call_id)).map(CallDump::from).collect();
         Self { agents, calls }
+    }
+
+    /// The picture a client gets from snapshotting every device: stations' agents, and every call any
+    /// snapshotted device is in. Equal to [`StateDump::of`] when every device was snapshotted at one moment.
+    pub fn from_snapshots<'a>(snapshots: impl IntoIterator<Item = &'a pbx::SnapshotDeviceResult>) -> Self {
+        let mut agents = std::collections::BTreeMap::new();
+        let mut calls = std::collections::BTreeMap::new();
+        for snapshot in snapshots {
+            let Some(device) = &snapshot.device else { continue };
+            if let Some(agent) = &snapshot.agent {
+                agents.insert(device.device_id.clone(), AgentDump::new(device.device_id.clone(), agent));
+            }
+            for call in &snapshot.calls {
+                calls.insert(call.call_id.clone(), CallDump::from(call.clone()));
+            }
+        }
+        Self { agents: agents.into_values().collect(), calls: calls.into_values().collect() }
+    }
+}
+
+impl AgentDump {
+    fn new(device: String, agent: &pbx::AgentInfo) -> Self {
+        Self {
+            device,
+            state: agent_state_name(AgentState::try_from(agent.state).unwrap_or_default()).to_owned(),
+            agent_id: agent.agent_id.clone(),
+            roles: agent.roles.clone(),
+        }
+    }
+}
+
+impl From<pbx::CallSnapshot> for CallDump {
+    fn from(call: pbx::CallSnapshot) -> Self {
+        Self {
+            call_id: call.call_id,
+            parties: call
+                .parties
+                .into_iter()
+                .map(|party| PartyDump {
+                    device: party.device_id,
+                    state: state_name(ConnectionState::try_from(party.state).unwrap_or_default()).to_owned(),
+                })
+                .collect(),
+            calling: call.calling_device,
+            called: call.called_device,
+            queue: call.queue_device,
+            park_id: call.park_id,
+        }
     }
 }

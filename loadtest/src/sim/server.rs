@@ -773,7 +773,10 @@ async fn write_link(
             None | Some(Outbound::Close) => break,
             Some(Outbound::Frame(frame)) => sink.feed(frame).await,
             Some(Outbound::Event { report, not_before }) => {
-                tokio::time::sleep_until(not_before).await;
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep_until(not_before) => {}
+                }
                 sink.feed(LinkMessage::Event(report)).await
             }
             Some(Outbound::Raw(bytes)) => match sink.flush().await {
@@ -781,7 +784,10 @@ async fn write_link(
                 Err(error) => Err(error),
             },
             Some(Outbound::Stall(duration)) => {
-                tokio::time::sleep(duration).await;
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(duration) => {}
+                }
                 heartbeats.reset();
                 Ok(())
             }
