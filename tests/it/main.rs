@@ -4,7 +4,9 @@
 //!   deadlines, congestion, event faults.
 //! - `sim_link`: the simulator's link server against a raw client: registration, malformed and
 //!   oversized frames, every service over the wire.
+//! - `tidy`: house rules on the source tree.
 
 mod link;
 mod sim_link;
 mod support;
+mod tidy;

@@ -112,7 +112,10 @@ async fn empty_requests_and_heartbeats_are_answered() {
     let mut link = registered(&simulator).await;
     link.send(LinkMessage::Request { invoke_id: 7, body: pbx::Request { service: None } }).await.unwrap();
     let (invoke_id, cause, message) = error_of(next_answer(&mut link).await);
-    assert_eq!((invoke_id, cause, message.as_str()), (7, ErrorCause::MalformedRequest, "the request names no service"));
+    assert_eq!(
+        (invoke_id, cause, message.as_str()),
+        (7, ErrorCause::ServiceNotSupported, "the request names no service this pbx offers")
+    );
     let heartbeat = pbx::Request { service: Some(request::Service::Heartbeat(pbx::HeartbeatRequest {})) };
     link.send(LinkMessage::Request { invoke_id: 8, body: heartbeat }).await.unwrap();
     match next_answer(&mut link).await {

@@ -83,6 +83,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     let config = SimConfig {
@@ -121,7 +122,8 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(link = %simulator.local_addr(), "pbx-sim ready");
     if let Some(address) = args.inspect {
         let listener = tokio::net::TcpListener::bind(address).await.context("binding the inspect address")?;
-        tracing::info!(%address, "serving GET /state and GET /stats");
+        let address = listener.local_addr().context("reading the inspect address")?;
+        tracing::info!(inspect = %address, "serving GET /state and GET /stats");
         tokio::spawn(inspect::serve(listener, simulator.clone()));
     }
     if let Some(every) = args.drop_links_every_secs {

@@ -682,7 +682,8 @@ fn answer(shared: &Shared, link_id: u64, invoke_id: u32, service: Option<request
     let state = &mut *guard;
     state.pbx.advance_to(shared.clock.now_ms());
     let outcome = match service {
-        None => Err((ErrorCause::MalformedRequest, "the request names no service".to_owned())),
+        // An empty request, or one whose service this PBX does not know (protobuf cannot tell them apart).
+        None => Err((ErrorCause::ServiceNotSupported, "the request names no service this pbx offers".to_owned())),
         Some(request::Service::Register(_)) => {
             Err((ErrorCause::InvalidObjectState, "this link is registered already".to_owned()))
         }
