@@ -249,6 +249,8 @@ pub struct CallLogRecord {
     pub call_id: CallId,
     /// The agent line.
     pub device: DeviceId,
+    /// The login id of the agent on the line when the call ended, if known.
+    pub agent_id: Option<String>,
     /// Which way the call went.
     pub direction: Direction,
     /// How the agent's part ended.
@@ -392,6 +394,16 @@ impl CallState {
             CallInput::Unparked { at } => {
                 if self.park_id.take().is_none() {
                     return false;
+                }
+                // The orbit leaves with the park, whether or not the PBX reports it separately.
+                let orbits: Vec<DeviceId> = self
+                    .parties
+                    .iter()
+                    .filter(|party| party.kind == DeviceKind::ParkOrbit)
+                    .map(|party| party.device.clone())
+                    .collect();
+                for orbit in orbits {
+                    self.party_cleared(&orbit, Cause::Park, at);
                 }
                 self.note(at, Moment::Unparked);
                 true
@@ -557,6 +569,7 @@ impl CallState {
                 root_call_id: self.root.clone(),
                 call_id: self.id.clone(),
                 device: leg.device.clone(),
+                agent_id: None,
                 direction: self.direction.unwrap_or(Direction::Internal),
                 outcome: leg.outcome.unwrap_or(LegOutcome::Missed),
                 via_queue: leg.via_queue,

@@ -6,10 +6,17 @@
 //!   records it yields when it ends. Pure.
 //! - [`line`]: [`line::LineState`], one agent line's agent, presence and calls, and the checks a
 //!   command must pass before it is sent to the PBX. Pure.
+//! - [`events`]: the numbered, fanned-out stream of model changes, with history for resuming.
+//! - [`port`]: [`port::PbxPort`], the trait through which the model asks things of the PBX.
+//! - [`runtime`]: the actors (one per line, one per call), their supervisor, the router that feeds
+//!   them, and the [`runtime::Model`] handle for commands and queries.
 //!
 //! This crate knows nothing of sockets, protobuf, tonic or HTTP: the gateway translates the PBX
-//! link's events into [`call::CallInput`]s and [`line::LineInput`]s.
+//! link's events into [`runtime::ModelInput`]s and implements [`port::PbxPort`].
 
 pub mod call;
 pub mod domain;
+pub mod events;
 pub mod line;
+pub mod port;
+pub mod runtime;

@@ -1,11 +1,16 @@
-//! The running gateway: starts the PBX link and the consumer of its events, and stops them in order.
+//! The running gateway: the PBX link, the bridge that feeds the model, the model of lines and
+//! calls, and the call log sink; started together and stopped in order.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use actors::call::CallLogRecord;
+use actors::runtime::{self, Model};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::bridge::{Directory, LinkPort, Translator};
 use crate::config::Config;
 use crate::pbx::{self, LinkEvent, LinkHandle};
 
@@ -20,37 +25,61 @@ pub struct Progress {
     pub snapshots: u64,
     /// Events received in order.
     pub events: u64,
+    /// Call log records written.
+    pub call_logs: u64,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The model's actors could not be spawned.
+    #[error("starting the model of lines and calls: {0}")]
+    Model(#[from] ractor::SpawnErr),
 }
 
 /// A running gateway.
 pub struct Gateway {
     link: LinkHandle,
+    model: Model<LinkPort>,
     shutdown: CancellationToken,
     link_task: JoinHandle<()>,
-    consumer: JoinHandle<()>,
-    progress: tokio::sync::watch::Receiver<Progress>,
+    feed_task: JoinHandle<()>,
+    log_task: JoinHandle<()>,
+    stop_logs: CancellationToken,
+    progress: watch::Receiver<Progress>,
 }
 
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gateway").field("link", &self.link).finish_non_exhaustive()
+        f.debug_struct("Gateway").field("link", &self.link).field("model", &self.model).finish_non_exhaustive()
     }
 }
 
 impl Gateway {
     /// Starts the gateway's parts with `config`.
-    pub fn start(config: &Config) -> Self {
+    pub async fn start(config: &Config) -> Result<Self, StartError> {
         let shutdown = CancellationToken::new();
         let (events_tx, events) = mpsc::channel(8_192);
         let (link, link_task) = pbx::start(config.pbx.clone(), events_tx, shutdown.child_token());
-        let (progress_tx, progress) = tokio::sync::watch::channel(Progress::default());
-        let consumer = tokio::spawn(consume(events, progress_tx));
-        Self { link, shutdown, link_task, consumer, progress }
+        let directory = Directory::default();
+        let port = Arc::new(LinkPort::new(link.clone(), directory.clone()));
+        let (logs_tx, logs) = mpsc::channel(4_096);
+        let (model, router) = runtime::start(config.calls.model(), port, logs_tx).await?;
+        let (progress_tx, progress) = watch::channel(Progress::default());
+        let feed_task = tokio::spawn(feed(events, Translator::new(directory), router, progress_tx.clone()));
+        let stop_logs = CancellationToken::new();
+        let log_task = tokio::spawn(write_call_logs(logs, progress_tx, stop_logs.clone()));
+        Ok(Self { link, model, shutdown, link_task, feed_task, log_task, stop_logs, progress })
     }
 
     /// The PBX link, for sending requests and watching its status.
     pub fn link(&self) -> &LinkHandle {
         &self.link
+    }
+
+    /// The model of lines and calls: commands, queries, events.
+    pub fn model(&self) -> &Model<LinkPort> {
+        &self.model
     }
 
     /// What the gateway has seen so far.
@@ -59,24 +88,37 @@ impl Gateway {
     }
 
     /// A receiver that sees what the gateway has seen, as it changes.
-    pub fn watch_progress(&self) -> tokio::sync::watch::Receiver<Progress> {
+    pub fn watch_progress(&self) -> watch::Receiver<Progress> {
         self.progress.clone()
     }
 
-    /// Stops the link (failing requests in flight with a clear error), then drains the events it
-    /// had delivered. Waits at most `grace` for each part.
+    /// Stops the link (failing requests in flight with a clear error), lets the feed apply what the
+    /// link had delivered, stops the model, then lets the log sink write every record it was given.
+    /// Waits at most `grace` for each part.
     pub async fn shutdown(self, grace: Duration) {
         self.shutdown.cancel();
         if tokio::time::timeout(grace, self.link_task).await.is_err() {
             tracing::warn!("pbx link did not stop in time");
         }
-        if tokio::time::timeout(grace, self.consumer).await.is_err() {
-            tracing::warn!("event consumer did not drain in time");
+        if tokio::time::timeout(grace, self.feed_task).await.is_err() {
+            tracing::warn!("the model feed did not drain in time");
+        }
+        self.model.shutdown().await;
+        self.stop_logs.cancel();
+        if tokio::time::timeout(grace, self.log_task).await.is_err() {
+            tracing::warn!("call log sink did not drain in time");
         }
     }
 }
 
-async fn consume(mut events: mpsc::Receiver<LinkEvent>, progress: tokio::sync::watch::Sender<Progress>) {
+/// Translates link events and routes them into the model, in link order.
+async fn feed(
+    mut events: mpsc::Receiver<LinkEvent>,
+    mut translator: Translator,
+    mut router: runtime::Router<LinkPort>,
+    progress: watch::Sender<Progress>,
+) {
+    let mut inputs = Vec::new();
     while let Some(event) = events.recv().await {
         progress.send_modify(|progress| match &event {
             LinkEvent::Up { session, pbx_name } => {
@@ -91,5 +133,40 @@ async fn consume(mut events: mpsc::Receiver<LinkEvent>, progress: tokio::sync::w
             LinkEvent::Event(_) => progress.events += 1,
             LinkEvent::Down { reason, .. } => tracing::warn!(reason, "pbx link down"),
         });
+        translator.translate(event, &mut inputs);
+        for input in inputs.drain(..) {
+            router.route(input).await;
+        }
+    }
+}
+
+/// Where call log records go until the Salesforce outbox takes them: the log, and a count. When
+/// told to stop, it takes no new record but writes every one already given.
+async fn write_call_logs(
+    mut logs: mpsc::Receiver<CallLogRecord>,
+    progress: watch::Sender<Progress>,
+    stop: CancellationToken,
+) {
+    loop {
+        let record = tokio::select! {
+            () = stop.cancelled(), if !logs.is_closed() => {
+                logs.close();
+                continue;
+            }
+            record = logs.recv() => match record {
+                Some(record) => record,
+                None => break,
+            },
+        };
+        tracing::info!(
+            call = record.root_call_id,
+            line = record.device,
+            agent = record.agent_id.as_deref().unwrap_or(""),
+            outcome = record.outcome.as_str(),
+            direction = record.direction.as_str(),
+            talk_seconds = record.talk_seconds,
+            "call log"
+        );
+        progress.send_modify(|progress| progress.call_logs += 1);
     }
 }

@@ -95,6 +95,49 @@ impl std::fmt::Debug for Secret {
 pub struct Config {
     /// The PBX link.
     pub pbx: PbxConfig,
+    /// The model of lines and calls.
+    pub calls: CallsConfig,
+}
+
+/// The model of lines and calls.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallsConfig {
+    /// Leave out call log records of queue agents who were offered a call and did not answer it.
+    pub skip_missed_queue_records: bool,
+    /// How often to look for calls whose end was never reported, in seconds.
+    pub sweep_interval_secs: u64,
+    /// A call with no news for this many seconds is checked against the PBX by the sweep.
+    pub sweep_idle_secs: u64,
+    /// Events a subscriber may fall behind before it is cut off.
+    pub event_buffer: usize,
+    /// Recent events kept for subscribers that reconnect.
+    pub event_history: usize,
+}
+
+impl Default for CallsConfig {
+    fn default() -> Self {
+        Self {
+            skip_missed_queue_records: false,
+            sweep_interval_secs: 60,
+            sweep_idle_secs: 300,
+            event_buffer: 65_536,
+            event_history: 65_536,
+        }
+    }
+}
+
+impl CallsConfig {
+    /// The model's settings.
+    pub fn model(&self) -> actors::runtime::ModelConfig {
+        actors::runtime::ModelConfig {
+            event_buffer: self.event_buffer,
+            event_history: self.event_history,
+            skip_missed_queue_records: self.skip_missed_queue_records,
+            sweep_interval: Duration::from_secs(self.sweep_interval_secs),
+            sweep_idle: Duration::from_secs(self.sweep_idle_secs),
+        }
+    }
 }
 
 /// The PBX link (see docs/pbx-link.md).
@@ -245,6 +288,13 @@ impl Config {
         }
         if pbx.outbound_queue == 0 || pbx.max_in_flight == 0 {
             return invalid("pbx.outbound_queue", "queues must hold at least one request");
+        }
+        let calls = &self.calls;
+        if calls.sweep_interval_secs == 0 || calls.sweep_idle_secs == 0 {
+            return invalid("calls.sweep_interval_secs", "sweep settings must be above zero");
+        }
+        if calls.event_buffer == 0 {
+            return invalid("calls.event_buffer", "must hold at least one event");
         }
         Ok(())
     }

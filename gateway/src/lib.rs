@@ -5,8 +5,11 @@
 //! - [`config`]: the typed configuration, from file, environment and flags.
 //! - [`pbx`]: the PBX link client (connect, register, monitor, resync, heartbeats, reconnect) and its
 //!   pure parts ([`pbx::sequencer`], [`pbx::Backoff`]).
+//! - [`bridge`]: link events to model inputs ([`bridge::Translator`]), and the model's commands over
+//!   the link ([`bridge::LinkPort`]).
 //! - [`app`]: the running gateway: starts the parts, and shuts them down in order.
 
 pub mod app;
+pub mod bridge;
 pub mod config;
 pub mod pbx;

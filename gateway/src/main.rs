@@ -5,9 +5,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use actors::runtime::Model;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gateway::app::{Gateway, Progress};
+use gateway::bridge::LinkPort;
 use gateway::config::{Config, Secret};
 use gateway::pbx::LinkStatus;
 use loadtest::sim::{Layout, SimConfig, Simulator, TrafficConfig};
@@ -76,8 +78,9 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     tracing::info!(pbx = config.pbx.address, "switchboard starting");
-    let gateway = Gateway::start(&config);
-    let reporter = tokio::spawn(report(gateway.link().watch_status(), gateway.watch_progress()));
+    let gateway = Gateway::start(&config).await.context("starting the gateway")?;
+    let model = gateway.model().clone();
+    let reporter = tokio::spawn(report(gateway.link().watch_status(), gateway.watch_progress(), model));
     stop.await;
     tracing::info!("shutting down");
     reporter.abort();
@@ -87,19 +90,22 @@ async fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> any
 }
 
 /// Logs a status line every few seconds: link state and what has been seen.
-async fn report(status: watch::Receiver<LinkStatus>, progress: watch::Receiver<Progress>) {
+async fn report(status: watch::Receiver<LinkStatus>, progress: watch::Receiver<Progress>, model: Model<LinkPort>) {
     let mut ticks = tokio::time::interval(Duration::from_secs(5));
     ticks.tick().await;
     loop {
         ticks.tick().await;
         let seen = *progress.borrow();
+        let (lines, calls) = model.actor_counts();
         match &*status.borrow() {
             LinkStatus::Up { pbx_name, monitored, resynced, .. } => tracing::info!(
                 pbx_name,
                 monitored,
                 resynced,
+                lines,
+                calls,
                 events = seen.events,
-                snapshots = seen.snapshots,
+                call_logs = seen.call_logs,
                 sessions = seen.sessions,
                 "pbx link up"
             ),

@@ -1,0 +1,270 @@
+//! The model's events out: every change, numbered in one sequence, fanned out to any number of
+//! subscribers through a bounded buffer, with recent history kept for subscribers that reconnect.
+//!
+//! A subscriber that falls more than the buffer behind is cut off (it sees `Lagged`); it never slows
+//! the model down.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::broadcast;
+
+use crate::call::{CallLogRecord, CallState, Party};
+use crate::domain::{CallId, ConnState, DeviceId, Direction, Millis, Presence};
+use crate::line::{Agent, LineState};
+
+/// A line as subscribers see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineView {
+    /// The line.
+    pub device: DeviceId,
+    /// The agent logged on, if any.
+    pub agent: Option<Agent>,
+    /// What a desktop shows.
+    pub presence: Presence,
+    /// The line's calls and its connection state in each.
+    pub calls: Vec<(CallId, ConnState)>,
+}
+
+impl From<&LineState> for LineView {
+    fn from(line: &LineState) -> Self {
+        Self {
+            device: line.device.clone(),
+            agent: line.agent.clone(),
+            presence: line.presence(),
+            calls: line.calls.iter().map(|(call, state)| (call.clone(), *state)).collect(),
+        }
+    }
+}
+
+/// A call as subscribers see it (its legs and timeline stay in the model until the call log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallView {
+    /// Its id now.
+    pub id: CallId,
+    /// Its first id.
+    pub root: CallId,
+    /// Parties now.
+    pub parties: Vec<Party>,
+    /// Who placed it.
+    pub calling: String,
+    /// Where to.
+    pub called: String,
+    /// Which way it goes, once known.
+    pub direction: Option<Direction>,
+    /// The queue it came through.
+    pub queue: Option<DeviceId>,
+    /// Its park id while parked.
+    pub park_id: Option<String>,
+    /// Where the PBX records it.
+    pub recording_url: Option<String>,
+    /// The agent's notes.
+    pub notes: String,
+    /// The agent's disposition.
+    pub disposition: Option<String>,
+    /// When the gateway first heard of it.
+    pub created_at: Millis,
+    /// When it ended, once it has.
+    pub ended_at: Option<Millis>,
+}
+
+impl From<&CallState> for CallView {
+    fn from(call: &CallState) -> Self {
+        Self {
+            id: call.id.clone(),
+            root: call.root.clone(),
+            parties: call.parties.clone(),
+            calling: call.calling.clone(),
+            called: call.called.clone(),
+            direction: call.direction,
+            queue: call.queue.clone(),
+            park_id: call.park_id.clone(),
+            recording_url: call.recording_url.clone(),
+            notes: call.notes.clone(),
+            disposition: call.disposition.clone(),
+            created_at: call.created_at,
+            ended_at: call.ended_at,
+        }
+    }
+}
+
+/// One change in the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelEvent {
+    /// A line changed.
+    Line(LineView),
+    /// A call changed (or ended: `ended_at` is set).
+    Call(CallView),
+    /// Calls got a new id (transfer, conference).
+    CallRenamed {
+        /// The ids that are gone.
+        old: Vec<CallId>,
+        /// The id they continue under.
+        new: CallId,
+    },
+    /// An agent leg's call log record, made when the call ended.
+    CallLog(CallLogRecord),
+}
+
+/// A model event with its place in the one sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sequenced {
+    /// Rises by one per event, from 1.
+    pub sequence: u64,
+    /// The change.
+    pub event: ModelEvent,
+}
+
+/// Why a subscription could not resume where it asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("events after {asked} are no longer kept (the oldest kept is {oldest}); take a fresh snapshot")]
+pub struct TooOld {
+    /// The sequence number the subscriber had.
+    pub asked: u64,
+    /// The oldest sequence number still kept.
+    pub oldest: u64,
+}
+
+struct History {
+    next_sequence: u64,
+    recent: VecDeque<Arc<Sequenced>>,
+    keep: usize,
+}
+
+/// Numbers, keeps and fans out model events.
+pub struct Publisher {
+    history: Mutex<History>,
+    sender: broadcast::Sender<Arc<Sequenced>>,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher").field("subscribers", &self.sender.receiver_count()).finish()
+    }
+}
+
+impl Publisher {
+    /// A publisher whose subscribers may fall `buffer` events behind, keeping the last `keep`
+    /// events for subscribers that resume.
+    pub fn new(buffer: usize, keep: usize) -> Self {
+        let (sender, _) = broadcast::channel(buffer.max(1));
+        Self { history: Mutex::new(History { next_sequence: 1, recent: VecDeque::new(), keep }), sender }
+    }
+
+    fn history(&self) -> std::sync::MutexGuard<'_, History> {
+        self.history.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Numbers and sends one event.
+    pub fn publish(&self, event: ModelEvent) {
+        let mut history = self.history();
+        let sequenced = Arc::new(Sequenced { sequence: history.next_sequence, event });
+        history.next_sequence += 1;
+        if history.keep > 0 {
+            if history.recent.len() == history.keep {
+                history.recent.pop_front();
+            }
+            history.recent.push_back(sequenced.clone());
+        }
+        // No subscriber is not an error: the event is still kept for those who come later.
+        let _ = self.sender.send(sequenced);
+    }
+
+    /// The sequence number of the last event published (0 before any).
+    pub fn last_sequence(&self) -> u64 {
+        self.history().next_sequence - 1
+    }
+
+    /// Subscribes to every event from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Sequenced>> {
+        self.sender.subscribe()
+    }
+
+    /// Subscribes to every event after `after`: the kept ones it missed, then the live ones, with no
+    /// gap and no repeat between them.
+    pub fn resume(&self, after: u64) -> Result<(Vec<Arc<Sequenced>>, broadcast::Receiver<Arc<Sequenced>>), TooOld> {
+        let history = self.history();
+        let last = history.next_sequence - 1;
+        if after > last {
+            return Err(TooOld {
+                asked: after,
+                oldest: history.recent.front().map_or(last + 1, |event| event.sequence),
+            });
+        }
+        let oldest = history.recent.front().map_or(last + 1, |event| event.sequence);
+        if after + 1 < oldest {
+            return Err(TooOld { asked: after, oldest });
+        }
+        let missed = history.recent.iter().filter(|event| event.sequence > after).cloned().collect();
+        Ok((missed, self.sender.subscribe()))
+    }
+
+    /// How many subscribers there are now.
+    pub fn subscribers(&self) -> usize {
+        self.sender.receiver_count()
+    }
+}
+
+/// Shared handle.
+pub type SharedPublisher = Arc<Publisher>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn renamed(n: u64) -> ModelEvent {
+        ModelEvent::CallRenamed { old: vec![format!("C{n}")], new: format!("C{}", n + 1) }
+    }
+
+    #[test]
+    fn events_are_numbered_in_order() {
+        let publisher = Publisher::new(16, 16);
+        let mut subscriber = publisher.subscribe();
+        for n in 0..3 {
+            publisher.publish(renamed(n));
+        }
+        for expected in 1..=3 {
+            assert_eq!(subscriber.try_recv().unwrap().sequence, expected);
+        }
+        assert_eq!(publisher.last_sequence(), 3);
+    }
+
+    #[test]
+    fn a_subscriber_resumes_with_what_it_missed_then_live_events() {
+        let publisher = Publisher::new(16, 4);
+        for n in 0..6 {
+            publisher.publish(renamed(n));
+        }
+        let (missed, mut live) = publisher.resume(4).unwrap();
+        assert_eq!(missed.iter().map(|event| event.sequence).collect::<Vec<_>>(), vec![5, 6]);
+        publisher.publish(renamed(7));
+        assert_eq!(live.try_recv().unwrap().sequence, 7);
+        assert_eq!(publisher.resume(6).unwrap().0.len(), 0, "up to date: nothing missed");
+    }
+
+    #[test]
+    fn resuming_from_too_far_back_asks_for_a_snapshot() {
+        let publisher = Publisher::new(16, 4);
+        for n in 0..10 {
+            publisher.publish(renamed(n));
+        }
+        let error = publisher.resume(2).unwrap_err();
+        assert_eq!(error, TooOld { asked: 2, oldest: 7 });
+        assert_eq!(
+            error.to_string(),
+            "events after 2 are no longer kept (the oldest kept is 7); take a fresh snapshot"
+        );
+        assert!(publisher.resume(6).is_ok(), "the event right before the oldest kept is fine");
+        assert!(publisher.resume(11).is_err(), "a sequence from the future (another gateway run)");
+    }
+
+    #[test]
+    fn a_slow_subscriber_is_cut_off_without_slowing_the_publisher() {
+        let publisher = Publisher::new(2, 0);
+        let mut slow = publisher.subscribe();
+        for n in 0..5 {
+            publisher.publish(renamed(n));
+        }
+        assert!(matches!(slow.try_recv(), Err(broadcast::error::TryRecvError::Lagged(3))));
+    }
+}

@@ -1,0 +1,160 @@
+//! The call actor: applies a call's inputs in order, publishes each change, and when the call ends
+//! writes its call log records and stops.
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use super::{Context, Shared, bump, lock};
+use crate::call::{CallInput, CallLogRecord, CallState, Party};
+use crate::domain::{Cause, LegOutcome, Millis};
+use crate::events::{CallView, ModelEvent};
+use crate::port::{PbxCommand, PbxOutcome, PbxPort};
+
+/// What a call actor is asked to do.
+pub(crate) enum CallMsg {
+    /// Apply inputs in order.
+    Apply(Vec<CallInput>),
+    /// Make the parties what a PBX snapshot says.
+    Reconcile { parties: Vec<Party>, at: Millis },
+    /// Hand the state over (for a merge) and stop.
+    TakeState(RpcReplyPort<CallState>),
+    /// Check the state against the PBX's: used after a restart and by the orphan sweep.
+    Resnapshot { at: Millis },
+    /// Panic, as a bug would (supervision tests).
+    #[cfg_attr(not(any(test, feature = "testsuite")), allow(dead_code))]
+    Crash,
+}
+
+/// The behaviour; the state is the shared [`CallState`].
+pub(crate) struct CallActor<P>(std::marker::PhantomData<fn() -> P>);
+
+impl<P> CallActor<P> {
+    pub(crate) fn new() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+pub(crate) struct CallActorState<P> {
+    context: Arc<Context<P>>,
+    call: Shared<CallState>,
+}
+
+impl<P: PbxPort> Actor for CallActor<P> {
+    type Msg = CallMsg;
+    type State = CallActorState<P>;
+    type Arguments = (Arc<Context<P>>, Shared<CallState>);
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<CallMsg>,
+        (context, call): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(CallActorState { context, call })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<CallMsg>,
+        message: CallMsg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            CallMsg::Apply(inputs) => {
+                let (changed, view) = {
+                    let mut call = lock(&state.call);
+                    let mut changed = false;
+                    for input in inputs {
+                        changed |= call.apply(input);
+                    }
+                    (changed, changed.then(|| CallView::from(&*call)))
+                };
+                if let Some(view) = view {
+                    state.context.publisher.publish(ModelEvent::Call(view));
+                }
+                if changed {
+                    finish_if_ended(&myself, state).await;
+                }
+            }
+            CallMsg::Reconcile { parties, at } => {
+                let view = {
+                    let mut call = lock(&state.call);
+                    call.reconcile(parties, at).then(|| CallView::from(&*call))
+                };
+                if let Some(view) = view {
+                    state.context.publisher.publish(ModelEvent::Call(view));
+                }
+            }
+            CallMsg::TakeState(reply) => {
+                let call = lock(&state.call).clone();
+                forget(&myself, state);
+                let _ = reply.send(call);
+                myself.stop(None);
+            }
+            CallMsg::Resnapshot { at } => {
+                let id = lock(&state.call).id.clone();
+                match state.context.port.execute(PbxCommand::SnapshotCall { call: id.clone() }).await {
+                    Ok(PbxOutcome::Snapshot(Some(parties))) => {
+                        let view = {
+                            let mut call = lock(&state.call);
+                            call.reconcile(parties, at).then(|| CallView::from(&*call))
+                        };
+                        if let Some(view) = view {
+                            state.context.publisher.publish(ModelEvent::Call(view));
+                        }
+                    }
+                    Ok(PbxOutcome::Snapshot(None)) => {
+                        // The PBX has no such call: its end was never reported. Close it now.
+                        tracing::info!(call = id, "closing a call the pbx no longer has");
+                        bump(&state.context.stats.orphans_closed);
+                        let view = {
+                            let mut call = lock(&state.call);
+                            call.apply(CallInput::Ended { cause: Cause::Normal, at });
+                            CallView::from(&*call)
+                        };
+                        state.context.publisher.publish(ModelEvent::Call(view));
+                        finish_if_ended(&myself, state).await;
+                    }
+                    Ok(other) => tracing::warn!(call = id, ?other, "unexpected answer to a call snapshot"),
+                    Err(error) => tracing::warn!(call = id, %error, "call snapshot failed; keeping the call"),
+                }
+            }
+            CallMsg::Crash => panic!("call actor crash requested"),
+        }
+        Ok(())
+    }
+}
+
+/// Removes the call from the registry if the entry is still this actor's.
+fn forget<P>(myself: &ActorRef<CallMsg>, state: &CallActorState<P>) {
+    let id = lock(&state.call).id.clone();
+    state.context.calls.remove_if(&id, |_, entry| entry.actor.get_id() == myself.get_id());
+    state.context.members.remove(&myself.get_id());
+}
+
+/// When the call has ended: writes one record per agent leg to the log sink (waiting for room: a
+/// record is never dropped), publishes them, and stops.
+async fn finish_if_ended<P: PbxPort>(myself: &ActorRef<CallMsg>, state: &CallActorState<P>) {
+    let records: Vec<CallLogRecord> = {
+        let call = lock(&state.call);
+        if !call.is_ended() {
+            return;
+        }
+        call.log_records()
+    };
+    forget(myself, state);
+    let skip_missed = state.context.config.skip_missed_queue_records;
+    for mut record in records {
+        if skip_missed && record.via_queue && record.outcome == LegOutcome::Missed {
+            continue;
+        }
+        record.agent_id = state.context.agent_on(&record.device);
+        bump(&state.context.stats.records);
+        state.context.publisher.publish(ModelEvent::CallLog(record.clone()));
+        if state.context.logs.send(record).await.is_err() {
+            tracing::error!("the call log sink is gone; a record could not be written");
+        }
+    }
+    bump(&state.context.stats.calls_ended);
+    myself.stop(None);
+}

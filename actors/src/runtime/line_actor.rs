@@ -1,0 +1,80 @@
+//! The line actor: applies a line's inputs in order and publishes each change.
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use super::{Context, Shared, lock};
+use crate::events::{LineView, ModelEvent};
+use crate::line::{LineInput, LineState};
+use crate::port::{PbxCommand, PbxOutcome, PbxPort};
+
+/// What a line actor is asked to do.
+pub(crate) enum LineMsg {
+    /// Apply one input.
+    Apply(LineInput),
+    /// Check the state against the PBX's: used after a restart.
+    Resnapshot,
+    /// Panic, as a bug would (supervision tests).
+    #[cfg_attr(not(any(test, feature = "testsuite")), allow(dead_code))]
+    Crash,
+}
+
+/// The behaviour; the state is the shared [`LineState`].
+pub(crate) struct LineActor<P>(std::marker::PhantomData<fn() -> P>);
+
+impl<P> LineActor<P> {
+    pub(crate) fn new() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+pub(crate) struct LineActorState<P> {
+    context: Arc<Context<P>>,
+    line: Shared<LineState>,
+}
+
+impl<P: PbxPort> Actor for LineActor<P> {
+    type Msg = LineMsg;
+    type State = LineActorState<P>;
+    type Arguments = (Arc<Context<P>>, Shared<LineState>);
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<LineMsg>,
+        (context, line): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(LineActorState { context, line })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<LineMsg>,
+        message: LineMsg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            LineMsg::Apply(input) => apply(state, input),
+            LineMsg::Resnapshot => {
+                let device = lock(&state.line).device.clone();
+                match state.context.port.execute(PbxCommand::SnapshotLine { device: device.clone() }).await {
+                    Ok(PbxOutcome::LineSnapshot { agent, calls }) => apply(state, LineInput::Snapshot { agent, calls }),
+                    Ok(other) => tracing::warn!(device, ?other, "unexpected answer to a line snapshot"),
+                    Err(error) => tracing::warn!(device, %error, "line snapshot failed; keeping what is known"),
+                }
+            }
+            LineMsg::Crash => panic!("line actor crash requested"),
+        }
+        Ok(())
+    }
+}
+
+fn apply<P>(state: &LineActorState<P>, input: LineInput) {
+    let view = {
+        let mut line = lock(&state.line);
+        line.apply(input).then(|| LineView::from(&*line))
+    };
+    if let Some(view) = view {
+        state.context.publisher.publish(ModelEvent::Line(view));
+    }
+}

@@ -1,0 +1,389 @@
+//! The running model: one ractor actor per agent line and one per call, a registry that finds them,
+//! a supervisor that restarts them, the router that feeds them, and the [`Model`] handle that
+//! commands and queries them.
+//!
+//! Each actor's state lives behind a lock the registry also holds, so queries read it without a
+//! message round trip, and a crashed actor's successor starts from the last state (then checks it
+//! against a PBX snapshot) instead of from nothing.
+
+mod call_actor;
+mod commands;
+mod line_actor;
+mod router;
+mod supervisor;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use ractor::{Actor, ActorCell, ActorRef};
+use tokio::sync::mpsc;
+
+pub use commands::CommandError;
+pub use router::Router;
+
+use self::call_actor::{CallActor, CallMsg};
+use self::line_actor::{LineActor, LineMsg};
+use self::supervisor::Supervisor;
+use crate::call::{CallInput, CallLogRecord, CallState, Party};
+use crate::domain::{CallId, ConnState, DeviceId, Direction, Millis};
+use crate::events::{CallView, LineView, Publisher};
+use crate::line::{Agent, LineInput, LineState};
+use crate::port::PbxPort;
+
+/// What the edge (the gateway's translation of the PBX link) feeds the model, in link order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelInput {
+    /// Inputs for one call, in order. A call the model does not know is created by an input that
+    /// adds a party or describes it; inputs that only remove things from an unknown call are dropped.
+    Call {
+        /// The call.
+        call: CallId,
+        /// What happened to it.
+        inputs: Vec<CallInput>,
+    },
+    /// An input for one agent line (its actor is created on first sight).
+    Line {
+        /// The line.
+        device: DeviceId,
+        /// What happened to it.
+        input: LineInput,
+    },
+    /// Calls joined under a new id: a transfer (`leaving` is the transferring line), a conference
+    /// (`leaving` is `None`), or a single-step transfer (`secondary` is `None`).
+    Merge {
+        /// The held (or only) call.
+        primary: CallId,
+        /// The active call, for transfer and conference.
+        secondary: Option<CallId>,
+        /// The new id.
+        new: CallId,
+        /// The line that leaves.
+        leaving: Option<DeviceId>,
+        /// The new call's devices, from the PBX's old-to-new connection pairs.
+        devices: Vec<DeviceId>,
+        /// When.
+        at: Millis,
+    },
+    /// A resync begins: calls that no snapshot (or event) mentions before it completes have ended.
+    ResyncStarted,
+    /// One call as the PBX has it now.
+    CallSnapshot(CallSnapshot),
+    /// Every monitored device has been snapshotted.
+    ResyncComplete {
+        /// The PBX's time, or the gateway's when unknown.
+        at: Millis,
+    },
+}
+
+/// A call as a PBX snapshot shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallSnapshot {
+    /// The call.
+    pub call: CallId,
+    /// Its parties now.
+    pub parties: Vec<Party>,
+    /// Who placed it.
+    pub calling: String,
+    /// Where to.
+    pub called: String,
+    /// Which way it goes.
+    pub direction: Direction,
+    /// Its queue, if any.
+    pub queue: Option<DeviceId>,
+    /// Its park id while parked.
+    pub park_id: Option<String>,
+    /// Its recording, if any.
+    pub recording_url: Option<String>,
+    /// When the PBX created it.
+    pub created_at: Millis,
+    /// When the snapshot was taken.
+    pub at: Millis,
+}
+
+/// How the model runs.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    /// Events a subscriber may fall behind before it is cut off.
+    pub event_buffer: usize,
+    /// Recent events kept for subscribers that resume.
+    pub event_history: usize,
+    /// Leave out call log records of queue agents who were offered a call and did not answer it.
+    pub skip_missed_queue_records: bool,
+    /// How often to look for calls whose end was never reported.
+    pub sweep_interval: Duration,
+    /// A call with no news for this long is checked against the PBX by the sweep.
+    pub sweep_idle: Duration,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            event_buffer: 65_536,
+            event_history: 65_536,
+            skip_missed_queue_records: false,
+            sweep_interval: Duration::from_secs(60),
+            sweep_idle: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Counters of the model's life.
+#[derive(Debug, Default)]
+pub struct ModelStats {
+    /// Call actors started.
+    pub calls_started: AtomicU64,
+    /// Calls ended (their records written).
+    pub calls_ended: AtomicU64,
+    /// Call log records produced.
+    pub records: AtomicU64,
+    /// Actors restarted after a crash.
+    pub restarts: AtomicU64,
+    /// Calls closed by the sweep or a resync because the PBX no longer had them.
+    pub orphans_closed: AtomicU64,
+    /// Inputs routed.
+    pub inputs: AtomicU64,
+}
+
+impl ModelStats {
+    /// Reads one counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A state shared by an actor and the registry.
+pub(crate) type Shared<T> = Arc<Mutex<T>>;
+
+/// Locks a shared state. A poisoned lock means an actor panicked mid-update; the state is still the
+/// best there is, and the restarted actor checks it against the PBX.
+pub(crate) fn lock<T>(state: &Mutex<T>) -> MutexGuard<'_, T> {
+    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[derive(Clone)]
+pub(crate) struct CallEntry {
+    pub(crate) actor: ActorRef<CallMsg>,
+    pub(crate) state: Shared<CallState>,
+}
+
+#[derive(Clone)]
+pub(crate) struct LineEntry {
+    pub(crate) actor: ActorRef<LineMsg>,
+    pub(crate) state: Shared<LineState>,
+}
+
+/// What an actor runs, so the supervisor knows what to restart.
+#[derive(Debug, Clone)]
+pub(crate) enum Member {
+    Call(CallId),
+    Line(DeviceId),
+}
+
+/// Everything the actors share.
+pub(crate) struct Context<P> {
+    pub(crate) config: ModelConfig,
+    pub(crate) calls: DashMap<CallId, CallEntry>,
+    pub(crate) lines: DashMap<DeviceId, LineEntry>,
+    pub(crate) members: DashMap<ractor::ActorId, Member>,
+    pub(crate) publisher: Arc<Publisher>,
+    pub(crate) logs: mpsc::Sender<CallLogRecord>,
+    pub(crate) port: Arc<P>,
+    pub(crate) stats: ModelStats,
+    pub(crate) supervisor: std::sync::OnceLock<ActorCell>,
+    sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl<P: PbxPort> Context<P> {
+    fn supervisor(&self) -> Result<ActorCell, ractor::SpawnErr> {
+        self.supervisor
+            .get()
+            .cloned()
+            .ok_or_else(|| ractor::SpawnErr::StartupFailed("the model's supervisor is not running".into()))
+    }
+
+    /// Starts a call actor over `state` and registers it.
+    pub(crate) async fn spawn_call(self: &Arc<Self>, state: CallState) -> Result<CallEntry, ractor::SpawnErr> {
+        let id = state.id.clone();
+        let shared = Arc::new(Mutex::new(state));
+        self.start_call_actor(id, shared).await
+    }
+
+    pub(crate) async fn start_call_actor(
+        self: &Arc<Self>,
+        id: CallId,
+        shared: Shared<CallState>,
+    ) -> Result<CallEntry, ractor::SpawnErr> {
+        let (actor, _) =
+            Actor::spawn_linked(None, CallActor::new(), (self.clone(), shared.clone()), self.supervisor()?).await?;
+        self.members.insert(actor.get_id(), Member::Call(id.clone()));
+        let entry = CallEntry { actor, state: shared };
+        self.calls.insert(id, entry.clone());
+        bump(&self.stats.calls_started);
+        Ok(entry)
+    }
+
+    /// Starts a line actor over `state` and registers it.
+    pub(crate) async fn start_line_actor(
+        self: &Arc<Self>,
+        device: DeviceId,
+        shared: Shared<LineState>,
+    ) -> Result<LineEntry, ractor::SpawnErr> {
+        let (actor, _) =
+            Actor::spawn_linked(None, LineActor::new(), (self.clone(), shared.clone()), self.supervisor()?).await?;
+        self.members.insert(actor.get_id(), Member::Line(device.clone()));
+        let entry = LineEntry { actor, state: shared };
+        self.lines.insert(device, entry.clone());
+        Ok(entry)
+    }
+
+    /// The login id of the agent on a line, for call log records.
+    pub(crate) fn agent_on(&self, device: &str) -> Option<String> {
+        let entry = self.lines.get(device)?;
+        let agent = lock(&entry.state).agent.as_ref().map(|agent| agent.login_id.clone());
+        agent
+    }
+}
+
+/// The handle to the running model: commands, queries and subscriptions. Cheap to clone.
+pub struct Model<P> {
+    pub(crate) context: Arc<Context<P>>,
+    supervisor: ActorRef<supervisor::SupervisorMsg>,
+}
+
+impl<P> Clone for Model<P> {
+    fn clone(&self) -> Self {
+        Self { context: self.context.clone(), supervisor: self.supervisor.clone() }
+    }
+}
+
+impl<P> std::fmt::Debug for Model<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("lines", &self.context.lines.len())
+            .field("calls", &self.context.calls.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Starts the model: its supervisor and sweep. Feed it through the returned [`Router`]; call log
+/// records go to `logs` (the durable path), every change to [`Model::publisher`].
+pub async fn start<P: PbxPort>(
+    config: ModelConfig,
+    port: Arc<P>,
+    logs: mpsc::Sender<CallLogRecord>,
+) -> Result<(Model<P>, Router<P>), ractor::SpawnErr> {
+    let publisher = Arc::new(Publisher::new(config.event_buffer, config.event_history));
+    let context = Arc::new(Context {
+        config,
+        calls: DashMap::new(),
+        lines: DashMap::new(),
+        members: DashMap::new(),
+        publisher,
+        logs,
+        port,
+        stats: ModelStats::default(),
+        supervisor: std::sync::OnceLock::new(),
+        sweeper: Mutex::new(None),
+    });
+    let (supervisor, _) = Actor::spawn(None, Supervisor::new(), context.clone()).await?;
+    let _ = context.supervisor.set(supervisor.get_cell());
+    let sweeper = tokio::spawn(supervisor::sweep(context.clone()));
+    *lock(&context.sweeper) = Some(sweeper);
+    let router = Router::new(context.clone());
+    Ok((Model { context, supervisor }, router))
+}
+
+impl<P: PbxPort> Model<P> {
+    /// Where every change is published.
+    pub fn publisher(&self) -> &Arc<Publisher> {
+        &self.context.publisher
+    }
+
+    /// The model's counters.
+    pub fn stats(&self) -> &ModelStats {
+        &self.context.stats
+    }
+
+    /// One line as it is now.
+    pub fn line(&self, device: &str) -> Option<LineView> {
+        let entry = self.context.lines.get(device)?;
+        let view = LineView::from(&*lock(&entry.state));
+        Some(view)
+    }
+
+    /// Every line, by device id.
+    pub fn lines(&self) -> Vec<LineView> {
+        let mut lines: Vec<LineView> =
+            self.context.lines.iter().map(|entry| LineView::from(&*lock(&entry.state))).collect();
+        lines.sort_by(|a, b| a.device.cmp(&b.device));
+        lines
+    }
+
+    /// One call in progress.
+    pub fn call(&self, id: &str) -> Option<CallView> {
+        let entry = self.context.calls.get(id)?;
+        let view = CallView::from(&*lock(&entry.state));
+        Some(view)
+    }
+
+    /// Every call in progress, by id.
+    pub fn calls(&self) -> Vec<CallView> {
+        let mut calls: Vec<CallView> = self
+            .context
+            .calls
+            .iter()
+            .map(|entry| CallView::from(&*lock(&entry.state)))
+            .filter(|call| call.ended_at.is_none())
+            .collect();
+        calls.sort_by(|a, b| a.id.cmp(&b.id));
+        calls
+    }
+
+    /// Live actors: (lines, calls).
+    pub fn actor_counts(&self) -> (usize, usize) {
+        (self.context.lines.len(), self.context.calls.len())
+    }
+
+    /// Makes a call actor panic, as a bug would, to exercise supervision.
+    #[cfg(any(test, feature = "testsuite"))]
+    pub fn crash_call(&self, id: &str) -> bool {
+        self.context.calls.get(id).is_some_and(|entry| entry.actor.cast(CallMsg::Crash).is_ok())
+    }
+
+    /// Makes a line actor panic, as a bug would, to exercise supervision.
+    #[cfg(any(test, feature = "testsuite"))]
+    pub fn crash_line(&self, device: &str) -> bool {
+        self.context.lines.get(device).is_some_and(|entry| entry.actor.cast(LineMsg::Crash).is_ok())
+    }
+
+    /// Stops every actor and the sweep.
+    pub async fn shutdown(&self) {
+        if let Some(sweeper) = lock(&self.context.sweeper).take() {
+            sweeper.abort();
+        }
+        let _ = self.supervisor.stop_and_wait(Some("model shutting down".to_owned()), None).await;
+    }
+}
+
+/// The lines' agent and calls, in the form [`LineInput::Snapshot`] takes.
+pub fn line_snapshot(agent: Option<Agent>, calls: BTreeMap<CallId, ConnState>) -> LineInput {
+    LineInput::Snapshot { agent, calls }
+}
+
+/// Inputs that make an unknown call known.
+fn creates_call(input: &CallInput) -> bool {
+    match input {
+        CallInput::PartyState { state, .. } => *state != ConnState::Null,
+        CallInput::Info { .. } | CallInput::Queue { .. } | CallInput::Recording { .. } | CallInput::Parked { .. } => {
+            true
+        }
+        _ => false,
+    }
+}

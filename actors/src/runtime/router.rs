@@ -1,0 +1,242 @@
+//! The router: takes the model's inputs in link order and hands each to the right actor, creating
+//! actors for new lines and calls, joining calls on transfer and conference, and closing calls a
+//! resync shows are gone.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::call_actor::CallMsg;
+use super::line_actor::LineMsg;
+use super::supervisor::wall_clock_ms;
+use super::{CallSnapshot, Context, ModelInput, bump, creates_call, lock};
+use crate::call::{CallInput, CallState, Party};
+use crate::domain::{CallId, Cause, ConnState, DeviceKind, Millis};
+use crate::events::{CallView, ModelEvent};
+use crate::line::{LineInput, LineState};
+use crate::port::PbxPort;
+
+/// Routes [`ModelInput`]s to the actors. One router per model; it is fed in link order.
+pub struct Router<P> {
+    context: Arc<Context<P>>,
+    /// During a resync: the calls a snapshot or an event has mentioned since it began.
+    resync: Option<HashSet<CallId>>,
+}
+
+impl<P: PbxPort> Router<P> {
+    pub(crate) fn new(context: Arc<Context<P>>) -> Self {
+        Self { context, resync: None }
+    }
+
+    /// Routes every input from `inputs` until the sender is dropped.
+    pub async fn run(mut self, mut inputs: mpsc::Receiver<ModelInput>) {
+        while let Some(input) = inputs.recv().await {
+            self.route(input).await;
+        }
+    }
+
+    /// Routes one input.
+    pub async fn route(&mut self, input: ModelInput) {
+        bump(&self.context.stats.inputs);
+        match input {
+            ModelInput::Call { call, inputs } => self.to_call(call, inputs).await,
+            ModelInput::Line { device, input } => self.to_line(device, input).await,
+            ModelInput::Merge { primary, secondary, new, leaving, devices, at } => {
+                self.merge(primary, secondary, new, leaving, devices, at).await;
+            }
+            ModelInput::ResyncStarted => self.resync = Some(HashSet::new()),
+            ModelInput::CallSnapshot(snapshot) => self.snapshot(snapshot).await,
+            ModelInput::ResyncComplete { at } => self.resync_complete(at),
+        }
+    }
+
+    fn mentioned(&mut self, call: &CallId) {
+        if let Some(seen) = self.resync.as_mut() {
+            seen.insert(call.clone());
+        }
+    }
+
+    async fn to_call(&mut self, call: CallId, inputs: Vec<CallInput>) {
+        self.mentioned(&call);
+        let entry = self.context.calls.get(&call).map(|entry| entry.clone());
+        let entry = match entry {
+            Some(entry) => entry,
+            None if inputs.iter().any(creates_call) => {
+                let created_at = inputs.iter().find_map(input_time).unwrap_or_else(wall_clock_ms);
+                match self.context.spawn_call(CallState::new(call.clone(), created_at)).await {
+                    Ok(entry) => entry,
+                    Err(error) => {
+                        tracing::error!(call, %error, "call actor could not be started");
+                        return;
+                    }
+                }
+            }
+            // News of the end of a call the model never knew (or has closed): nothing to do.
+            None => return,
+        };
+        if entry.actor.cast(CallMsg::Apply(inputs)).is_err() {
+            // The actor is restarting; its successor checks the state against the PBX.
+            tracing::debug!(call, "call actor unavailable; input left to its resnapshot");
+        }
+    }
+
+    async fn to_line(&mut self, device: String, input: LineInput) {
+        let entry = self.context.lines.get(&device).map(|entry| entry.clone());
+        let entry = match entry {
+            Some(entry) => entry,
+            None => {
+                let state = Arc::new(std::sync::Mutex::new(LineState::new(device.clone())));
+                match self.context.start_line_actor(device.clone(), state).await {
+                    Ok(entry) => entry,
+                    Err(error) => {
+                        tracing::error!(device, %error, "line actor could not be started");
+                        return;
+                    }
+                }
+            }
+        };
+        if entry.actor.cast(LineMsg::Apply(input)).is_err() {
+            tracing::debug!(device, "line actor unavailable; input left to its resnapshot");
+        }
+    }
+
+    /// Takes a call's state out of its actor, which stops; `None` if the model does not know it.
+    async fn take(&self, call: &CallId) -> Option<CallState> {
+        let (_, entry) = self.context.calls.remove(call)?;
+        match ractor::call!(entry.actor, CallMsg::TakeState) {
+            Ok(state) => Some(state),
+            // The actor died before answering: the state it shared is still the best there is.
+            Err(_) => Some(lock(&entry.state).clone()),
+        }
+    }
+
+    async fn merge(
+        &mut self,
+        primary: CallId,
+        secondary: Option<CallId>,
+        new: CallId,
+        leaving: Option<String>,
+        devices: Vec<String>,
+        at: Millis,
+    ) {
+        self.mentioned(&new);
+        let first = self.take(&primary).await.unwrap_or_else(|| CallState::new(primary.clone(), at));
+        let merged = match &secondary {
+            None => first.transferred_single_step(new.clone(), leaving.as_deref().unwrap_or_default(), at),
+            Some(secondary_id) => {
+                let second = self.take(secondary_id).await.unwrap_or_else(|| CallState::new(secondary_id.clone(), at));
+                let parties = merged_parties(&first, &second, &devices);
+                CallState::merged(first, second, new.clone(), leaving.as_deref(), parties, at)
+            }
+        };
+        let mut old = vec![primary];
+        old.extend(secondary);
+        self.context.publisher.publish(ModelEvent::CallRenamed { old, new: new.clone() });
+        let view = CallView::from(&merged);
+        match self.context.spawn_call(merged).await {
+            Ok(_) => self.context.publisher.publish(ModelEvent::Call(view)),
+            Err(error) => tracing::error!(call = new, %error, "merged call actor could not be started"),
+        }
+    }
+
+    async fn snapshot(&mut self, snapshot: CallSnapshot) {
+        self.mentioned(&snapshot.call);
+        let mut inputs = vec![CallInput::Info {
+            calling: snapshot.calling.clone(),
+            called: snapshot.called.clone(),
+            direction: snapshot.direction,
+        }];
+        if let Some(queue) = snapshot.queue.clone() {
+            inputs.push(CallInput::Queue { queue });
+        }
+        if let Some(url) = snapshot.recording_url.clone() {
+            inputs.push(CallInput::Recording { url });
+        }
+        let existing = self.context.calls.get(&snapshot.call).map(|entry| entry.clone());
+        match existing {
+            Some(entry) => {
+                let parked = lock(&entry.state).park_id.clone();
+                match (&parked, &snapshot.park_id) {
+                    (None, Some(park_id)) => inputs.push(CallInput::Parked {
+                        park_id: park_id.clone(),
+                        parked_by: String::new(),
+                        at: snapshot.at,
+                    }),
+                    (Some(_), None) => inputs.push(CallInput::Unparked { at: snapshot.at }),
+                    _ => {}
+                }
+                let _ = entry.actor.cast(CallMsg::Apply(inputs));
+                let _ = entry.actor.cast(CallMsg::Reconcile { parties: snapshot.parties, at: snapshot.at });
+            }
+            None => {
+                let mut state = CallState::new(snapshot.call.clone(), snapshot.created_at);
+                for input in inputs {
+                    state.apply(input);
+                }
+                if let Some(park_id) = snapshot.park_id {
+                    state.apply(CallInput::Parked { park_id, parked_by: String::new(), at: snapshot.at });
+                }
+                // A call first seen in a snapshot started before the gateway saw it: its legs start
+                // at the call's creation, the best the PBX tells.
+                for party in &snapshot.parties {
+                    state.apply(CallInput::PartyState {
+                        device: party.device.clone(),
+                        kind: party.kind,
+                        state: party.state,
+                        cause: Cause::Normal,
+                        at: snapshot.created_at,
+                    });
+                }
+                let view = CallView::from(&state);
+                match self.context.spawn_call(state).await {
+                    Ok(_) => self.context.publisher.publish(ModelEvent::Call(view)),
+                    Err(error) => tracing::error!(call = snapshot.call, %error, "call actor could not be started"),
+                }
+            }
+        }
+    }
+
+    /// Ends every call the resync did not mention: it ended while the link was down.
+    fn resync_complete(&mut self, at: Millis) {
+        let Some(seen) = self.resync.take() else { return };
+        for entry in self.context.calls.iter() {
+            if !seen.contains(entry.key()) {
+                bump(&self.context.stats.orphans_closed);
+                let _ = entry.actor.cast(CallMsg::Apply(vec![CallInput::Ended { cause: Cause::Normal, at }]));
+            }
+        }
+    }
+}
+
+/// The new call's parties: each device the PBX lists, with its state in the old calls (a device in
+/// both, the conferencing line, is connected in the new call).
+fn merged_parties(first: &CallState, second: &CallState, devices: &[String]) -> Vec<Party> {
+    let mut parties: Vec<Party> = Vec::new();
+    for device in devices {
+        if parties.iter().any(|party| &party.device == device) {
+            continue;
+        }
+        let mine = first.party(device);
+        let theirs = second.party(device);
+        let state = match (mine, theirs) {
+            (Some(_), Some(_)) => ConnState::Connected,
+            (Some(party), None) | (None, Some(party)) => party.state,
+            (None, None) => ConnState::Connected,
+        };
+        let kind = mine.or(theirs).map_or(DeviceKind::External, |party| party.kind);
+        parties.push(Party { device: device.clone(), kind, state });
+    }
+    parties
+}
+
+fn input_time(input: &CallInput) -> Option<Millis> {
+    match input {
+        CallInput::PartyState { at, .. }
+        | CallInput::PartyCleared { at, .. }
+        | CallInput::Parked { at, .. }
+        | CallInput::Unparked { at }
+        | CallInput::Ended { at, .. } => Some(*at),
+        _ => None,
+    }
+}

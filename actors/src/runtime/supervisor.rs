@@ -1,0 +1,137 @@
+//! The supervisor of every line and call actor: a crashed actor is restarted over its last state and
+//! told to check it against a PBX snapshot. Also the orphan sweep.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+
+use super::call_actor::CallMsg;
+use super::line_actor::LineMsg;
+use super::{Context, Member, bump, lock};
+use crate::port::PbxPort;
+
+/// The supervisor takes no messages of its own; it only watches its children.
+pub(crate) enum SupervisorMsg {}
+
+pub(crate) struct Supervisor<P>(std::marker::PhantomData<fn() -> P>);
+
+impl<P> Supervisor<P> {
+    pub(crate) fn new() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl<P: PbxPort> Actor for Supervisor<P> {
+    type Msg = SupervisorMsg;
+    type State = Arc<Context<P>>;
+    type Arguments = Arc<Context<P>>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<SupervisorMsg>,
+        context: Arc<Context<P>>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(context)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<SupervisorMsg>,
+        message: SupervisorMsg,
+        _context: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {}
+    }
+
+    /// Unlike ractor's default, a child's exit never stops the supervisor: calls end all the time.
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<SupervisorMsg>,
+        event: SupervisionEvent,
+        context: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, why) = match event {
+            SupervisionEvent::ActorFailed(cell, error) => (cell, format!("failed: {error}")),
+            // A child that stops on its own removes itself from the registry first; one still
+            // registered was killed from outside.
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, format!("terminated: {}", reason.unwrap_or_else(|| "killed".to_owned())))
+            }
+            _ => return Ok(()),
+        };
+        let Some((_, member)) = context.members.remove(&cell.get_id()) else { return Ok(()) };
+        restart(context, member, &cell, &why).await;
+        Ok(())
+    }
+}
+
+async fn restart<P: PbxPort>(context: &Arc<Context<P>>, member: Member, cell: &ractor::ActorCell, why: &str) {
+    match member {
+        Member::Call(id) => {
+            let Some(entry) = context.calls.get(&id).map(|entry| entry.clone()) else { return };
+            if entry.actor.get_id() != cell.get_id() {
+                return;
+            }
+            tracing::error!(call = id, why, "call actor crashed; restarting it");
+            bump(&context.stats.restarts);
+            match context.start_call_actor(id.clone(), entry.state.clone()).await {
+                Ok(entry) => {
+                    let _ = entry.actor.cast(CallMsg::Resnapshot { at: wall_clock_ms() });
+                }
+                Err(error) => tracing::error!(call = id, %error, "call actor could not be restarted"),
+            }
+        }
+        Member::Line(device) => {
+            let Some(entry) = context.lines.get(&device).map(|entry| entry.clone()) else { return };
+            if entry.actor.get_id() != cell.get_id() {
+                return;
+            }
+            tracing::error!(device, why, "line actor crashed; restarting it");
+            bump(&context.stats.restarts);
+            match context.start_line_actor(device.clone(), entry.state.clone()).await {
+                Ok(entry) => {
+                    let _ = entry.actor.cast(LineMsg::Resnapshot);
+                }
+                Err(error) => tracing::error!(device, %error, "line actor could not be restarted"),
+            }
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch on the gateway's clock, for ends the PBX did not time.
+pub(crate) fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// Periodically asks the PBX about calls with no news for a while, so a call whose end was never
+/// reported is closed rather than leaked.
+pub(crate) async fn sweep<P: PbxPort>(context: Arc<Context<P>>) {
+    let interval = context.config.sweep_interval.max(Duration::from_millis(10));
+    let mut ticks = tokio::time::interval(interval);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        sweep_once(&context);
+    }
+}
+
+pub(crate) fn sweep_once<P: PbxPort>(context: &Context<P>) -> usize {
+    let now = wall_clock_ms();
+    let idle = context.config.sweep_idle.as_millis() as u64;
+    let mut checked = 0;
+    for entry in context.calls.iter() {
+        let last_news = {
+            let call = lock(&entry.state);
+            call.timeline.last().map_or(call.created_at, |moment| moment.at)
+        };
+        if now.saturating_sub(last_news) >= idle {
+            checked += 1;
+            let _ = entry.actor.cast(CallMsg::Resnapshot { at: now });
+        }
+    }
+    checked
+}

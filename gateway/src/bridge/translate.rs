@@ -1,0 +1,363 @@
+//! Link events to model inputs: one PBX event becomes the inputs of the call and the lines it
+//! touches; snapshots become line snapshots, call snapshots and the resync's bounds.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use actors::call::{CallInput, Party};
+use actors::domain::{AgentState, Cause, ConnState, DeviceKind, Direction, Millis};
+use actors::line::{Agent, LineInput};
+use actors::runtime::{CallSnapshot, ModelInput};
+use proto::pbx::{self, EventCause, event_report::Event};
+
+use crate::pbx::LinkEvent;
+
+/// What kind each device the PBX has told of is; anything else is an outside number.
+#[derive(Debug, Clone, Default)]
+pub struct Directory(Arc<RwLock<HashMap<String, DeviceKind>>>);
+
+impl Directory {
+    /// The kind of `device`.
+    pub fn kind(&self, device: &str) -> DeviceKind {
+        let known = self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        known.get(device).copied().unwrap_or(DeviceKind::External)
+    }
+
+    fn learn(&self, device: &str, kind: DeviceKind) {
+        let mut known = self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        known.insert(device.to_owned(), kind);
+    }
+
+    /// The parties of a PBX call snapshot, in the model's terms.
+    pub fn parties(&self, call: &pbx::CallSnapshot) -> Vec<Party> {
+        call.parties
+            .iter()
+            .map(|party| Party {
+                device: party.device_id.clone(),
+                kind: self.kind(&party.device_id),
+                state: conn_state(party.state),
+            })
+            .collect()
+    }
+
+    /// Which way a call goes, judged from its two ends.
+    pub fn direction(&self, calling: &str, called: &str) -> Direction {
+        match (self.kind(calling), self.kind(called)) {
+            (DeviceKind::External, _) => Direction::Inbound,
+            (_, DeviceKind::External) => Direction::Outbound,
+            _ => Direction::Internal,
+        }
+    }
+}
+
+/// A connection state in the model's terms.
+pub(super) fn conn_state(state: i32) -> ConnState {
+    use pbx::ConnectionState as S;
+    match S::try_from(state).unwrap_or(S::Null) {
+        S::Null => ConnState::Null,
+        S::Initiated => ConnState::Initiated,
+        S::Alerting => ConnState::Alerting,
+        S::Connected => ConnState::Connected,
+        S::Held => ConnState::Held,
+        S::Queued => ConnState::Queued,
+        S::Failed => ConnState::Failed,
+    }
+}
+
+fn device_kind(kind: i32) -> DeviceKind {
+    match pbx::DeviceKind::try_from(kind).unwrap_or(pbx::DeviceKind::Unspecified) {
+        pbx::DeviceKind::Station => DeviceKind::Line,
+        pbx::DeviceKind::AcdQueue => DeviceKind::Queue,
+        pbx::DeviceKind::ParkOrbit => DeviceKind::ParkOrbit,
+        pbx::DeviceKind::External | pbx::DeviceKind::Unspecified => DeviceKind::External,
+    }
+}
+
+/// The agent on a line in the model's terms (`None` when logged off).
+pub(super) fn agent(info: Option<&pbx::AgentInfo>) -> Option<Agent> {
+    let info = info?;
+    let state = match pbx::AgentState::try_from(info.state).unwrap_or(pbx::AgentState::Unspecified) {
+        pbx::AgentState::LoggedOff | pbx::AgentState::Unspecified => return None,
+        pbx::AgentState::Ready => AgentState::Ready,
+        pbx::AgentState::NotReady => AgentState::NotReady,
+        pbx::AgentState::WorkingAfterCall => AgentState::WorkingAfterCall,
+        pbx::AgentState::DoNotDisturb => AgentState::DoNotDisturb,
+    };
+    Some(Agent { login_id: info.agent_id.clone(), state, roles: info.roles.clone(), reason: info.reason.clone() })
+}
+
+/// Turns the link's ordered events into the model's ordered inputs.
+#[derive(Debug, Default)]
+pub struct Translator {
+    directory: Directory,
+    in_resync: bool,
+}
+
+impl Translator {
+    /// A translator that records device kinds in `directory` (shared with the [`super::LinkPort`]).
+    pub fn new(directory: Directory) -> Self {
+        Self { directory, in_resync: false }
+    }
+
+    /// Appends the inputs `event` means to `out`.
+    pub fn translate(&mut self, event: LinkEvent, out: &mut Vec<ModelInput>) {
+        match event {
+            LinkEvent::Up { .. } => self.begin_resync(out),
+            LinkEvent::Snapshot { snapshot, .. } => {
+                self.begin_resync(out);
+                self.snapshot(snapshot, out);
+            }
+            LinkEvent::ResyncComplete { .. } => {
+                self.in_resync = false;
+                out.push(ModelInput::ResyncComplete { at: wall_clock_ms() });
+            }
+            LinkEvent::Event(report) => self.event(report, out),
+            LinkEvent::Down { .. } => {}
+        }
+    }
+
+    fn begin_resync(&mut self, out: &mut Vec<ModelInput>) {
+        if !self.in_resync {
+            self.in_resync = true;
+            out.push(ModelInput::ResyncStarted);
+        }
+    }
+
+    fn snapshot(&mut self, snapshot: pbx::SnapshotDeviceResult, out: &mut Vec<ModelInput>) {
+        let Some(device) = snapshot.device else { return };
+        let kind = device_kind(device.kind);
+        self.directory.learn(&device.device_id, kind);
+        if kind == DeviceKind::Line {
+            let calls: BTreeMap<String, ConnState> = snapshot
+                .calls
+                .iter()
+                .filter_map(|call| {
+                    let party = call.parties.iter().find(|party| party.device_id == device.device_id)?;
+                    Some((call.call_id.clone(), conn_state(party.state)))
+                })
+                .collect();
+            let input = LineInput::Snapshot { agent: agent(snapshot.agent.as_ref()), calls };
+            out.push(ModelInput::Line { device: device.device_id.clone(), input });
+        }
+        let at = wall_clock_ms();
+        for call in snapshot.calls {
+            // Devices in the call that the directory does not know yet are learned from later
+            // snapshots; until then they count as outside parties.
+            let parties = self.directory.parties(&call);
+            out.push(ModelInput::CallSnapshot(CallSnapshot {
+                direction: self.directory.direction(&call.calling_device, &call.called_device),
+                parties,
+                queue: non_empty(call.queue_device),
+                park_id: non_empty(call.park_id),
+                recording_url: non_empty(call.recording_url),
+                calling: call.calling_device,
+                called: call.called_device,
+                created_at: call.created_ms,
+                call: call.call_id,
+                at,
+            }));
+        }
+    }
+
+    fn info(&self, calling: &str, called: &str) -> CallInput {
+        CallInput::Info {
+            calling: calling.to_owned(),
+            called: called.to_owned(),
+            direction: self.directory.direction(calling, called),
+        }
+    }
+
+    /// The inputs for a party changing state: the call's, and the line's when it is a line.
+    fn party(
+        &self,
+        connection: &pbx::ConnectionId,
+        state: ConnState,
+        cause: Cause,
+        at: Millis,
+        mut call_inputs: Vec<CallInput>,
+        out: &mut Vec<ModelInput>,
+    ) {
+        let kind = self.directory.kind(&connection.device_id);
+        let device = connection.device_id.clone();
+        call_inputs.push(if state == ConnState::Null {
+            CallInput::PartyCleared { device: device.clone(), cause, at }
+        } else {
+            CallInput::PartyState { device: device.clone(), kind, state, cause, at }
+        });
+        out.push(ModelInput::Call { call: connection.call_id.clone(), inputs: call_inputs });
+        if kind == DeviceKind::Line {
+            out.push(ModelInput::Line { device, input: LineInput::Call { call: connection.call_id.clone(), state } });
+        }
+    }
+
+    fn event(&mut self, report: pbx::EventReport, out: &mut Vec<ModelInput>) {
+        let at = report.timestamp_ms;
+        let event_cause = EventCause::try_from(report.cause).unwrap_or(EventCause::Unspecified);
+        let cause = match event_cause {
+            EventCause::Park => Cause::Park,
+            EventCause::Recall => Cause::Recall,
+            EventCause::AcdDistribution | EventCause::Redirected => Cause::Distribution,
+            EventCause::Transfer | EventCause::SingleStepTransfer => Cause::Transfer,
+            EventCause::Conference => Cause::Conference,
+            EventCause::Busy | EventCause::DestinationNotObtainable => Cause::Failed,
+            _ => Cause::Normal,
+        };
+        let Some(event) = report.event else { return };
+        match event {
+            Event::ServiceInitiated(event) => {
+                if let Some(connection) = event.initiated {
+                    self.party(&connection, ConnState::Initiated, cause, at, Vec::new(), out);
+                }
+            }
+            Event::Originated(event) => {
+                if let Some(connection) = event.originating {
+                    let info = self.info(&event.calling_device, &event.called_device);
+                    self.party(&connection, ConnState::Connected, cause, at, vec![info], out);
+                }
+            }
+            Event::Delivered(event) => {
+                if let Some(connection) = event.alerting {
+                    let mut inputs = vec![self.info(&event.calling_device, &event.called_device)];
+                    if self.directory.kind(&event.last_redirection_device) == DeviceKind::Queue {
+                        inputs.push(CallInput::Queue { queue: event.last_redirection_device.clone() });
+                    }
+                    self.party(&connection, ConnState::Alerting, cause, at, inputs, out);
+                }
+            }
+            Event::Established(event) => {
+                if let Some(connection) = event.answering {
+                    let mut inputs = vec![self.info(&event.calling_device, &event.called_device)];
+                    if cause == Cause::Park {
+                        inputs.push(CallInput::Unparked { at });
+                    }
+                    self.party(&connection, ConnState::Connected, cause, at, inputs, out);
+                }
+            }
+            Event::Held(event) => {
+                if let Some(connection) = event.held {
+                    self.party(&connection, ConnState::Held, cause, at, Vec::new(), out);
+                }
+            }
+            Event::Retrieved(event) => {
+                if let Some(connection) = event.retrieved {
+                    self.party(&connection, ConnState::Connected, cause, at, Vec::new(), out);
+                }
+            }
+            Event::Queued(event) => {
+                if let Some(connection) = event.queued {
+                    let inputs = vec![
+                        self.info(&event.calling_device, &event.called_device),
+                        CallInput::Queue { queue: event.queue_device.clone() },
+                    ];
+                    self.party(&connection, ConnState::Queued, cause, at, inputs, out);
+                }
+            }
+            Event::Diverted(event) => {
+                if let Some(connection) = event.connection {
+                    self.party(&connection, ConnState::Null, Cause::Distribution, at, Vec::new(), out);
+                }
+            }
+            Event::Failed(event) => {
+                if let Some(connection) = event.failed {
+                    self.party(&connection, ConnState::Failed, Cause::Failed, at, Vec::new(), out);
+                }
+            }
+            Event::ConnectionCleared(event) => {
+                if let Some(connection) = event.dropped {
+                    self.party(&connection, ConnState::Null, cause, at, Vec::new(), out);
+                }
+            }
+            Event::CallCleared(event) => {
+                out.push(ModelInput::Call { call: event.call_id, inputs: vec![CallInput::Ended { cause, at }] });
+            }
+            Event::Transferred(event) => {
+                let secondary = non_empty(event.secondary_old_call);
+                self.merge(
+                    event.primary_old_call,
+                    secondary,
+                    event.new_call_id,
+                    Some(event.transferring_device),
+                    event.connections,
+                    at,
+                    out,
+                );
+            }
+            Event::Conferenced(event) => {
+                let secondary = non_empty(event.secondary_old_call);
+                self.merge(event.primary_old_call, secondary, event.new_call_id, None, event.connections, at, out);
+            }
+            Event::Parked(event) => {
+                let Some(parked) = event.parked else { return };
+                let mut inputs =
+                    vec![CallInput::Parked { park_id: event.park_id.clone(), parked_by: event.parking_device, at }];
+                // The park id names the orbit on PBXs whose orbits are devices; the orbit then waits in the call.
+                if self.directory.kind(&event.park_id) == DeviceKind::ParkOrbit {
+                    inputs.push(CallInput::PartyState {
+                        device: event.park_id,
+                        kind: DeviceKind::ParkOrbit,
+                        state: ConnState::Queued,
+                        cause: Cause::Park,
+                        at,
+                    });
+                }
+                out.push(ModelInput::Call { call: parked.call_id, inputs });
+            }
+            Event::ParkRecall(event) => {
+                out.push(ModelInput::Call { call: event.call_id, inputs: vec![CallInput::Unparked { at }] });
+            }
+            Event::AgentState(event) => {
+                if self.directory.kind(&event.device_id) == DeviceKind::Line {
+                    let input = LineInput::Agent(agent(event.agent.as_ref()));
+                    out.push(ModelInput::Line { device: event.device_id, input });
+                }
+            }
+            Event::MonitorEnded(event) => {
+                tracing::warn!(device = event.device_id, "the pbx ended a monitor");
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn merge(
+        &self,
+        primary: String,
+        secondary: Option<String>,
+        new: String,
+        leaving: Option<String>,
+        pairs: Vec<pbx::ConnectionPair>,
+        at: Millis,
+        out: &mut Vec<ModelInput>,
+    ) {
+        let mut devices = Vec::new();
+        let mut line_inputs = Vec::new();
+        for pair in &pairs {
+            let (Some(old), Some(new_connection)) = (&pair.old_connection, &pair.new_connection) else { continue };
+            if !devices.contains(&new_connection.device_id) {
+                devices.push(new_connection.device_id.clone());
+            }
+            if self.directory.kind(&old.device_id) == DeviceKind::Line {
+                let input = LineInput::Renamed { old: old.call_id.clone(), new: new.clone() };
+                line_inputs.push(ModelInput::Line { device: old.device_id.clone(), input });
+            }
+        }
+        if let Some(leaving) = leaving.as_ref().filter(|device| self.directory.kind(device) == DeviceKind::Line) {
+            for call in std::iter::once(&primary).chain(secondary.as_ref()) {
+                let input = LineInput::Call { call: call.clone(), state: ConnState::Null };
+                line_inputs.push(ModelInput::Line { device: leaving.clone(), input });
+            }
+        }
+        out.push(ModelInput::Merge { primary, secondary, new, leaving, devices, at });
+        out.extend(line_inputs);
+    }
+}
+
+fn non_empty(text: String) -> Option<String> {
+    if text.is_empty() { None } else { Some(text) }
+}
+
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or_default()
+}
