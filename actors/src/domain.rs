@@ -138,7 +138,7 @@ impl Presence {
 }
 
 /// How an agent's leg of a call ended, for the call log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum LegOutcome {
     /// The agent talked with the caller, and the call ended.
     Answered,

@@ -182,7 +182,7 @@ impl Publisher {
 
     /// Subscribes to every event after `after`: the kept ones it missed, then the live ones, with no
     /// gap and no repeat between them.
-    pub fn resume(&self, after: u64) -> Result<(Vec<Arc<Sequenced>>, broadcast::Receiver<Arc<Sequenced>>), TooOld> {
+    pub fn resume(&self, after: u64) -> Result<Resumed, TooOld> {
         let history = self.history();
         let last = history.next_sequence - 1;
         if after > last {
@@ -205,8 +205,8 @@ impl Publisher {
     }
 }
 
-/// Shared handle.
-pub type SharedPublisher = Arc<Publisher>;
+/// What [`Publisher::resume`] hands back: the events missed, then the live stream.
+pub type Resumed = (Vec<Arc<Sequenced>>, broadcast::Receiver<Arc<Sequenced>>);
 
 #[cfg(test)]
 mod tests {
@@ -239,7 +239,7 @@ mod tests {
         assert_eq!(missed.iter().map(|event| event.sequence).collect::<Vec<_>>(), vec![5, 6]);
         publisher.publish(renamed(7));
         assert_eq!(live.try_recv().unwrap().sequence, 7);
-        assert_eq!(publisher.resume(6).unwrap().0.len(), 0, "up to date: nothing missed");
+        assert_eq!(publisher.resume(7).unwrap().0.len(), 0, "up to date: nothing missed");
     }
 
     #[test]

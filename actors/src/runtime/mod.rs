@@ -246,8 +246,7 @@ impl<P: PbxPort> Context<P> {
     /// The login id of the agent on a line, for call log records.
     pub(crate) fn agent_on(&self, device: &str) -> Option<String> {
         let entry = self.lines.get(device)?;
-        let agent = lock(&entry.state).agent.as_ref().map(|agent| agent.login_id.clone());
-        agent
+        lock(&entry.state).agent.as_ref().map(|agent| agent.login_id.clone())
     }
 }
 
@@ -387,3 +386,6 @@ fn creates_call(input: &CallInput) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -40,8 +40,8 @@ impl<P: PbxPort> Router<P> {
     pub async fn route(&mut self, input: ModelInput) {
         bump(&self.context.stats.inputs);
         match input {
-            ModelInput::Call { call, inputs } => self.to_call(call, inputs).await,
-            ModelInput::Line { device, input } => self.to_line(device, input).await,
+            ModelInput::Call { call, inputs } => self.route_call(call, inputs).await,
+            ModelInput::Line { device, input } => self.route_line(device, input).await,
             ModelInput::Merge { primary, secondary, new, leaving, devices, at } => {
                 self.merge(primary, secondary, new, leaving, devices, at).await;
             }
@@ -57,7 +57,7 @@ impl<P: PbxPort> Router<P> {
         }
     }
 
-    async fn to_call(&mut self, call: CallId, inputs: Vec<CallInput>) {
+    async fn route_call(&mut self, call: CallId, inputs: Vec<CallInput>) {
         self.mentioned(&call);
         let entry = self.context.calls.get(&call).map(|entry| entry.clone());
         let entry = match entry {
@@ -81,7 +81,7 @@ impl<P: PbxPort> Router<P> {
         }
     }
 
-    async fn to_line(&mut self, device: String, input: LineInput) {
+    async fn route_line(&mut self, device: String, input: LineInput) {
         let entry = self.context.lines.get(&device).map(|entry| entry.clone());
         let entry = match entry {
             Some(entry) => entry,

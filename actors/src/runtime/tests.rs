@@ -1,0 +1,353 @@
+//! The running model with a scripted PBX: actors come and go with lines and calls, records are
+//! written once, calls merge, resyncs and the sweep close what the PBX no longer has, crashed actors
+//! come back over their state, and commands are checked before they reach the PBX.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::*;
+use crate::call::CallInput;
+use crate::domain::{Cause, DeviceKind, LegOutcome};
+use crate::events::ModelEvent;
+use crate::line::CommandRefusal;
+use crate::port::{PbxCommand, PbxOutcome, PortError};
+
+/// A PBX that answers snapshots from a script and records every command it is sent.
+#[derive(Default)]
+struct ScriptedPbx {
+    calls: Mutex<HashMap<CallId, Vec<Party>>>,
+    sent: Mutex<Vec<PbxCommand>>,
+    refuse_with: Mutex<Option<PortError>>,
+}
+
+impl PbxPort for ScriptedPbx {
+    async fn execute(&self, command: PbxCommand) -> Result<PbxOutcome, PortError> {
+        self.sent.lock().unwrap().push(command.clone());
+        if let Some(error) = self.refuse_with.lock().unwrap().clone() {
+            return Err(error);
+        }
+        Ok(match command {
+            PbxCommand::SnapshotCall { call } => PbxOutcome::Snapshot(self.calls.lock().unwrap().get(&call).cloned()),
+            PbxCommand::SnapshotLine { .. } => PbxOutcome::LineSnapshot { agent: None, calls: BTreeMap::new() },
+            PbxCommand::MakeCall { .. } => PbxOutcome::Call("C100".into()),
+            _ => PbxOutcome::Done,
+        })
+    }
+}
+
+struct Fixture {
+    model: Model<ScriptedPbx>,
+    router: Router<ScriptedPbx>,
+    logs: mpsc::Receiver<CallLogRecord>,
+    pbx: Arc<ScriptedPbx>,
+}
+
+async fn fixture(config: ModelConfig) -> Fixture {
+    let pbx = Arc::new(ScriptedPbx::default());
+    let (logs_tx, logs) = mpsc::channel(64);
+    let (model, router) = start(config, pbx.clone(), logs_tx).await.unwrap();
+    Fixture { model, router, logs, pbx }
+}
+
+async fn eventually(mut condition: impl FnMut() -> bool) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("condition not reached in time");
+}
+
+fn line(device: &str, input: LineInput) -> ModelInput {
+    ModelInput::Line { device: device.into(), input }
+}
+
+fn party(call: &str, device: &str, kind: DeviceKind, state: ConnState, at: Millis) -> ModelInput {
+    ModelInput::Call {
+        call: call.into(),
+        inputs: vec![CallInput::PartyState { device: device.into(), kind, state, cause: Cause::Normal, at }],
+    }
+}
+
+fn agent(login_id: &str) -> LineInput {
+    LineInput::Agent(Some(crate::line::Agent {
+        login_id: login_id.into(),
+        state: crate::domain::AgentState::Ready,
+        roles: vec!["agent".into()],
+        reason: String::new(),
+    }))
+}
+
+/// An inbound call C1 from outside, answered at line 2001 at t=1000.
+async fn answered_call(fixture: &mut Fixture) {
+    let router = &mut fixture.router;
+    router.route(line("2001", agent("anna"))).await;
+    router
+        .route(ModelInput::Call {
+            call: "C1".into(),
+            inputs: vec![CallInput::Info {
+                calling: "+4930111".into(),
+                called: "2001".into(),
+                direction: Direction::Inbound,
+            }],
+        })
+        .await;
+    router.route(party("C1", "+4930111", DeviceKind::External, ConnState::Connected, 0)).await;
+    router.route(party("C1", "2001", DeviceKind::Line, ConnState::Alerting, 0)).await;
+    router.route(line("2001", LineInput::Call { call: "C1".into(), state: ConnState::Alerting })).await;
+    router.route(party("C1", "2001", DeviceKind::Line, ConnState::Connected, 1000)).await;
+    router.route(line("2001", LineInput::Call { call: "C1".into(), state: ConnState::Connected })).await;
+}
+
+fn end(call: &str, at: Millis) -> ModelInput {
+    ModelInput::Call { call: call.into(), inputs: vec![CallInput::Ended { cause: Cause::Normal, at }] }
+}
+
+#[tokio::test]
+async fn inputs_create_lines_and_calls_that_queries_see() {
+    let mut fixture = fixture(ModelConfig::default()).await;
+    let mut events = fixture.model.publisher().subscribe();
+    answered_call(&mut fixture).await;
+    let model = &fixture.model;
+    eventually(|| model.line("2001").is_some_and(|line| line.calls == vec![("C1".to_owned(), ConnState::Connected)]))
+        .await;
+    eventually(|| model.call("C1").is_some_and(|call| call.parties.len() == 2)).await;
+    assert_eq!(model.line("2001").unwrap().presence, crate::domain::Presence::Busy);
+    assert_eq!(model.actor_counts(), (1, 1));
+    assert_eq!(model.calls().len(), 1);
+    assert!(model.line("2999").is_none());
+    // Every change was published, in one numbered sequence.
+    let mut sequences = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        sequences.push(event.sequence);
+    }
+    assert!(sequences.len() >= 5);
+    assert!(sequences.windows(2).all(|pair| pair[1] == pair[0] + 1));
+    model.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_ended_call_writes_one_record_per_leg_once_and_its_actor_stops() {
+    let mut fixture = fixture(ModelConfig::default()).await;
+    answered_call(&mut fixture).await;
+    fixture.router.route(end("C1", 31_000)).await;
+    let record = tokio::time::timeout(Duration::from_secs(10), fixture.logs.recv()).await.unwrap().unwrap();
+    assert_eq!((record.device.as_str(), record.outcome), ("2001", LegOutcome::Answered));
+    assert_eq!(record.talk_seconds, 30);
+    assert_eq!(record.agent_id.as_deref(), Some("anna"));
+    let model = &fixture.model;
+    eventually(|| model.call("C1").is_none()).await;
+    // Late news of the ended call creates nothing and writes nothing.
+    fixture.router.route(end("C1", 32_000)).await;
+    fixture
+        .router
+        .route(ModelInput::Call {
+            call: "C1".into(),
+            inputs: vec![CallInput::PartyCleared { device: "2001".into(), cause: Cause::Normal, at: 32_000 }],
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(fixture.logs.try_recv().is_err(), "exactly one record");
+    assert_eq!(ModelStats::get(&model.stats().calls_ended), 1);
+    model.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_transfer_merges_both_calls_under_the_new_id() {
+    let mut fixture = fixture(ModelConfig::default()).await;
+    answered_call(&mut fixture).await;
+    let router = &mut fixture.router;
+    router.route(party("C1", "2001", DeviceKind::Line, ConnState::Held, 5000)).await;
+    router.route(party("C2", "2001", DeviceKind::Line, ConnState::Connected, 5000)).await;
+    router.route(party("C2", "2002", DeviceKind::Line, ConnState::Connected, 6000)).await;
+    let mut events = fixture.model.publisher().subscribe();
+    router
+        .route(ModelInput::Merge {
+            primary: "C1".into(),
+            secondary: Some("C2".into()),
+            new: "C3".into(),
+            leaving: Some("2001".into()),
+            devices: vec!["+4930111".into(), "2002".into()],
+            at: 9000,
+        })
+        .await;
+    let model = &fixture.model;
+    eventually(|| model.call("C3").is_some()).await;
+    assert!(model.call("C1").is_none() && model.call("C2").is_none());
+    let merged = model.call("C3").unwrap();
+    assert_eq!(merged.root, "C1");
+    assert_eq!(merged.parties.iter().map(|party| party.device.as_str()).collect::<Vec<_>>(), vec!["+4930111", "2002"]);
+    // Earlier inputs may still be publishing; the rename is among the events that follow.
+    let renamed = loop {
+        let event = events.recv().await.unwrap();
+        if let ModelEvent::CallRenamed { .. } = event.event {
+            break event.event.clone();
+        }
+    };
+    assert_eq!(renamed, ModelEvent::CallRenamed { old: vec!["C1".into(), "C2".into()], new: "C3".into() });
+    fixture.router.route(end("C3", 20_000)).await;
+    let mut records = vec![fixture.logs.recv().await.unwrap(), fixture.logs.recv().await.unwrap()];
+    records.sort_by(|a, b| a.device.cmp(&b.device));
+    assert_eq!(records[0].outcome, LegOutcome::Transferred);
+    assert_eq!(records[1].outcome, LegOutcome::Answered);
+    assert!(records.iter().all(|record| record.root_call_id == "C1"));
+    fixture.model.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_resync_closes_calls_that_no_snapshot_mentions() {
+    let mut fixture = fixture(ModelConfig::default()).await;
+    answered_call(&mut fixture).await;
+    let router = &mut fixture.router;
+    router.route(party("C2", "2002", DeviceKind::Line, ConnState::Alerting, 0)).await;
+    router.route(ModelInput::ResyncStarted).await;
+    router
+        .route(ModelInput::CallSnapshot(CallSnapshot {
+            call: "C2".into(),
+            parties: vec![Party { device: "2002".into(), kind: DeviceKind::Line, state: ConnState::Connected }],
+            calling: "+4930222".into(),
+            called: "2002".into(),
+            direction: Direction::Inbound,
+            queue: None,
+            park_id: None,
+            recording_url: None,
+            created_at: 0,
+            at: 40_000,
+        }))
+        .await;
+    router.route(ModelInput::ResyncComplete { at: 40_000 }).await;
+    // C1 ended while the link was down: it is closed, and its record written.
+    let record = tokio::time::timeout(Duration::from_secs(10), fixture.logs.recv()).await.unwrap().unwrap();
+    assert_eq!((record.root_call_id.as_str(), record.ended_at), ("C1", 40_000));
+    let model = &fixture.model;
+    eventually(|| model.call("C1").is_none()).await;
+    eventually(|| model.call("C2").is_some_and(|call| call.parties[0].state == ConnState::Connected)).await;
+    assert_eq!(ModelStats::get(&model.stats().orphans_closed), 1);
+    model.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_crashed_call_actor_comes_back_over_its_state_and_the_call_ends_with_a_correct_record() {
+    let mut fixture = fixture(ModelConfig::default()).await;
+    answered_call(&mut fixture).await;
+    fixture.pbx.calls.lock().unwrap().insert(
+        "C1".into(),
+        vec![
+            Party { device: "+4930111".into(), kind: DeviceKind::External, state: ConnState::Connected },
+            Party { device: "2001".into(), kind: DeviceKind::Line, state: ConnState::Connected },
+        ],
+    );
+    let model = &fixture.model;
+    eventually(|| model.call("C1").is_some_and(|call| call.parties.len() == 2)).await;
+    assert!(model.crash_call("C1"));
+    eventually(|| ModelStats::get(&model.stats().restarts) == 1).await;
+    // The successor checks its state against the PBX.
+    let pbx = fixture.pbx.clone();
+    eventually(|| pbx.sent.lock().unwrap().iter().any(|command| matches!(command, PbxCommand::SnapshotCall { .. })))
+        .await;
+    fixture.router.route(party("C1", "2001", DeviceKind::Line, ConnState::Held, 11_000)).await;
+    fixture.router.route(end("C1", 21_000)).await;
+    let record = tokio::time::timeout(Duration::from_secs(10), fixture.logs.recv()).await.unwrap().unwrap();
+    assert_eq!(record.outcome, LegOutcome::Answered);
+    assert_eq!((record.answered_at, record.talk_seconds, record.hold_seconds), (Some(1000), 10, 10));
+    fixture.model.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_crashed_line_actor_comes_back_and_resnapshots() {
+    let mut fixture = fixture(ModelConfig::default()).await;
+    fixture.router.route(line("2001", agent("anna"))).await;
+    let model = &fixture.model;
+    eventually(|| model.line("2001").is_some_and(|line| line.agent.is_some())).await;
+    assert!(model.crash_line("2001"));
+    eventually(|| ModelStats::get(&model.stats().restarts) == 1).await;
+    // The scripted PBX says nobody is logged on now: the snapshot wins.
+    eventually(|| model.line("2001").is_some_and(|line| line.agent.is_none())).await;
+    model.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_sweep_closes_calls_the_pbx_no_longer_has() {
+    let config = ModelConfig {
+        sweep_interval: Duration::from_millis(20),
+        sweep_idle: Duration::from_millis(1),
+        ..ModelConfig::default()
+    };
+    let mut fixture = fixture(config).await;
+    answered_call(&mut fixture).await;
+    // The PBX never reported the end of C1, and has no such call.
+    let record = tokio::time::timeout(Duration::from_secs(10), fixture.logs.recv()).await.unwrap().unwrap();
+    assert_eq!(record.root_call_id, "C1");
+    let model = &fixture.model;
+    eventually(|| model.call("C1").is_none()).await;
+    assert!(ModelStats::get(&model.stats().orphans_closed) >= 1);
+    model.shutdown().await;
+}
+
+#[tokio::test]
+async fn commands_are_checked_against_the_line_before_they_reach_the_pbx() {
+    let mut fixture = fixture(ModelConfig::default()).await;
+    answered_call(&mut fixture).await;
+    let model = &fixture.model;
+    eventually(|| model.line("2001").is_some_and(|line| !line.calls.is_empty())).await;
+    assert_eq!(model.hold("2999", "C1").await, Err(CommandError::UnknownLine("2999".into())));
+    assert_eq!(model.hold("2001", "C9").await, Err(CommandError::UnknownCall("C9".into())));
+    assert!(matches!(
+        model.retrieve("2001", "C1").await,
+        Err(CommandError::Refused(CommandRefusal::WrongState { .. }))
+    ));
+    assert!(matches!(model.make_call("2001", "not a number").await, Err(CommandError::Invalid(_))));
+    assert!(fixture.pbx.sent.lock().unwrap().is_empty(), "nothing refused reached the pbx");
+    assert_eq!(model.hold("2001", "C1").await, Ok(()));
+    assert_eq!(model.make_call("2001", "+4930555").await, Ok("C100".into()));
+    *fixture.pbx.refuse_with.lock().unwrap() = Some(PortError::Rejected("no".into()));
+    assert_eq!(model.hold("2001", "C1").await, Err(CommandError::Pbx(PortError::Rejected("no".into()))));
+    assert_eq!(model.set_notes("C9", "x"), Err(CommandError::UnknownCall("C9".into())));
+    assert_eq!(model.set_notes("C1", "callback"), Ok(()));
+    model.shutdown().await;
+}
+
+#[tokio::test]
+async fn missed_queue_records_can_be_left_out() {
+    for skip in [false, true] {
+        let mut fixture = fixture(ModelConfig { skip_missed_queue_records: skip, ..ModelConfig::default() }).await;
+        let router = &mut fixture.router;
+        router.route(party("C1", "+4930111", DeviceKind::External, ConnState::Connected, 0)).await;
+        router
+            .route(ModelInput::Call {
+                call: "C1".into(),
+                inputs: vec![CallInput::PartyState {
+                    device: "2001".into(),
+                    kind: DeviceKind::Line,
+                    state: ConnState::Alerting,
+                    cause: Cause::Distribution,
+                    at: 0,
+                }],
+            })
+            .await;
+        router
+            .route(ModelInput::Call {
+                call: "C1".into(),
+                inputs: vec![CallInput::PartyCleared { device: "2001".into(), cause: Cause::Distribution, at: 15_000 }],
+            })
+            .await;
+        router.route(party("C1", "2002", DeviceKind::Line, ConnState::Connected, 16_000)).await;
+        router.route(end("C1", 30_000)).await;
+        let mut outcomes = Vec::new();
+        let model = &fixture.model;
+        eventually(|| model.call("C1").is_none()).await;
+        while let Ok(record) = fixture.logs.try_recv() {
+            outcomes.push((record.device, record.outcome));
+        }
+        outcomes.sort();
+        let expected = if skip {
+            vec![("2002".to_owned(), LegOutcome::Answered)]
+        } else {
+            vec![("2001".to_owned(), LegOutcome::Missed), ("2002".to_owned(), LegOutcome::Answered)]
+        };
+        assert_eq!(outcomes, expected, "skip_missed_queue_records = {skip}");
+        fixture.model.shutdown().await;
+    }
+}
