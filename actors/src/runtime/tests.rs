@@ -188,7 +188,7 @@ async fn a_transfer_merges_both_calls_under_the_new_id() {
     };
     assert_eq!(renamed, ModelEvent::CallRenamed { old: vec!["C1".into(), "C2".into()], new: "C3".into() });
     fixture.router.route(end("C3", 20_000)).await;
-    let mut records = vec![fixture.logs.recv().await.unwrap(), fixture.logs.recv().await.unwrap()];
+    let mut records = [fixture.logs.recv().await.unwrap(), fixture.logs.recv().await.unwrap()];
     records.sort_by(|a, b| a.device.cmp(&b.device));
     assert_eq!(records[0].outcome, LegOutcome::Transferred);
     assert_eq!(records[1].outcome, LegOutcome::Answered);
