@@ -505,6 +505,10 @@ impl CallState {
         merged.previous_ids.push(std::mem::replace(&mut merged.id, new_id));
         merged.previous_ids.extend(secondary.previous_ids);
         merged.previous_ids.push(secondary.id);
+        // The call now goes where the active call went (the PBX's `called` is the last dialled).
+        if !secondary.called.is_empty() {
+            merged.called = secondary.called.clone();
+        }
         merged.queue = merged.queue.or(secondary.queue);
         merged.recording_url = merged.recording_url.or(secondary.recording_url);
         merged.park_id = None;

@@ -2,11 +2,13 @@
 //!
 //! - `link`: the gateway's PBX link client against the simulator: resync, reconnect, heartbeats,
 //!   deadlines, congestion, event faults.
+//! - `model`: the whole gateway mirroring the simulator through faults; commands through the model.
 //! - `sim_link`: the simulator's link server against a raw client: registration, malformed and
 //!   oversized frames, every service over the wire.
 //! - `tidy`: house rules on the source tree.
 
 mod link;
+mod model;
 mod sim_link;
 mod support;
 mod tidy;

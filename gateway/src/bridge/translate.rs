@@ -206,7 +206,9 @@ impl Translator {
         match event {
             Event::ServiceInitiated(event) => {
                 if let Some(connection) = event.initiated {
-                    self.party(&connection, ConnState::Initiated, cause, at, Vec::new(), out);
+                    let info = (!event.called_device.is_empty())
+                        .then(|| self.info(&event.calling_device, &event.called_device));
+                    self.party(&connection, ConnState::Initiated, cause, at, info.into_iter().collect(), out);
                 }
             }
             Event::Originated(event) => {

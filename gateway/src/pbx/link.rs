@@ -657,6 +657,7 @@ impl Session {
                         body: pbx::Response {
                             result: Some(response::Result::Heartbeat(pbx::HeartbeatResult {
                                 timestamp_ms: unix_time_ms(),
+                                last_event_sequence: 0,
                             })),
                         },
                     },
@@ -695,7 +696,24 @@ impl Session {
                 let _ = reply.send(answer);
                 Ok(())
             }
-            Pending::Heartbeat => Ok(()),
+            Pending::Heartbeat => {
+                // Results never overtake events: every event up to the PBX's last one has arrived by
+                // now, or was lost. Lost events at the end of the stream show only here.
+                if let Ok(Some(response::Result::Heartbeat(beat))) = outcome
+                    && beat.last_event_sequence >= self.sequencer.next_expected()
+                    && !self.sequencer.has_gap()
+                {
+                    bump(&self.stats.sequence_gaps);
+                    tracing::warn!(
+                        last_sent = beat.last_event_sequence,
+                        next_expected = self.sequencer.next_expected(),
+                        "events lost at the end of the stream; resyncing from snapshots"
+                    );
+                    self.sequencer.skip_to(beat.last_event_sequence + 1);
+                    self.resync();
+                }
+                Ok(())
+            }
             Pending::ListDevices => {
                 self.internal_in_flight -= 1;
                 match outcome {
@@ -772,12 +790,17 @@ impl Session {
             bump(&self.stats.events);
             self.emit(events, LinkEvent::Event(event)).await?;
         }
+        self.resync();
+        Ok(())
+    }
+
+    /// Snapshots every monitored device again, to recover from lost events.
+    fn resync(&mut self) {
         let devices: Vec<String> = self.monitors.keys().cloned().collect();
         self.snapshots_due += devices.len();
         self.snapshotted = 0;
         self.resynced = false;
         self.internal.extend(devices.into_iter().map(Pending::Snapshot));
-        Ok(())
     }
 
     /// Drops callers whose deadline has passed (they have given up already), and fails the link if

@@ -76,6 +76,13 @@ impl Sequencer {
         events
     }
 
+    /// Moves past events known to be lost at the end of the stream (nothing waits behind them).
+    pub fn skip_to(&mut self, next: u64) {
+        if self.waiting.is_empty() {
+            self.next = self.next.max(next);
+        }
+    }
+
     fn release_in_order(&mut self, events: &mut Vec<EventReport>) {
         while let Some(event) = self.waiting.remove(&self.next) {
             self.next += 1;
@@ -134,6 +141,17 @@ mod tests {
         assert_eq!(sequencer.next_expected(), 5);
         // The lost event, arriving after all, is too late: the resync has covered it.
         assert!(sequencer.push(event(1)).duplicate);
+    }
+
+    #[test]
+    fn skipping_past_lost_trailing_events_drops_them_if_they_come_late() {
+        let mut sequencer = Sequencer::new(1, 8);
+        sequencer.push(event(1));
+        sequencer.skip_to(4);
+        assert_eq!(sequencer.next_expected(), 4);
+        assert!(sequencer.push(event(3)).duplicate);
+        sequencer.skip_to(2);
+        assert_eq!(sequencer.next_expected(), 4, "never backwards");
     }
 
     #[test]

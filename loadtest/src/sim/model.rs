@@ -96,6 +96,8 @@ struct Call {
     park: Option<Park>,
     /// Click-to-dial: the number to dial once the calling device answers.
     pending_dial: Option<String>,
+    /// The ring-no-answer timer of the ACD offer ringing now: an earlier offer's timer must not cut it short.
+    ring_no_answer_timer: Option<u64>,
     created_ms: u64,
     recording_url: String,
 }
@@ -104,11 +106,14 @@ struct Call {
 struct Park {
     park_id: String,
     parked_by: String,
+    /// The recall timer of this park: an earlier park's timer must not recall it early.
+    recall_timer: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
-    ParkRecall { park_id: String, call_id: String },
+    /// Found through the orbit, not a call id: the parked call's id may change while it waits.
+    ParkRecall { park_id: String },
     RingNoAnswer { call_id: String, device: String },
 }
 
@@ -206,9 +211,9 @@ impl Pbx {
             if *due > now_ms {
                 break;
             }
-            let Some(Reverse((due, _, timer))) = self.timers.pop() else { break };
+            let Some(Reverse((due, seq, timer))) = self.timers.pop() else { break };
             self.now_ms = self.now_ms.max(due);
-            self.fire(timer);
+            self.fire(seq, timer);
         }
         self.now_ms = self.now_ms.max(now_ms);
     }
@@ -289,7 +294,8 @@ impl Pbx {
         let Some(kind) = self.device_kind(device).filter(|kind| *kind != DeviceKind::External) else {
             return refuse(ErrorCause::InvalidDeviceId, format!("no device {device:?} on this PBX"));
         };
-        let name = self.stations.get(device).map(|station| station.name.clone()).unwrap_or_default();
+        let name = self.devices().into_iter().find(|info| info.device_id == device).map(|info| info.name);
+        let name = name.unwrap_or_default();
         Ok(pbx::SnapshotDeviceResult {
             device: Some(pbx::DeviceInfo { device_id: device.to_owned(), kind: kind as i32, name }),
             agent: self.agent(device).cloned(),
@@ -411,7 +417,8 @@ impl Pbx {
                 calling_device: from.to_owned(),
                 called_device: to.to_owned(),
             }),
-            &[],
+            // The called device's monitors learn of the call, and so of its outside party, here.
+            &[to],
         );
         self.dial(&call_id, to, EventCause::NewCall);
         self.distribute();
@@ -431,7 +438,11 @@ impl Pbx {
         self.emit_for_call(
             &call_id,
             EventCause::NewCall,
-            Event::ServiceInitiated(pbx::ServiceInitiatedEvent { initiated: Some(connection(&call_id, calling)) }),
+            Event::ServiceInitiated(pbx::ServiceInitiatedEvent {
+                initiated: Some(connection(&call_id, calling)),
+                calling_device: calling.to_owned(),
+                called_device: called.to_owned(),
+            }),
             &[],
         );
         self.refresh_idle(calling);
@@ -502,7 +513,7 @@ impl Pbx {
         if !self.calls.contains_key(call_id) {
             return refuse(ErrorCause::InvalidConnectionId, format!("no call {call_id:?}"));
         }
-        self.end_call(call_id, EventCause::NormalClearing);
+        self.end_call(call_id, EventCause::NormalClearing, &[]);
         self.distribute();
         Ok(())
     }
@@ -580,8 +591,9 @@ impl Pbx {
         );
         self.add_party(&call_id, &orbit, State::Queued);
         self.orbits.insert(orbit.clone(), Some(call_id.clone()));
+        let recall_timer = self.schedule(self.layout.park_timeout_ms, Timer::ParkRecall { park_id: orbit.clone() });
         if let Some(call) = self.calls.get_mut(&call_id) {
-            call.park = Some(Park { park_id: orbit.clone(), parked_by: parking.device_id.clone() });
+            call.park = Some(Park { park_id: orbit.clone(), parked_by: parking.device_id.clone(), recall_timer });
         }
         let parked = connection(&call_id, &parked_device);
         self.emit_for_call(
@@ -594,7 +606,6 @@ impl Pbx {
             }),
             &[&parking.device_id],
         );
-        self.schedule(self.layout.park_timeout_ms, Timer::ParkRecall { park_id: orbit.clone(), call_id });
         self.distribute();
         Ok(pbx::ParkCallResult { park_id: orbit, parked: Some(parked) })
     }
@@ -605,6 +616,9 @@ impl Pbx {
         let Some(Some(call_id)) = self.orbits.get(park_id).cloned() else {
             return refuse(ErrorCause::InvalidParkId, format!("no call is parked at {park_id:?}"));
         };
+        if self.connection_state(&call_id, device).is_some() {
+            return refuse(ErrorCause::InvalidObjectState, format!("{device} is the party parked at {park_id}"));
+        }
         self.unpark(&call_id, park_id);
         self.hold_other_active(device, &call_id);
         self.add_party(&call_id, device, State::Connected);
@@ -627,6 +641,11 @@ impl Pbx {
     /// Blind transfer: the station leaves and the call rings `to`. The call gets a new id.
     pub fn single_step_transfer(&mut self, active: &pbx::ConnectionId, to: &str) -> Result<String, ServiceError> {
         self.require_station_state(active, State::Connected, "transfer")?;
+        if self.calls[&active.call_id].park.is_some() {
+            // The parked party would leave the orbit alone in the call, and the recall could ring the
+            // parker twice: a parked call is picked up, not transferred.
+            return refuse(ErrorCause::InvalidObjectState, format!("call {} is parked", active.call_id));
+        }
         self.check_destination(&active.device_id, to)?;
         if self.connection_state(&active.call_id, to).is_some() {
             return refuse(ErrorCause::InvalidCalledDevice, format!("{to} is already in call {}", active.call_id));
@@ -668,7 +687,11 @@ impl Pbx {
         self.emit_for_call(
             &call_id,
             EventCause::Consultation,
-            Event::ServiceInitiated(pbx::ServiceInitiatedEvent { initiated: Some(initiated.clone()) }),
+            Event::ServiceInitiated(pbx::ServiceInitiatedEvent {
+                initiated: Some(initiated.clone()),
+                calling_device: device.clone(),
+                called_device: consulted.to_owned(),
+            }),
             &[],
         );
         self.emit_for_call(
@@ -693,6 +716,7 @@ impl Pbx {
         active: &pbx::ConnectionId,
     ) -> Result<String, ServiceError> {
         let device = self.check_pair(held, active, "transfer")?;
+        self.check_merge(held, active, "transfer")?;
         let (new_id, connections) = self.merge_calls(&held.call_id, &active.call_id, Some(&device));
         let transferred_to = self.calls[&new_id].called.clone();
         self.emit_for_call(
@@ -709,7 +733,7 @@ impl Pbx {
             &[&device],
         );
         self.refresh_idle(&device);
-        self.end_if_lonely(&new_id, EventCause::Transfer);
+        self.end_if_lonely(&new_id, EventCause::Transfer, &[&device]);
         self.distribute();
         Ok(new_id)
     }
@@ -721,6 +745,7 @@ impl Pbx {
         active: &pbx::ConnectionId,
     ) -> Result<String, ServiceError> {
         let device = self.check_pair(held, active, "conference")?;
+        self.check_merge(held, active, "conference")?;
         let added = self.calls[&active.call_id].called.clone();
         let (new_id, connections) = self.merge_calls(&held.call_id, &active.call_id, None);
         self.emit_for_call(
@@ -767,6 +792,8 @@ impl Pbx {
             return refuse(ErrorCause::InvalidConnectionId, "active and held must be two calls of one station");
         }
         self.drop_party(&active.call_id, &active.device_id, active_state, EventCause::Reconnect);
+        // The active connection may have been a ringing or held one while a third call was connected.
+        self.hold_other_active(&held.device_id, &held.call_id);
         self.set_state(&held.call_id, &held.device_id, State::Connected);
         self.emit_for_call(
             &held.call_id,
@@ -881,6 +908,33 @@ impl Pbx {
         Ok(held.device_id.clone())
     }
 
+    /// Checks that a held and an active call can become one: the station must be the only party they
+    /// share (one connection per device per call), neither may be parked, and only one of them may wait
+    /// in a queue.
+    fn check_merge(&self, held: &pbx::ConnectionId, active: &pbx::ConnectionId, verb: &str) -> Result<(), ServiceError> {
+        let (held_call, active_call) = (&self.calls[&held.call_id], &self.calls[&active.call_id]);
+        let shared = held_call.parties.iter().find(|(device, _)| {
+            *device != held.device_id && active_call.parties.iter().any(|(other, _)| other == device)
+        });
+        if let Some((device, _)) = shared {
+            return refuse(
+                ErrorCause::InvalidObjectState,
+                format!("cannot {verb} {} and {}: {device} is in both", held.call_id, active.call_id),
+            );
+        }
+        if let Some(parked) = [held_call, active_call].into_iter().find(|call| call.park.is_some()) {
+            // A parked call belongs to its orbit (and its recall timer): it is picked up, not merged.
+            return refuse(ErrorCause::InvalidObjectState, format!("cannot {verb} {}: it is parked", parked.id));
+        }
+        if self.waiting.contains(&held.call_id) && self.waiting.contains(&active.call_id) {
+            return refuse(
+                ErrorCause::InvalidObjectState,
+                format!("cannot {verb} {} and {}: both wait in a queue", held.call_id, active.call_id),
+            );
+        }
+        Ok(())
+    }
+
     fn check_destination(&self, from: &str, to: &str) -> Result<(), ServiceError> {
         if to == from {
             return refuse(ErrorCause::InvalidCalledDevice, format!("{from} cannot call itself"));
@@ -913,6 +967,7 @@ impl Pbx {
             queue: String::new(),
             park: None,
             pending_dial: None,
+            ring_no_answer_timer: None,
             created_ms: self.now_ms,
             recording_url,
         };
@@ -954,6 +1009,11 @@ impl Pbx {
 
     /// Holds whatever other call `device` has connected, as phones do before taking another.
     fn hold_other_active(&mut self, device: &str, except_call: &str) {
+        // Only a station's calls meet at one phone: an outside number on two trunk calls (or a queue) is
+        // two lines, and the PBX cannot put a party beyond the trunk on hold.
+        if self.device_kind(device) != Some(DeviceKind::Station) {
+            return;
+        }
         let active: Vec<String> = self
             .calls_of(device)
             .into_iter()
@@ -1009,7 +1069,17 @@ impl Pbx {
             self.remove_party(active_call, device);
         }
         self.calls.remove(active_call);
-        self.waiting.retain(|call| call != active_call);
+        // A queued consultation call keeps its place in the queue as the new call.
+        if self.waiting.iter().any(|call| call == active_call) {
+            for waiting in &mut self.waiting {
+                if waiting == active_call {
+                    *waiting = new_id.clone();
+                }
+            }
+            if let Some(call) = self.calls.get_mut(&new_id) {
+                call.queue = active.queue.clone();
+            }
+        }
         match leaving {
             Some(leaving) => self.remove_party(&new_id, leaving),
             None => self.set_state(&new_id, &station, State::Connected),
@@ -1089,7 +1159,7 @@ impl Pbx {
                     }),
                     &[to],
                 );
-                self.end_call(call_id, EventCause::Busy);
+                self.end_call(call_id, EventCause::Busy, &[]);
             }
             Some(DeviceKind::Station | DeviceKind::External) => {
                 self.add_party(call_id, to, State::Alerting);
@@ -1115,7 +1185,7 @@ impl Pbx {
                     }),
                     &[],
                 );
-                self.end_call(call_id, EventCause::DestinationNotObtainable);
+                self.end_call(call_id, EventCause::DestinationNotObtainable, &[]);
             }
         }
     }
@@ -1151,7 +1221,10 @@ impl Pbx {
                 }),
                 &[],
             );
-            self.schedule(self.layout.ring_no_answer_ms, Timer::RingNoAnswer { call_id, device: agent });
+            let timer = self.schedule(self.layout.ring_no_answer_ms, Timer::RingNoAnswer { call_id: call_id.clone(), device: agent });
+            if let Some(call) = self.calls.get_mut(&call_id) {
+                call.ring_no_answer_timer = Some(timer);
+            }
         }
     }
 
@@ -1178,7 +1251,19 @@ impl Pbx {
     }
 
     fn drop_party(&mut self, call_id: &str, device: &str, state: State, cause: EventCause) {
+        if self.calls.get(call_id).is_some_and(|call| call.parties.len() == 1) {
+            // The only party (a click-to-dial not answered yet) hangs up: ending the call with it still in
+            // it clears its connection and tells it the call is over, and leaves no call without parties.
+            self.end_call(call_id, cause, &[]);
+            return;
+        }
         self.remove_party(call_id, device);
+        // A queue or an orbit dropping out lets the call go: it no longer waits, or is no longer parked.
+        match self.device_kind(device) {
+            Some(DeviceKind::AcdQueue) => self.waiting.retain(|waiting| waiting != call_id),
+            Some(DeviceKind::ParkOrbit) => self.unpark(call_id, device),
+            _ => {}
+        }
         self.emit_for_call(
             call_id,
             cause,
@@ -1191,18 +1276,20 @@ impl Pbx {
         if state == State::Alerting && !call.queue.is_empty() && !call.parties.is_empty() && only_outside_left {
             self.requeue(call_id);
         } else {
-            self.end_if_lonely(call_id, cause);
+            self.end_if_lonely(call_id, cause, &[device]);
         }
     }
 
-    fn end_if_lonely(&mut self, call_id: &str, cause: EventCause) {
+    /// Ends a call left with fewer than two parties. `left` just dropped out: its monitors hear the
+    /// end too ("has, or has just lost, a connection", docs/pbx-link.md section 6).
+    fn end_if_lonely(&mut self, call_id: &str, cause: EventCause, left: &[&str]) {
         let lonely = self.calls.get(call_id).is_some_and(|call| call.parties.len() < 2 && call.pending_dial.is_none());
         if lonely {
-            self.end_call(call_id, cause);
+            self.end_call(call_id, cause, left);
         }
     }
 
-    fn end_call(&mut self, call_id: &str, cause: EventCause) {
+    fn end_call(&mut self, call_id: &str, cause: EventCause, left: &[&str]) {
         let Some(call) = self.calls.get(call_id) else { return };
         let parties: Vec<String> = call.parties.iter().map(|(device, _)| device.clone()).collect();
         if let Some(park) = call.park.clone() {
@@ -1211,14 +1298,17 @@ impl Pbx {
         self.waiting.retain(|waiting| waiting != call_id);
         for device in &parties {
             self.remove_party(call_id, device);
+            let mut also = left.to_vec();
+            also.push(device);
             self.emit_for_call(
                 call_id,
                 cause,
                 Event::ConnectionCleared(pbx::ConnectionClearedEvent { dropped: Some(connection(call_id, device)) }),
-                &[device],
+                &also,
             );
         }
-        let devices: Vec<&str> = parties.iter().map(String::as_str).collect();
+        let mut devices: Vec<&str> = parties.iter().map(String::as_str).collect();
+        devices.extend_from_slice(left);
         self.emit_for_call(
             call_id,
             cause,
@@ -1236,20 +1326,24 @@ impl Pbx {
         }
     }
 
-    fn schedule(&mut self, after_ms: u64, timer: Timer) {
+    /// Sets a timer; returns its sequence number, which tells it apart from older timers of the same kind.
+    fn schedule(&mut self, after_ms: u64, timer: Timer) -> u64 {
         self.timer_seq += 1;
         self.timers.push(Reverse((self.now_ms + after_ms, self.timer_seq, timer)));
+        self.timer_seq
     }
 
-    fn fire(&mut self, timer: Timer) {
+    fn fire(&mut self, seq: u64, timer: Timer) {
         match timer {
-            Timer::ParkRecall { park_id, call_id } => {
-                // The timer outlives the park when the call was picked up or ended: check it is still ours.
+            Timer::ParkRecall { park_id } => {
+                // The timer outlives the park when the call was picked up or ended, and the orbit may hold
+                // another park since: check that the park it was set for is still there.
+                let Some(Some(call_id)) = self.orbits.get(&park_id).cloned() else { return };
                 let Some(parked_by) = self
                     .calls
                     .get(&call_id)
                     .and_then(|call| call.park.as_ref())
-                    .filter(|park| park.park_id == park_id)
+                    .filter(|park| park.park_id == park_id && park.recall_timer == seq)
                     .map(|park| park.parked_by.clone())
                 else {
                     return;
@@ -1283,7 +1377,9 @@ impl Pbx {
                 );
             }
             Timer::RingNoAnswer { call_id, device } => {
-                if self.connection_state(&call_id, &device) != Some(State::Alerting) {
+                // An offer rejected and made again restarts the timer: only the latest offer's counts.
+                let latest = self.calls.get(&call_id).is_some_and(|call| call.ring_no_answer_timer == Some(seq));
+                if !latest || self.connection_state(&call_id, &device) != Some(State::Alerting) {
                     return;
                 }
                 self.drop_party(&call_id, &device, State::Alerting, EventCause::Redirected);

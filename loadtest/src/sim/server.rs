@@ -186,6 +186,7 @@ struct State {
     links: BTreeMap<u64, Link>,
     faults: Faults,
     traffic: Option<Traffic>,
+    traffic_paused: bool,
     next_link: u64,
 }
 
@@ -286,6 +287,7 @@ impl Simulator {
             links: BTreeMap::new(),
             faults: Faults::new(config.seed),
             traffic: None,
+            traffic_paused: false,
             next_link: 1,
         };
         let shared = Arc::new(Shared {
@@ -343,6 +345,18 @@ impl Simulator {
     /// Stops the traffic generator; calls in progress stay as they are.
     pub fn stop_traffic(&self) {
         self.shared.lock().traffic = None;
+    }
+
+    /// Pauses (or resumes) the traffic generator: while paused nobody places, answers or hangs up a
+    /// call, so the phone system holds still but for its own timers. What fell due meanwhile
+    /// happens on resume.
+    pub fn pause_traffic(&self, paused: bool) {
+        self.shared.lock().traffic_paused = paused;
+    }
+
+    /// Calls the traffic generator has placed, if it runs.
+    pub fn traffic_calls_started(&self) -> u64 {
+        self.shared.lock().traffic.as_ref().map_or(0, Traffic::calls_started)
     }
 
     /// Calls the traffic generator has finished (both ends hung up), if it runs.
@@ -472,7 +486,7 @@ async fn clock_loop(shared: Arc<Shared>) {
         let mut state = shared.lock();
         let state = &mut *state;
         state.pbx.advance_to(now);
-        if let Some(traffic) = state.traffic.as_mut() {
+        if let Some(traffic) = state.traffic.as_mut().filter(|_| !state.traffic_paused) {
             traffic.tick(&mut state.pbx, now);
         }
         shared.publish(state);
@@ -688,7 +702,11 @@ fn answer(shared: &Shared, link_id: u64, invoke_id: u32, service: Option<request
             Err((ErrorCause::InvalidObjectState, "this link is registered already".to_owned()))
         }
         Some(request::Service::Heartbeat(_)) => {
-            Ok(response::Result::Heartbeat(pbx::HeartbeatResult { timestamp_ms: state.pbx.now_ms() }))
+            let last_event_sequence = state.links.get(&link_id).map_or(0, |link| link.next_sequence - 1);
+            Ok(response::Result::Heartbeat(pbx::HeartbeatResult {
+                timestamp_ms: state.pbx.now_ms(),
+                last_event_sequence,
+            }))
         }
         Some(request::Service::MonitorStart(monitor)) => monitor_start(state, link_id, &monitor.device_id),
         Some(request::Service::MonitorStop(monitor)) => monitor_stop(state, link_id, monitor.monitor_id),

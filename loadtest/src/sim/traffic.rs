@@ -220,6 +220,21 @@ impl Traffic {
                     let Some(call_id) = call_id else { continue };
                     self.start_scripts(pbx, &call_id, now);
                 }
+                Event::Transferred(pbx::TransferredEvent { connections, .. })
+                | Event::Conferenced(pbx::ConferencedEvent { connections, .. }) => {
+                    // The call has a new id now, so answers planned under the old one find nothing: a
+                    // phone that still rings in the new call is answered under the new id.
+                    for moved in connections.iter().filter_map(|pair| pair.new_connection.as_ref()) {
+                        let ours = self.agents.contains(&moved.device_id);
+                        let outside = pbx.device_kind(&moved.device_id) == Some(DeviceKind::External);
+                        let ringing = pbx.connection_state(&moved.call_id, &moved.device_id) == Some(State::Alerting);
+                        if (ours || outside) && ringing {
+                            let delay = self.around(self.config.mean_ring);
+                            let action = Action::Answer { call_id: moved.call_id.clone(), device: moved.device_id.clone() };
+                            self.schedule(now + delay, action);
+                        }
+                    }
+                }
                 Event::Parked(parked) => {
                     if self.chance(0.8) {
                         let delay = self.around(Duration::from_secs(5));
@@ -296,8 +311,9 @@ impl Traffic {
             {
                 continue;
             }
+            // Scripts are popped from the back: a consultee talks first, then hangs up.
             let script =
-                if self.consultees.contains(agent) { vec![Step::Talk, Step::AgentHangsUp] } else { self.pick_script() };
+                if self.consultees.contains(agent) { vec![Step::AgentHangsUp, Step::Talk] } else { self.pick_script() };
             self.scripts.insert(agent.clone(), script);
             let talk = self.around(self.config.mean_talk);
             self.schedule(now + talk, Action::Step { agent: agent.clone() });
@@ -506,3 +522,6 @@ fn find_connection(pbx: &Pbx, agent: &str, state: State) -> Option<pbx::Connecti
         .find(|call| pbx.connection_state(call, agent) == Some(state))
         .map(|call| connection(&call, agent))
 }
+
+#[cfg(test)]
+mod tests;
