@@ -73,7 +73,7 @@ impl<P: PbxPort> Actor for CallActor<P> {
                     state.context.publisher.publish(ModelEvent::Call(view));
                 }
                 if changed {
-                    finish_if_ended(&myself, state).await;
+                    Box::pin(finish_if_ended(&myself, state)).await;
                 }
             }
             CallMsg::Reconcile { parties, at } => {
@@ -91,37 +91,42 @@ impl<P: PbxPort> Actor for CallActor<P> {
                 let _ = reply.send(call);
                 myself.stop(None);
             }
-            CallMsg::Resnapshot { at } => {
-                let id = lock(&state.call).id.clone();
-                match state.context.port.execute(PbxCommand::SnapshotCall { call: id.clone() }).await {
-                    Ok(PbxOutcome::Snapshot(Some(parties))) => {
-                        let view = {
-                            let mut call = lock(&state.call);
-                            call.reconcile(parties, at).then(|| CallView::from(&*call))
-                        };
-                        if let Some(view) = view {
-                            state.context.publisher.publish(ModelEvent::Call(view));
-                        }
-                    }
-                    Ok(PbxOutcome::Snapshot(None)) => {
-                        // The PBX has no such call: its end was never reported. Close it now.
-                        tracing::info!(call = id, "closing a call the pbx no longer has");
-                        bump(&state.context.stats.orphans_closed);
-                        let view = {
-                            let mut call = lock(&state.call);
-                            call.apply(CallInput::Ended { cause: Cause::Normal, at });
-                            CallView::from(&*call)
-                        };
-                        state.context.publisher.publish(ModelEvent::Call(view));
-                        finish_if_ended(&myself, state).await;
-                    }
-                    Ok(other) => tracing::warn!(call = id, ?other, "unexpected answer to a call snapshot"),
-                    Err(error) => tracing::warn!(call = id, %error, "call snapshot failed; keeping the call"),
-                }
-            }
+            // Rare and deep futures are boxed: an actor's task is as large as its largest await,
+            // and a hundred thousand actors pay for it all the time.
+            CallMsg::Resnapshot { at } => Box::pin(resnapshot(&myself, state, at)).await,
             CallMsg::Crash => panic!("call actor crash requested"),
         }
         Ok(())
+    }
+}
+
+/// Checks the call against the PBX's snapshot: reconciles it, or closes it if the PBX no longer has it.
+async fn resnapshot<P: PbxPort>(myself: &ActorRef<CallMsg>, state: &CallActorState<P>, at: Millis) {
+    let id = lock(&state.call).id.clone();
+    match state.context.port.execute(PbxCommand::SnapshotCall { call: id.clone() }).await {
+        Ok(PbxOutcome::Snapshot(Some(parties))) => {
+            let view = {
+                let mut call = lock(&state.call);
+                call.reconcile(parties, at).then(|| CallView::from(&*call))
+            };
+            if let Some(view) = view {
+                state.context.publisher.publish(ModelEvent::Call(view));
+            }
+        }
+        Ok(PbxOutcome::Snapshot(None)) => {
+            // The PBX has no such call: its end was never reported. Close it now.
+            tracing::info!(call = id, "closing a call the pbx no longer has");
+            bump(&state.context.stats.orphans_closed);
+            let view = {
+                let mut call = lock(&state.call);
+                call.apply(CallInput::Ended { cause: Cause::Normal, at });
+                CallView::from(&*call)
+            };
+            state.context.publisher.publish(ModelEvent::Call(view));
+            finish_if_ended(myself, state).await;
+        }
+        Ok(other) => tracing::warn!(call = id, ?other, "unexpected answer to a call snapshot"),
+        Err(error) => tracing::warn!(call = id, %error, "call snapshot failed; keeping the call"),
     }
 }
 

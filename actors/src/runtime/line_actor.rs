@@ -55,17 +55,21 @@ impl<P: PbxPort> Actor for LineActor<P> {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             LineMsg::Apply(input) => apply(state, input),
-            LineMsg::Resnapshot => {
-                let device = lock(&state.line).device.clone();
-                match state.context.port.execute(PbxCommand::SnapshotLine { device: device.clone() }).await {
-                    Ok(PbxOutcome::LineSnapshot { agent, calls }) => apply(state, LineInput::Snapshot { agent, calls }),
-                    Ok(other) => tracing::warn!(device, ?other, "unexpected answer to a line snapshot"),
-                    Err(error) => tracing::warn!(device, %error, "line snapshot failed; keeping what is known"),
-                }
-            }
+            // Boxed: an actor's task is as large as its largest await (see the call actor).
+            LineMsg::Resnapshot => Box::pin(resnapshot(state)).await,
             LineMsg::Crash => panic!("line actor crash requested"),
         }
         Ok(())
+    }
+}
+
+/// Replaces the line's state with the PBX's snapshot of it.
+async fn resnapshot<P: PbxPort>(state: &LineActorState<P>) {
+    let device = lock(&state.line).device.clone();
+    match state.context.port.execute(PbxCommand::SnapshotLine { device: device.clone() }).await {
+        Ok(PbxOutcome::LineSnapshot { agent, calls }) => apply(state, LineInput::Snapshot { agent, calls }),
+        Ok(other) => tracing::warn!(device, ?other, "unexpected answer to a line snapshot"),
+        Err(error) => tracing::warn!(device, %error, "line snapshot failed; keeping what is known"),
     }
 }
 

@@ -1,0 +1,112 @@
+//! Memory per idle agent line and per active call: starts 100,000 line actors and 50,000 call
+//! actors through the model's router and reads the process's resident memory before and after each.
+//!
+//! Run with `cargo bench -p gateway --bench memory`; it prints its figures (it times nothing).
+
+use std::sync::Arc;
+
+use actors::call::CallInput;
+use actors::domain::{AgentState, Cause, ConnState, DeviceKind, Direction};
+use actors::line::{Agent, LineInput};
+use actors::port::{PbxCommand, PbxOutcome, PbxPort, PortError};
+use actors::runtime::{self, ModelConfig, ModelInput};
+
+const LINES: usize = 100_000;
+const CALLS: usize = 50_000;
+
+struct NoPbx;
+
+impl PbxPort for NoPbx {
+    async fn execute(&self, _command: PbxCommand) -> Result<PbxOutcome, PortError> {
+        Err(PortError::Unavailable("no pbx in the benchmark".to_owned()))
+    }
+}
+
+/// Resident memory of this process, in bytes (Linux).
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
+async fn settle(model: &runtime::Model<NoPbx>, lines: usize, calls: usize) {
+    while model.actor_counts() != (lines, calls) {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Let the actors drain their first messages.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+}
+
+#[allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let (logs_tx, _logs) = tokio::sync::mpsc::channel(1024);
+        // Events go nowhere in this measurement: keep no history.
+        let config = ModelConfig { event_history: 0, event_buffer: 16, ..ModelConfig::default() };
+        let (model, mut router) = runtime::start(config, Arc::new(NoPbx), logs_tx).await.unwrap();
+        let before = resident_bytes();
+        for index in 0..LINES {
+            let agent = Agent {
+                login_id: format!("agent{index}"),
+                state: AgentState::Ready,
+                roles: vec!["agent".to_owned()],
+                reason: String::new(),
+            };
+            router
+                .route(ModelInput::Line {
+                    device: format!("{}", 100_000 + index),
+                    input: LineInput::Agent(Some(agent)),
+                })
+                .await;
+        }
+        settle(&model, LINES, 0).await;
+        let with_lines = resident_bytes();
+        for index in 0..CALLS {
+            let call = format!("C{index}");
+            let line = format!("{}", 100_000 + index);
+            let caller = format!("+4930{index:07}");
+            let inputs = vec![
+                CallInput::Info { calling: caller.clone(), called: "6000".to_owned(), direction: Direction::Inbound },
+                CallInput::Queue { queue: "6000".to_owned() },
+                CallInput::PartyState {
+                    device: caller,
+                    kind: DeviceKind::External,
+                    state: ConnState::Connected,
+                    cause: Cause::Normal,
+                    at: 0,
+                },
+                CallInput::PartyState {
+                    device: line.clone(),
+                    kind: DeviceKind::Line,
+                    state: ConnState::Alerting,
+                    cause: Cause::Distribution,
+                    at: 1_000,
+                },
+                CallInput::PartyState {
+                    device: line.clone(),
+                    kind: DeviceKind::Line,
+                    state: ConnState::Connected,
+                    cause: Cause::Normal,
+                    at: 3_000,
+                },
+            ];
+            router.route(ModelInput::Call { call: call.clone(), inputs }).await;
+            router
+                .route(ModelInput::Line { device: line, input: LineInput::Call { call, state: ConnState::Connected } })
+                .await;
+        }
+        settle(&model, LINES, CALLS).await;
+        let with_calls = resident_bytes();
+        let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+        println!("resident before:                 {:>8.1} MiB", mib(before));
+        println!("with {LINES} idle lines:        {:>8.1} MiB", mib(with_lines));
+        println!("with {CALLS} active calls too:   {:>8.1} MiB", mib(with_calls));
+        println!("per idle line:                   {:>8.0} bytes", (with_lines - before) as f64 / LINES as f64);
+        println!("per active call (and its line):  {:>8.0} bytes", (with_calls - with_lines) as f64 / CALLS as f64);
+        model.shutdown().await;
+    });
+}

@@ -1,0 +1,201 @@
+//! PBX events per second through the whole inbound path: decode, translate, route, and the line
+//! and call actors; beside a baseline of decode plus one bare channel hop, in the same run.
+//!
+//! The stream is 2,000 inbound calls over 1,000 lines, seven events each (delivered, established,
+//! held, retrieved, two connections cleared, call cleared): 14,000 events. An iteration ends when
+//! the model has ended every call (so every event was applied and every call log record written).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actors::port::{PbxCommand, PbxOutcome, PbxPort, PortError};
+use actors::runtime::{self, ModelConfig, ModelInput, ModelStats};
+use bytes::BytesMut;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use gateway::bridge::{Directory, Translator};
+use gateway::pbx::LinkEvent;
+use proto::pbx::{self, EventCause, event_report::Event};
+use proto::wire::{LinkCodec, LinkMessage};
+use tokio::sync::mpsc;
+use tokio_util::codec::Decoder;
+
+const LINES: usize = 1_000;
+const CALLS: usize = 2_000;
+
+/// Nothing in the event path asks anything of the PBX; a benchmark needs no link.
+struct NoPbx;
+
+impl PbxPort for NoPbx {
+    async fn execute(&self, _command: PbxCommand) -> Result<PbxOutcome, PortError> {
+        Err(PortError::Unavailable("no pbx in the benchmark".to_owned()))
+    }
+}
+
+fn connection(call: &str, device: &str) -> Option<pbx::ConnectionId> {
+    Some(pbx::ConnectionId { call_id: call.to_owned(), device_id: device.to_owned() })
+}
+
+/// The wire bytes of the event stream; each run uses fresh call ids, so runs never collide.
+fn stream(run: usize) -> (BytesMut, usize) {
+    let mut codec = LinkCodec::default();
+    let mut bytes = BytesMut::new();
+    let mut sequence = 1;
+    let mut count = 0;
+    let mut push = |cause: EventCause, event: Event, bytes: &mut BytesMut| {
+        let report = pbx::EventReport {
+            sequence,
+            timestamp_ms: 1_764_000_000_000 + sequence,
+            monitor_ids: vec![1],
+            cause: cause as i32,
+            event: Some(event),
+        };
+        sequence += 1;
+        count += 1;
+        codec.encode_message(&LinkMessage::Event(report), bytes).expect("events fit a frame");
+    };
+    for index in 0..CALLS {
+        let call = format!("C{run}x{index}");
+        let line = format!("{}", 100_000 + index % LINES);
+        let caller = format!("+4930{:07}", index);
+        let delivered = pbx::DeliveredEvent {
+            alerting: connection(&call, &line),
+            calling_device: caller.clone(),
+            called_device: "6000".into(),
+            last_redirection_device: "6000".into(),
+        };
+        push(EventCause::AcdDistribution, Event::Delivered(delivered), &mut bytes);
+        let established = pbx::EstablishedEvent {
+            answering: connection(&call, &line),
+            calling_device: caller.clone(),
+            called_device: "6000".into(),
+        };
+        push(EventCause::NewCall, Event::Established(established), &mut bytes);
+        push(EventCause::KeyOperation, Event::Held(pbx::HeldEvent { held: connection(&call, &line) }), &mut bytes);
+        let retrieved = pbx::RetrievedEvent { retrieved: connection(&call, &line) };
+        push(EventCause::KeyOperation, Event::Retrieved(retrieved), &mut bytes);
+        for device in [&caller, &line] {
+            let cleared = pbx::ConnectionClearedEvent { dropped: connection(&call, device) };
+            push(EventCause::NormalClearing, Event::ConnectionCleared(cleared), &mut bytes);
+        }
+        push(EventCause::NormalClearing, Event::CallCleared(pbx::CallClearedEvent { call_id: call }), &mut bytes);
+    }
+    (bytes, count)
+}
+
+/// Teaches the translator the lines and the queue, as the resync would.
+fn directory_snapshots() -> Vec<LinkEvent> {
+    let mut snapshots: Vec<LinkEvent> = (0..LINES)
+        .map(|index| LinkEvent::Snapshot {
+            session: 1,
+            snapshot: pbx::SnapshotDeviceResult {
+                device: Some(pbx::DeviceInfo {
+                    device_id: format!("{}", 100_000 + index),
+                    kind: pbx::DeviceKind::Station as i32,
+                    name: String::new(),
+                }),
+                agent: Some(pbx::AgentInfo {
+                    state: pbx::AgentState::Ready as i32,
+                    agent_id: format!("A{index}"),
+                    ..Default::default()
+                }),
+                calls: Vec::new(),
+            },
+        })
+        .collect();
+    snapshots.push(LinkEvent::Snapshot {
+        session: 1,
+        snapshot: pbx::SnapshotDeviceResult {
+            device: Some(pbx::DeviceInfo {
+                device_id: "6000".into(),
+                kind: pbx::DeviceKind::AcdQueue as i32,
+                name: String::new(),
+            }),
+            agent: None,
+            calls: Vec::new(),
+        },
+    });
+    snapshots.push(LinkEvent::ResyncComplete { session: 1, devices: LINES + 1 });
+    snapshots
+}
+
+fn pipeline(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (_, events_per_run) = stream(0);
+    let mut group = c.benchmark_group("pbx_events");
+    group.throughput(Throughput::Elements(events_per_run as u64));
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(10));
+
+    group.bench_function("baseline: decode + channel hop", |bench| {
+        bench.iter_custom(|iterations| {
+            runtime.block_on(async {
+                let mut total = Duration::ZERO;
+                for run in 0..iterations as usize {
+                    let (mut bytes, count) = stream(run);
+                    let (sender, mut receiver) = mpsc::channel::<LinkMessage>(8_192);
+                    let consumer = tokio::spawn(async move {
+                        let mut seen = 0;
+                        while receiver.recv().await.is_some() {
+                            seen += 1;
+                        }
+                        seen
+                    });
+                    let started = Instant::now();
+                    let mut codec = LinkCodec::default();
+                    while let Some(message) = codec.decode(&mut bytes).unwrap() {
+                        sender.send(message).await.unwrap();
+                    }
+                    drop(sender);
+                    assert_eq!(consumer.await.unwrap(), count);
+                    total += started.elapsed();
+                }
+                total
+            })
+        });
+    });
+
+    group.bench_function("decode + translate + route + actors", |bench| {
+        bench.iter_custom(|iterations| {
+            runtime.block_on(async {
+                let (logs_tx, mut logs) = mpsc::channel(65_536);
+                let drain = tokio::spawn(async move { while logs.recv().await.is_some() {} });
+                let (model, mut router) =
+                    runtime::start(ModelConfig::default(), Arc::new(NoPbx), logs_tx).await.unwrap();
+                let mut translator = Translator::new(Directory::default());
+                let mut inputs: Vec<ModelInput> = Vec::new();
+                for event in directory_snapshots() {
+                    translator.translate(event, &mut inputs);
+                }
+                for input in inputs.drain(..) {
+                    router.route(input).await;
+                }
+                let mut total = Duration::ZERO;
+                for run in 0..iterations as usize {
+                    let (mut bytes, _) = stream(run + 1);
+                    let ended_before = ModelStats::get(&model.stats().calls_ended);
+                    let started = Instant::now();
+                    let mut codec = LinkCodec::default();
+                    while let Some(LinkMessage::Event(report)) = codec.decode(&mut bytes).unwrap() {
+                        translator.translate(LinkEvent::Event(report), &mut inputs);
+                        for input in inputs.drain(..) {
+                            router.route(input).await;
+                        }
+                    }
+                    while ModelStats::get(&model.stats().calls_ended) < ended_before + CALLS as u64 {
+                        tokio::task::yield_now().await;
+                    }
+                    total += started.elapsed();
+                }
+                model.shutdown().await;
+                drop(router);
+                drop(model);
+                drain.abort();
+                total
+            })
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, pipeline);
+criterion_main!(benches);
