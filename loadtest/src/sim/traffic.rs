@@ -220,10 +220,12 @@ impl Traffic {
                     let Some(call_id) = call_id else { continue };
                     self.start_scripts(pbx, &call_id, now);
                 }
-                Event::Transferred(pbx::TransferredEvent { connections, .. })
-                | Event::Conferenced(pbx::ConferencedEvent { connections, .. }) => {
-                    // The call has a new id now, so answers planned under the old one find nothing: a
+                Event::Transferred(pbx::TransferredEvent { connections, new_call_id, .. })
+                | Event::Conferenced(pbx::ConferencedEvent { connections, new_call_id, .. }) => {
+                    // The call has a new id now, so what was planned under the old one finds nothing: an
+                    // agent who answered the old call just before gets its script in the new one, and a
                     // phone that still rings in the new call is answered under the new id.
+                    self.start_scripts(pbx, new_call_id, now);
                     for moved in connections.iter().filter_map(|pair| pair.new_connection.as_ref()) {
                         let ours = self.agents.contains(&moved.device_id);
                         let outside = pbx.device_kind(&moved.device_id) == Some(DeviceKind::External);
@@ -235,11 +237,10 @@ impl Traffic {
                         }
                     }
                 }
-                Event::Parked(parked) => {
-                    if self.chance(0.8) {
-                        let delay = self.around(Duration::from_secs(5));
-                        self.schedule(now + delay, Action::PickUpParked { park_id: parked.park_id.clone() });
-                    }
+                // Most parked calls are picked up by another agent; the rest ring their parker again.
+                Event::Parked(parked) if self.chance(0.8) => {
+                    let delay = self.around(Duration::from_secs(5));
+                    self.schedule(now + delay, Action::PickUpParked { park_id: parked.park_id.clone() });
                 }
                 Event::ConnectionCleared(cleared) => {
                     let Some(dropped) = &cleared.dropped else { continue };
@@ -457,8 +458,22 @@ impl Traffic {
             {
                 let _ = pbx.clear_connection(&connection);
             }
+            self.carry_on(pbx, agent);
         } else {
             self.scripts.remove(agent);
+            self.carry_on(pbx, agent);
+        }
+    }
+
+    /// A busy agent can take a second call (a park recall rings it again) that no script plays, and
+    /// answering it holds the first: once the script is over, the agent carries on with a call it still
+    /// has, so that none is left held or open forever.
+    fn carry_on(&mut self, pbx: &mut Pbx, agent: &str) {
+        if let Some(active) = find_connection(pbx, agent, State::Connected) {
+            self.start_scripts(pbx, &active.call_id, pbx.now_ms());
+        } else if let Some(held) = find_connection(pbx, agent, State::Held) {
+            // The Retrieved event starts a script for it.
+            let _ = pbx.retrieve_call(&held);
         }
     }
 
