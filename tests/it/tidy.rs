@@ -44,3 +44,14 @@ fn every_rust_file_opens_with_a_role_line_and_no_test_is_ignored() {
     }
     assert!(offenders.is_empty(), "{}", offenders.join("\n"));
 }
+
+/// The README's configuration block lists every setting with its default: it must parse, and equal
+/// the defaults, so the documentation cannot drift from the code.
+#[test]
+fn the_readme_configuration_is_the_default_configuration() {
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
+    let section = readme.split("## Configuration").nth(1).expect("README has a Configuration section");
+    let block = section.split("```toml").nth(1).and_then(|rest| rest.split("```").next()).expect("a toml block");
+    let parsed = gateway::config::Config::from_toml(block).unwrap_or_else(|error| panic!("README config: {error}"));
+    assert_eq!(parsed, gateway::config::Config::default());
+}
