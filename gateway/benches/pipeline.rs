@@ -21,6 +21,8 @@ use tokio_util::codec::Decoder;
 
 const LINES: usize = 1_000;
 const CALLS: usize = 2_000;
+/// Events routed together: about what one 64 KiB read of the link holds.
+const BATCH: usize = 1_024;
 
 /// Nothing in the event path asks anything of the PBX; a benchmark needs no link.
 struct NoPbx;
@@ -166,21 +168,24 @@ fn pipeline(c: &mut Criterion) {
                 for event in directory_snapshots() {
                     translator.translate(event, &mut inputs);
                 }
-                for input in inputs.drain(..) {
-                    router.route(input).await;
-                }
+                router.route_all(&mut inputs).await;
                 let mut total = Duration::ZERO;
                 for run in 0..iterations as usize {
                     let (mut bytes, _) = stream(run + 1);
                     let ended_before = ModelStats::get(&model.stats().calls_ended);
                     let started = Instant::now();
                     let mut codec = LinkCodec::default();
+                    // As the gateway's feed does: route what one read of the link delivered as a batch.
+                    let mut batched = 0;
                     while let Some(LinkMessage::Event(report)) = codec.decode(&mut bytes).unwrap() {
                         translator.translate(LinkEvent::Event(report), &mut inputs);
-                        for input in inputs.drain(..) {
-                            router.route(input).await;
+                        batched += 1;
+                        if batched == BATCH {
+                            router.route_all(&mut inputs).await;
+                            batched = 0;
                         }
                     }
+                    router.route_all(&mut inputs).await;
                     while ModelStats::get(&model.stats().calls_ended) < ended_before + CALLS as u64 {
                         tokio::task::yield_now().await;
                     }

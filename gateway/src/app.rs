@@ -82,6 +82,13 @@ impl Gateway {
         &self.model
     }
 
+    /// Waits until the model has applied a complete resync (every monitored device's snapshot).
+    pub async fn wait_resynced(&self) {
+        let mut progress = self.progress.clone();
+        // The sender lives as long as the feed; if it is gone, there is nothing left to wait for.
+        let _ = progress.wait_for(|progress| progress.resyncs >= 1).await;
+    }
+
     /// What the gateway has seen so far.
     pub fn progress(&self) -> Progress {
         *self.progress.borrow()
@@ -111,7 +118,8 @@ impl Gateway {
     }
 }
 
-/// Translates link events and routes them into the model, in link order.
+/// Translates link events and routes them into the model, in link order. Progress is counted once
+/// the model has the batch, so "resynced" means the model has every snapshot.
 async fn feed(
     mut events: mpsc::Receiver<LinkEvent>,
     mut translator: Translator,
@@ -119,24 +127,46 @@ async fn feed(
     progress: watch::Sender<Progress>,
 ) {
     let mut inputs = Vec::new();
-    while let Some(event) = events.recv().await {
-        progress.send_modify(|progress| match &event {
-            LinkEvent::Up { session, pbx_name } => {
-                tracing::info!(session, pbx_name, "pbx link up; resyncing");
-                progress.sessions += 1;
+    while let Some(first) = events.recv().await {
+        // Take what the link has delivered already, up to a bound, and route it as one batch: an
+        // actor then gets one message per batch instead of one per event.
+        let mut seen = Progress::default();
+        let mut event = Some(first);
+        let mut batched = 0;
+        while let Some(next) = event.take() {
+            note(&mut seen, &next);
+            translator.translate(next, &mut inputs);
+            batched += 1;
+            if batched < FEED_BATCH {
+                event = events.try_recv().ok();
             }
-            LinkEvent::Snapshot { .. } => progress.snapshots += 1,
-            LinkEvent::ResyncComplete { devices, .. } => {
-                tracing::info!(devices, "resync complete");
-                progress.resyncs += 1;
-            }
-            LinkEvent::Event(_) => progress.events += 1,
-            LinkEvent::Down { reason, .. } => tracing::warn!(reason, "pbx link down"),
-        });
-        translator.translate(event, &mut inputs);
-        for input in inputs.drain(..) {
-            router.route(input).await;
         }
+        router.route_all(&mut inputs).await;
+        progress.send_modify(|progress| {
+            progress.sessions += seen.sessions;
+            progress.resyncs += seen.resyncs;
+            progress.snapshots += seen.snapshots;
+            progress.events += seen.events;
+        });
+    }
+}
+
+/// Link events routed together at most.
+const FEED_BATCH: usize = 1_024;
+
+fn note(seen: &mut Progress, event: &LinkEvent) {
+    match event {
+        LinkEvent::Up { session, pbx_name } => {
+            tracing::info!(session, pbx_name, "pbx link up; resyncing");
+            seen.sessions += 1;
+        }
+        LinkEvent::Snapshot { .. } => seen.snapshots += 1,
+        LinkEvent::ResyncComplete { devices, .. } => {
+            tracing::info!(devices, "resync complete");
+            seen.resyncs += 1;
+        }
+        LinkEvent::Event(_) => seen.events += 1,
+        LinkEvent::Down { reason, .. } => tracing::warn!(reason, "pbx link down"),
     }
 }
 

@@ -137,7 +137,7 @@ async fn start(layout: Layout, seed: u64) -> (Simulator, Gateway) {
     .unwrap();
     let config = Config { pbx: PbxConfig { ..link_config(&simulator) }, ..Config::default() };
     let gateway = Gateway::start(&config).await.unwrap();
-    within(gateway.link().wait_resynced()).await.unwrap();
+    within(gateway.wait_resynced()).await;
     (simulator, gateway)
 }
 

@@ -11,8 +11,8 @@ use crate::port::{PbxCommand, PbxOutcome, PbxPort};
 
 /// What a line actor is asked to do.
 pub(crate) enum LineMsg {
-    /// Apply one input.
-    Apply(LineInput),
+    /// Apply inputs in order.
+    Apply(Vec<LineInput>),
     /// Check the state against the PBX's: used after a restart.
     Resnapshot,
     /// Panic, as a bug would (supervision tests).
@@ -54,7 +54,7 @@ impl<P: PbxPort> Actor for LineActor<P> {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            LineMsg::Apply(input) => apply(state, input),
+            LineMsg::Apply(inputs) => apply(state, inputs),
             // Boxed: an actor's task is as large as its largest await (see the call actor).
             LineMsg::Resnapshot => Box::pin(resnapshot(state)).await,
             LineMsg::Crash => panic!("line actor crash requested"),
@@ -67,16 +67,20 @@ impl<P: PbxPort> Actor for LineActor<P> {
 async fn resnapshot<P: PbxPort>(state: &LineActorState<P>) {
     let device = lock(&state.line).device.clone();
     match state.context.port.execute(PbxCommand::SnapshotLine { device: device.clone() }).await {
-        Ok(PbxOutcome::LineSnapshot { agent, calls }) => apply(state, LineInput::Snapshot { agent, calls }),
+        Ok(PbxOutcome::LineSnapshot { agent, calls }) => apply(state, vec![LineInput::Snapshot { agent, calls }]),
         Ok(other) => tracing::warn!(device, ?other, "unexpected answer to a line snapshot"),
         Err(error) => tracing::warn!(device, %error, "line snapshot failed; keeping what is known"),
     }
 }
 
-fn apply<P>(state: &LineActorState<P>, input: LineInput) {
+fn apply<P>(state: &LineActorState<P>, inputs: Vec<LineInput>) {
     let view = {
         let mut line = lock(&state.line);
-        line.apply(input).then(|| LineView::from(&*line))
+        let mut changed = false;
+        for input in inputs {
+            changed |= line.apply(input);
+        }
+        changed.then(|| LineView::from(&*line))
     };
     if let Some(view) = view {
         state.context.publisher.publish(ModelEvent::Line(view));

@@ -2,7 +2,7 @@
 //! actors for new lines and calls, joining calls on transfer and conference, and closing calls a
 //! resync shows are gone.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -36,12 +36,58 @@ impl<P: PbxPort> Router<P> {
         }
     }
 
+    /// Routes a batch of inputs, in order, with one message per actor for each run of inputs that
+    /// can be merged: an actor applies a run at once and publishes once. Merges, snapshots and
+    /// resync bounds split runs, since they need every earlier input applied first.
+    pub async fn route_all(&mut self, inputs: &mut Vec<ModelInput>) {
+        let mut calls: Vec<(CallId, Vec<CallInput>)> = Vec::new();
+        let mut call_index: HashMap<CallId, usize> = HashMap::new();
+        let mut lines: Vec<(String, Vec<LineInput>)> = Vec::new();
+        let mut line_index: HashMap<String, usize> = HashMap::new();
+        for input in inputs.drain(..) {
+            match input {
+                ModelInput::Call { call, inputs } => match call_index.get(&call) {
+                    Some(&index) => calls[index].1.extend(inputs),
+                    None => {
+                        call_index.insert(call.clone(), calls.len());
+                        calls.push((call, inputs));
+                    }
+                },
+                ModelInput::Line { device, input } => match line_index.get(&device) {
+                    Some(&index) => lines[index].1.push(input),
+                    None => {
+                        line_index.insert(device.clone(), lines.len());
+                        lines.push((device, vec![input]));
+                    }
+                },
+                barrier => {
+                    self.flush(&mut calls, &mut lines).await;
+                    call_index.clear();
+                    line_index.clear();
+                    self.route(barrier).await;
+                }
+            }
+        }
+        self.flush(&mut calls, &mut lines).await;
+    }
+
+    async fn flush(&mut self, calls: &mut Vec<(CallId, Vec<CallInput>)>, lines: &mut Vec<(String, Vec<LineInput>)>) {
+        for (call, inputs) in calls.drain(..) {
+            bump(&self.context.stats.inputs);
+            self.route_call(call, inputs).await;
+        }
+        for (device, inputs) in lines.drain(..) {
+            bump(&self.context.stats.inputs);
+            self.route_line(device, inputs).await;
+        }
+    }
+
     /// Routes one input.
     pub async fn route(&mut self, input: ModelInput) {
         bump(&self.context.stats.inputs);
         match input {
             ModelInput::Call { call, inputs } => self.route_call(call, inputs).await,
-            ModelInput::Line { device, input } => self.route_line(device, input).await,
+            ModelInput::Line { device, input } => self.route_line(device, vec![input]).await,
             ModelInput::Merge { primary, secondary, new, leaving, devices, at } => {
                 self.merge(primary, secondary, new, leaving, devices, at).await;
             }
@@ -81,7 +127,7 @@ impl<P: PbxPort> Router<P> {
         }
     }
 
-    async fn route_line(&mut self, device: String, input: LineInput) {
+    async fn route_line(&mut self, device: String, inputs: Vec<LineInput>) {
         let entry = self.context.lines.get(&device).map(|entry| entry.clone());
         let entry = match entry {
             Some(entry) => entry,
@@ -96,7 +142,7 @@ impl<P: PbxPort> Router<P> {
                 }
             }
         };
-        if entry.actor.cast(LineMsg::Apply(input)).is_err() {
+        if entry.actor.cast(LineMsg::Apply(inputs)).is_err() {
             tracing::debug!(device, "line actor unavailable; input left to its resnapshot");
         }
     }
