@@ -241,3 +241,49 @@ async fn commands_go_through_the_model_to_the_phone_system() {
     converged(&simulator, model, "after the call").await;
     gateway.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_actor_killed_mid_call_is_rebuilt_and_the_call_ends_with_a_correct_record() {
+    let (simulator, gateway) = start(Layout { stations: 4, ..Layout::default() }, 1).await;
+    let model = gateway.model();
+    let mut events = model.publisher().subscribe();
+    simulator
+        .with_pbx(|pbx| pbx.set_agent_state("2001", proto::pbx::AgentState::Ready, "bo", &["agent".to_owned()], ""))
+        .unwrap();
+    let call = simulator.with_pbx(|pbx| pbx.inbound_call("+4930777000", "6000")).unwrap();
+    let connection = |device: &str| proto::pbx::ConnectionId { call_id: call.clone(), device_id: device.to_owned() };
+    simulator.with_pbx(|pbx| pbx.answer_call(&connection("2001"))).unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !model.call(&call).is_some_and(|view| {
+        view.parties.iter().any(|party| party.state == ConnState::Connected && party.device == "2001")
+    }) {
+        assert!(tokio::time::Instant::now() < deadline, "the call never showed as answered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(model.crash_call(&call));
+    let restarted = || actors::runtime::ModelStats::get(&model.stats().restarts) == 1;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !restarted() {
+        assert!(tokio::time::Instant::now() < deadline, "the call actor was not restarted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The call goes on after the crash: hold, retrieve, hang up.
+    simulator.with_pbx(|pbx| pbx.hold_call(&connection("2001"))).unwrap();
+    simulator.with_pbx(|pbx| pbx.retrieve_call(&connection("2001"))).unwrap();
+    simulator.with_pbx(|pbx| pbx.clear_connection(&connection("+4930777000"))).unwrap();
+    let record = within(async {
+        loop {
+            if let ModelEvent::CallLog(record) = events.recv().await.unwrap().event.clone() {
+                break record;
+            }
+        }
+    })
+    .await;
+    assert_eq!(record.root_call_id, call);
+    assert_eq!((record.device.as_str(), record.outcome), ("2001", LegOutcome::Answered));
+    assert!(record.via_queue && record.queue.as_deref() == Some("6000"), "the history before the crash is kept");
+    assert!(record.answered_at.is_some_and(|answered| answered >= record.offered_at));
+    assert_eq!(record.agent_id.as_deref(), Some("bo"));
+    converged(&simulator, model, "after the crash").await;
+    gateway.shutdown(Duration::from_secs(5)).await;
+}
