@@ -438,7 +438,10 @@ impl CallState {
         if let Some(moment) = moment {
             self.note(at, moment);
         }
-        if kind == DeviceKind::Line {
+        // A line that never rang, talked or held (a failed attempt to reach it) has no leg.
+        let takes_part =
+            matches!(state, ConnState::Initiated | ConnState::Alerting | ConnState::Connected | ConnState::Held);
+        if kind == DeviceKind::Line && (takes_part || self.leg_mut(&device).is_some()) {
             let via_queue = cause == Cause::Distribution;
             if self.leg_mut(&device).is_none() {
                 self.legs.push(Leg::new(device.clone(), via_queue, at));

@@ -287,3 +287,94 @@ async fn a_call_actor_killed_mid_call_is_rebuilt_and_the_call_ends_with_a_correc
     converged(&simulator, model, "after the crash").await;
     gateway.shutdown(Duration::from_secs(5)).await;
 }
+
+/// The records the gateway wrote, in the simulator's terms: (first call id, station, answered).
+fn record_keys(records: &[actors::call::CallLogRecord]) -> Vec<(String, String, bool)> {
+    let mut keys: Vec<_> = records
+        .iter()
+        .map(|record| (record.root_call_id.clone(), record.device.clone(), record.answered_at.is_some()))
+        .collect();
+    keys.sort();
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_log_records_match_the_simulators_finished_calls_one_to_one() {
+    for seed in 11..=13 {
+        let (simulator, gateway) = start(busy_layout(), seed).await;
+        let mut events = gateway.model().publisher().subscribe();
+        let collector = tokio::spawn(async move {
+            let mut records = Vec::new();
+            while let Ok(event) = events.recv().await {
+                if let ModelEvent::CallLog(record) = &event.event {
+                    records.push(record.clone());
+                }
+            }
+            records
+        });
+        // Duplicated and reordered events, and link drops; no event is lost for good, so every leg
+        // the simulator had is one the gateway saw.
+        simulator.set_faults(FaultSettings {
+            duplicate_events_per_mille: 30,
+            reorder_events_per_mille: 30,
+            ..FaultSettings::default()
+        });
+        simulator.start_traffic(busy_traffic(seed));
+        for round in 0..2u64 {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            simulator.pause_traffic(true);
+            let resynced = gateway.progress().resyncs;
+            simulator.drop_links();
+            simulator.with_pbx(|pbx| {
+                let first = pbx.call_ids().next().map(str::to_owned);
+                if let Some(call) = first {
+                    pbx.clear_call(&call).unwrap();
+                }
+                pbx.inbound_call(&format!("+4930888{seed}{round}"), "6000").unwrap();
+            });
+            resyncs(&gateway, resynced + 1).await;
+            simulator.pause_traffic(false);
+        }
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        // Stop the day and end every call still going.
+        simulator.stop_traffic();
+        simulator.with_pbx(|pbx| {
+            let calls: Vec<String> = pbx.call_ids().map(str::to_owned).collect();
+            for call in calls {
+                pbx.clear_call(&call).unwrap();
+            }
+        });
+        let model = gateway.model();
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while model.actor_counts().1 != 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "seed {seed}: calls left in the gateway: {:?}",
+                model.calls()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let expected: Vec<(String, String, bool)> = {
+            let mut legs: Vec<_> = simulator
+                .with_pbx(|pbx| pbx.take_finished_legs())
+                .into_iter()
+                .map(|leg| (leg.root_call_id, leg.device, leg.answered))
+                .collect();
+            legs.sort();
+            legs
+        };
+        gateway.shutdown(Duration::from_secs(5)).await;
+        let records = collector.await.unwrap();
+        let written = record_keys(&records);
+        let missing: Vec<_> = expected.iter().filter(|leg| !written.contains(leg)).collect();
+        let extra: Vec<_> = written.iter().filter(|leg| !expected.contains(leg)).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty() && written.len() == expected.len(),
+            "seed {seed}: {} records for {} legs\nmissing: {missing:?}\nextra or doubled: {extra:?}",
+            written.len(),
+            expected.len()
+        );
+        assert!(expected.len() > 20, "seed {seed}: the day had calls ({})", expected.len());
+        simulator.shutdown().await;
+    }
+}

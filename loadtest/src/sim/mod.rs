@@ -8,6 +8,6 @@ pub mod traffic;
 
 pub use faults::FaultSettings;
 pub use inspect::StateDump;
-pub use model::{Layout, Pbx, PbxEvent, ServiceError};
+pub use model::{FinishedLeg, Layout, Pbx, PbxEvent, ServiceError};
 pub use server::{SimConfig, SimStats, Simulator};
 pub use traffic::TrafficConfig;

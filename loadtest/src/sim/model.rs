@@ -100,6 +100,22 @@ struct Call {
     ring_no_answer_timer: Option<u64>,
     created_ms: u64,
     recording_url: String,
+    /// The call's first id: transfers and conferences keep the held call's.
+    root: String,
+    /// Every station that had a connection in the call (or a call merged into it), and whether it
+    /// was ever connected: the ground truth for call log records.
+    legs: BTreeMap<String, bool>,
+}
+
+/// One station's part in a finished call: what a call log record must say.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FinishedLeg {
+    /// The call's first id.
+    pub root_call_id: String,
+    /// The station.
+    pub device: String,
+    /// Whether it talked in the call.
+    pub answered: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -135,6 +151,8 @@ pub struct Pbx {
     timer_seq: u64,
     next_call: u64,
     events: Vec<PbxEvent>,
+    /// Legs of calls that have ended, until taken.
+    finished_legs: Vec<FinishedLeg>,
 }
 
 fn is_dialable_number(number: &str) -> bool {
@@ -182,6 +200,7 @@ impl Pbx {
             timer_seq: 0,
             next_call: 1,
             events: Vec::new(),
+            finished_legs: Vec::new(),
         }
     }
 
@@ -970,6 +989,8 @@ impl Pbx {
             ring_no_answer_timer: None,
             created_ms: self.now_ms,
             recording_url,
+            root: id.clone(),
+            legs: BTreeMap::new(),
         };
         self.calls.insert(id.clone(), call);
         for (device, state) in parties {
@@ -979,8 +1000,12 @@ impl Pbx {
     }
 
     fn add_party(&mut self, call_id: &str, device: &str, state: State) {
+        let station = self.stations.contains_key(device);
         if let Some(call) = self.calls.get_mut(call_id) {
             call.parties.push((device.to_owned(), state));
+            if station {
+                *call.legs.entry(device.to_owned()).or_default() |= state == State::Connected;
+            }
             self.device_calls.entry(device.to_owned()).or_default().insert(call_id.to_owned());
             self.refresh_idle(device);
         }
@@ -1004,7 +1029,16 @@ impl Pbx {
             && let Some(party) = call.parties.iter_mut().find(|(party, _)| party == device)
         {
             party.1 = state;
+            if let Some(answered) = call.legs.get_mut(device) {
+                *answered |= state == State::Connected;
+            }
         }
+    }
+
+    /// Takes the legs of the calls that have ended since the last call: the records a gateway
+    /// must have written, one per station per call.
+    pub fn take_finished_legs(&mut self) -> Vec<FinishedLeg> {
+        std::mem::take(&mut self.finished_legs)
     }
 
     /// Holds whatever other call `device` has connected, as phones do before taking another.
@@ -1069,6 +1103,11 @@ impl Pbx {
             self.remove_party(active_call, device);
         }
         self.calls.remove(active_call);
+        if let Some(call) = self.calls.get_mut(&new_id) {
+            for (device, answered) in &active.legs {
+                *call.legs.entry(device.clone()).or_default() |= *answered;
+            }
+        }
         // A queued consultation call keeps its place in the queue as the new call.
         if self.waiting.iter().any(|call| call == active_call) {
             for waiting in &mut self.waiting {
@@ -1258,11 +1297,10 @@ impl Pbx {
             return;
         }
         self.remove_party(call_id, device);
-        // A queue or an orbit dropping out lets the call go: it no longer waits, or is no longer parked.
-        match self.device_kind(device) {
-            Some(DeviceKind::AcdQueue) => self.waiting.retain(|waiting| waiting != call_id),
-            Some(DeviceKind::ParkOrbit) => self.unpark(call_id, device),
-            _ => {}
+        // A queue dropping out lets the call go: it no longer waits. (An orbit dropping out ends the
+        // parked call, which is only ever the orbit and the parked party, and ending it frees the orbit.)
+        if self.device_kind(device) == Some(DeviceKind::AcdQueue) {
+            self.waiting.retain(|waiting| waiting != call_id);
         }
         self.emit_for_call(
             call_id,
@@ -1315,7 +1353,14 @@ impl Pbx {
             Event::CallCleared(pbx::CallClearedEvent { call_id: call_id.to_owned() }),
             &devices,
         );
-        self.calls.remove(call_id);
+        if let Some(call) = self.calls.remove(call_id) {
+            let root = call.root;
+            self.finished_legs.extend(call.legs.into_iter().map(|(device, answered)| FinishedLeg {
+                root_call_id: root.clone(),
+                device,
+                answered,
+            }));
+        }
     }
 
     fn unpark(&mut self, call_id: &str, park_id: &str) {
