@@ -11,6 +11,10 @@ use actors::line::{Agent, LineInput};
 use actors::port::{PbxCommand, PbxOutcome, PbxPort, PortError};
 use actors::runtime::{self, ModelConfig, ModelInput};
 
+// The switchboard binary's allocator, so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const LINES: usize = 100_000;
 const CALLS: usize = 50_000;
 

@@ -19,6 +19,10 @@ use proto::wire::{LinkCodec, LinkMessage};
 use tokio::sync::mpsc;
 use tokio_util::codec::Decoder;
 
+// The switchboard binary's allocator, so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const LINES: usize = 1_000;
 const CALLS: usize = 2_000;
 /// Events routed together: about what one 64 KiB read of the link holds.

@@ -15,6 +15,11 @@ use gateway::pbx::LinkStatus;
 use loadtest::sim::{Layout, SimConfig, Simulator, TrafficConfig};
 use tokio::sync::watch;
 
+/// jemalloc, not glibc's malloc: messages allocated by the router and freed by actors on other
+/// threads make glibc's arenas contend; jemalloc more than doubles events per second (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Switchboard: a CTI gateway between phone systems and Salesforce.
 #[derive(Debug, Parser)]
 #[command(name = "switchboard", version)]

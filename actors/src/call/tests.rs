@@ -297,7 +297,9 @@ proptest! {
             // The PBX's clock never runs backwards.
             let input = match input {
                 CallInput::PartyState { device, kind, state, cause, .. } => {
-                    if kind == K::Line && state != S::Null && !call.is_ended() { lines_seen.insert(device.clone()); }
+                    // A line takes part when it rings, talks, holds or places the call.
+                    let takes_part = matches!(state, S::Initiated | S::Alerting | S::Connected | S::Held);
+                    if kind == K::Line && takes_part && !call.is_ended() { lines_seen.insert(device.clone()); }
                     CallInput::PartyState { device, kind, state, cause, at: now }
                 }
                 CallInput::PartyCleared { device, cause, .. } => CallInput::PartyCleared { device, cause, at: now },

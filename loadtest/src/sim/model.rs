@@ -126,9 +126,9 @@ struct Park {
     recall_timer: u64,
 }
 
+/// A timer. A park recall names the orbit: when it fires, the orbit tells which call is parked there now.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
-    /// Found through the orbit, not a call id: the parked call's id may change while it waits.
     ParkRecall { park_id: String },
     RingNoAnswer { call_id: String, device: String },
 }
@@ -930,7 +930,12 @@ impl Pbx {
     /// Checks that a held and an active call can become one: the station must be the only party they
     /// share (one connection per device per call), neither may be parked, and only one of them may wait
     /// in a queue.
-    fn check_merge(&self, held: &pbx::ConnectionId, active: &pbx::ConnectionId, verb: &str) -> Result<(), ServiceError> {
+    fn check_merge(
+        &self,
+        held: &pbx::ConnectionId,
+        active: &pbx::ConnectionId,
+        verb: &str,
+    ) -> Result<(), ServiceError> {
         let (held_call, active_call) = (&self.calls[&held.call_id], &self.calls[&active.call_id]);
         let shared = held_call.parties.iter().find(|(device, _)| {
             *device != held.device_id && active_call.parties.iter().any(|(other, _)| other == device)
@@ -1260,7 +1265,10 @@ impl Pbx {
                 }),
                 &[],
             );
-            let timer = self.schedule(self.layout.ring_no_answer_ms, Timer::RingNoAnswer { call_id: call_id.clone(), device: agent });
+            let timer = self.schedule(
+                self.layout.ring_no_answer_ms,
+                Timer::RingNoAnswer { call_id: call_id.clone(), device: agent },
+            );
             if let Some(call) = self.calls.get_mut(&call_id) {
                 call.ring_no_answer_timer = Some(timer);
             }

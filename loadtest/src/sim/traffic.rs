@@ -232,7 +232,8 @@ impl Traffic {
                         let ringing = pbx.connection_state(&moved.call_id, &moved.device_id) == Some(State::Alerting);
                         if (ours || outside) && ringing {
                             let delay = self.around(self.config.mean_ring);
-                            let action = Action::Answer { call_id: moved.call_id.clone(), device: moved.device_id.clone() };
+                            let action =
+                                Action::Answer { call_id: moved.call_id.clone(), device: moved.device_id.clone() };
                             self.schedule(now + delay, action);
                         }
                     }
@@ -366,10 +367,13 @@ impl Traffic {
             }
             Action::Abandon { call_id, caller } => {
                 let Some(call) = pbx.snapshot_call(&call_id) else { return };
-                let answered = call.parties.iter().any(|party| {
-                    party.state == State::Connected as i32
-                        && pbx.device_kind(&party.device_id) == Some(DeviceKind::Station)
-                });
+                // Only a caller still waiting gives up: one an agent has answered, and now holds or has
+                // parked, is no longer waiting in the queue.
+                let answered = !call.park_id.is_empty()
+                    || call.parties.iter().any(|party| {
+                        (party.state == State::Connected as i32 || party.state == State::Held as i32)
+                            && pbx.device_kind(&party.device_id) == Some(DeviceKind::Station)
+                    });
                 if !answered && call.parties.iter().any(|party| party.device_id == caller) {
                     let _ = pbx.clear_connection(&connection(&call_id, &caller));
                 }
