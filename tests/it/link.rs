@@ -484,3 +484,45 @@ async fn every_service_works_over_the_link() {
     }
     client.stop().await;
 }
+
+#[tokio::test]
+async fn delayed_events_arrive_late_but_complete_and_in_order() {
+    let simulator = simulator(6).await;
+    let mut client = Client::start(link_config(&simulator));
+    client.read_until(|event| matches!(event, LinkEvent::ResyncComplete { .. })).await;
+    simulator.set_faults(FaultSettings { event_delay: Duration::from_millis(300), ..FaultSettings::default() });
+    log_on(&simulator, "2000");
+    let call = simulator.with_pbx(|pbx| pbx.inbound_call("+4930444444", "6000")).unwrap();
+    simulator.with_pbx(|pbx| pbx.answer_call(&connection(&call, "2000").unwrap())).unwrap();
+    simulator.with_pbx(|pbx| pbx.clear_call(&call)).unwrap();
+    let seen = client
+        .read_until(|event| {
+            matches!(event, LinkEvent::Event(pbx::EventReport { event: Some(Event::CallCleared(_)), .. }))
+        })
+        .await;
+    let sequences: Vec<u64> = seen
+        .iter()
+        .filter_map(|event| match event {
+            LinkEvent::Event(report) => Some(report.sequence),
+            _ => None,
+        })
+        .collect();
+    assert!(sequences.windows(2).all(|pair| pair[1] == pair[0] + 1), "in order, none missing: {sequences:?}");
+    assert_eq!(
+        event_names(&seen),
+        vec![
+            "agent_state",
+            "originated",
+            "queued",
+            "diverted",
+            "delivered",
+            "established",
+            "connection_cleared",
+            "connection_cleared",
+            "call_cleared"
+        ]
+    );
+    assert_eq!(LinkStats::get(&client.link.stats().sequence_gaps), 0);
+    assert!(matches!(client.link.status(), LinkStatus::Up { session: 1, .. }), "a slow pbx is not a dead one");
+    client.stop().await;
+}
