@@ -263,6 +263,8 @@ pub struct CallLogRecord {
     pub calling: String,
     /// Where it was placed to.
     pub called: String,
+    /// Every line and outside number that took part in the call, in the order they joined.
+    pub parties: Vec<DeviceId>,
     /// When the line was offered the call.
     pub offered_at: Millis,
     /// When the line answered, if it did.
@@ -316,6 +318,8 @@ pub struct CallState {
     pub timeline: Vec<TimelineEntry>,
     /// Every agent line's part, by line.
     pub legs: Vec<Leg>,
+    /// Every line and outside number that took part, in the order they joined.
+    pub participants: Vec<DeviceId>,
 }
 
 impl CallState {
@@ -338,6 +342,7 @@ impl CallState {
             ended_at: None,
             timeline: Vec::new(),
             legs: Vec::new(),
+            participants: Vec::new(),
         }
     }
 
@@ -426,6 +431,9 @@ impl CallState {
         match self.parties.iter_mut().find(|party| party.device == device) {
             Some(party) => party.state = state,
             None => self.parties.push(Party { device: device.clone(), kind, state }),
+        }
+        if matches!(kind, DeviceKind::Line | DeviceKind::External) && !self.participants.contains(&device) {
+            self.participants.push(device.clone());
         }
         let moment = match (previous, state) {
             (_, ConnState::Alerting) => Some(Moment::Ringing(device.clone())),
@@ -521,6 +529,11 @@ impl CallState {
                 None => merged.legs.push(leg),
             }
         }
+        for device in secondary.participants {
+            if !merged.participants.contains(&device) {
+                merged.participants.push(device);
+            }
+        }
         merged.timeline.extend(secondary.timeline);
         merged.timeline.sort_by_key(|entry| entry.at);
         // The PBX's list of who is in the new call is the truth; each leg follows its party.
@@ -583,6 +596,7 @@ impl CallState {
                 queue: self.queue.clone(),
                 calling: self.calling.clone(),
                 called: self.called.clone(),
+                parties: self.participants.clone(),
                 offered_at: leg.offered_at,
                 answered_at: leg.answered_at,
                 ended_at: leg.left_at.unwrap_or(ended_at),

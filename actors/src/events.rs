@@ -199,9 +199,78 @@ impl Publisher {
         Ok((missed, self.sender.subscribe()))
     }
 
+    /// A subscription to every event from now on.
+    pub fn subscription(&self) -> Subscription {
+        let history = self.history();
+        let last_seen = history.next_sequence - 1;
+        Subscription { missed: VecDeque::new(), live: self.sender.subscribe(), last_seen }
+    }
+
+    /// A subscription to every event after `after`, or why that is no longer possible.
+    pub fn resume_subscription(&self, after: u64) -> Result<Subscription, TooOld> {
+        let (missed, live) = self.resume(after)?;
+        Ok(Subscription { missed: missed.into(), live, last_seen: after })
+    }
+
     /// How many subscribers there are now.
     pub fn subscribers(&self) -> usize {
         self.sender.receiver_count()
+    }
+}
+
+/// Why a subscription ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SubscriptionEnded {
+    /// The subscriber read too slowly: it was cut off rather than allowed to hold the model back.
+    #[error(
+        "the subscriber fell {missed} events behind and was cut off; resume after sequence {last_seen} or take a fresh snapshot"
+    )]
+    TooSlow {
+        /// Events it missed.
+        missed: u64,
+        /// The last sequence number it received.
+        last_seen: u64,
+    },
+    /// The model stopped.
+    #[error("the model is shutting down")]
+    Closed,
+}
+
+/// One subscriber's ordered view of the model's events: the missed ones first when resuming, then
+/// the live ones, ending with a reason.
+#[derive(Debug)]
+pub struct Subscription {
+    missed: VecDeque<Arc<Sequenced>>,
+    live: broadcast::Receiver<Arc<Sequenced>>,
+    last_seen: u64,
+}
+
+impl Subscription {
+    /// The next event, or why there will be none.
+    pub async fn next(&mut self) -> Result<Arc<Sequenced>, SubscriptionEnded> {
+        if let Some(event) = self.missed.pop_front() {
+            self.last_seen = event.sequence;
+            return Ok(event);
+        }
+        loop {
+            match self.live.recv().await {
+                // Never hand out an event twice, whatever the overlap between history and live.
+                Ok(event) if event.sequence <= self.last_seen => continue,
+                Ok(event) => {
+                    self.last_seen = event.sequence;
+                    return Ok(event);
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    return Err(SubscriptionEnded::TooSlow { missed, last_seen: self.last_seen });
+                }
+                Err(broadcast::error::RecvError::Closed) => return Err(SubscriptionEnded::Closed),
+            }
+        }
+    }
+
+    /// The sequence number of the last event handed out (0 before any).
+    pub fn last_seen(&self) -> u64 {
+        self.last_seen
     }
 }
 
@@ -256,6 +325,29 @@ mod tests {
         );
         assert!(publisher.resume(6).is_ok(), "the event right before the oldest kept is fine");
         assert!(publisher.resume(11).is_err(), "a sequence from the future (another gateway run)");
+    }
+
+    #[tokio::test]
+    async fn a_subscription_resumes_then_ends_with_a_clear_reason_when_too_slow() {
+        let publisher = Publisher::new(2, 8);
+        for n in 0..3 {
+            publisher.publish(renamed(n));
+        }
+        let mut subscription = publisher.resume_subscription(1).unwrap();
+        assert_eq!(subscription.next().await.unwrap().sequence, 2);
+        assert_eq!(subscription.next().await.unwrap().sequence, 3);
+        for n in 3..8 {
+            publisher.publish(renamed(n));
+        }
+        let ended = subscription.next().await.unwrap_err();
+        assert_eq!(ended, SubscriptionEnded::TooSlow { missed: 3, last_seen: 3 });
+        assert_eq!(
+            ended.to_string(),
+            "the subscriber fell 3 events behind and was cut off; resume after sequence 3 or take a fresh snapshot"
+        );
+        // It can resume where it was, from history.
+        let mut resumed = publisher.resume_subscription(subscription.last_seen()).unwrap();
+        assert_eq!(resumed.next().await.unwrap().sequence, 4);
     }
 
     #[test]

@@ -74,6 +74,7 @@ fn stream(run: usize) -> (BytesMut, usize) {
             answering: connection(&call, &line),
             calling_device: caller.clone(),
             called_device: "6000".into(),
+            recording_url: format!("https://recordings.example/{call}.wav"),
         };
         push(EventCause::NewCall, Event::Established(established), &mut bytes);
         push(EventCause::KeyOperation, Event::Held(pbx::HeldEvent { held: connection(&call, &line) }), &mut bytes);

@@ -51,6 +51,7 @@ fn an_answered_call_yields_one_answered_record_with_talk_and_hold_time() {
     assert!(record.via_queue);
     assert_eq!(record.queue.as_deref(), Some("6000"));
     assert_eq!(record.direction, Direction::Inbound);
+    assert_eq!(record.parties, vec![CALLER.to_owned(), "2001".to_owned()], "the queue is no party to log");
     let moments: Vec<&Moment> = call.timeline.iter().map(|entry| &entry.moment).collect();
     assert!(matches!(
         moments[..],
@@ -217,6 +218,7 @@ fn a_consultation_transfer_merges_legs_and_keeps_the_customer_call_as_root() {
     let receiver = record_of(&records, "2002");
     assert_eq!(receiver.outcome, LegOutcome::Answered);
     assert_eq!(receiver.talk_seconds, 38);
+    assert_eq!(receiver.parties, vec![CALLER.to_owned(), "2001".to_owned(), "2002".to_owned()]);
 }
 
 #[test]

@@ -229,6 +229,9 @@ impl Translator {
             Event::Established(event) => {
                 if let Some(connection) = event.answering {
                     let mut inputs = vec![self.info(&event.calling_device, &event.called_device)];
+                    if !event.recording_url.is_empty() {
+                        inputs.push(CallInput::Recording { url: event.recording_url.clone() });
+                    }
                     if cause == Cause::Park {
                         inputs.push(CallInput::Unparked { at });
                     }

@@ -510,6 +510,11 @@ impl Pbx {
                     answering: Some(target.clone()),
                     calling_device: calling,
                     called_device: called,
+                    recording_url: self
+                        .calls
+                        .get(&target.call_id)
+                        .map(|call| call.recording_url.clone())
+                        .unwrap_or_default(),
                 }),
                 &[],
             );
@@ -651,6 +656,7 @@ impl Pbx {
                 answering: Some(answering.clone()),
                 calling_device: calling,
                 called_device: called,
+                recording_url: self.calls.get(&call_id).map(|call| call.recording_url.clone()).unwrap_or_default(),
             }),
             &[park_id],
         );

@@ -112,6 +112,8 @@ fn established(call_id: &str, device: &str, calling: &str, called: &str) -> Even
         answering: Some(conn(call_id, device)),
         calling_device: calling.to_owned(),
         called_device: called.to_owned(),
+        // The default layout records every call.
+        recording_url: format!("https://recordings.pbx-sim.invalid/{call_id}.wav"),
     })
 }
 
@@ -822,7 +824,10 @@ fn transfer_before_the_consulted_station_answers_leaves_it_ringing() {
     assert_eq!(parties(&pbx, &new_call), party_list(&[(CALLER, State::Connected), (B, State::Alerting)]));
     pbx.drain_events();
     pbx.answer_call(&conn(&new_call, B)).unwrap();
-    assert_eq!(take(&mut pbx)[0].1, established(&new_call, B, CALLER, B));
+    // The recording is the call's from its start: it keeps the first call id's name.
+    let Event::Established(mut expected) = established(&new_call, B, CALLER, B) else { unreachable!() };
+    expected.recording_url = format!("https://recordings.pbx-sim.invalid/{primary}.wav");
+    assert_eq!(take(&mut pbx)[0].1, Event::Established(expected));
 }
 
 #[test]
