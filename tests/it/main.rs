@@ -1,5 +1,6 @@
 //! Switchboard's end-to-end tests, one binary: real servers on loopback, port 0.
 //!
+//! - `grpc`: the gRPC API over real sockets: call control, agents, events, status codes.
 //! - `link`: the gateway's PBX link client against the simulator: resync, reconnect, heartbeats,
 //!   deadlines, congestion, event faults.
 //! - `model`: the whole gateway mirroring the simulator through faults; commands through the model.
@@ -7,6 +8,7 @@
 //!   oversized frames, every service over the wire.
 //! - `tidy`: house rules on the source tree.
 
+mod grpc;
 mod link;
 mod model;
 mod sim_link;

@@ -1,0 +1,132 @@
+//! The Agents service: log in and out, presence, and reading lines.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actors::domain::AgentState;
+use actors::events::LineView;
+use actors::runtime::Model;
+use proto::api::{self, agents_server::Agents};
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::idempotency::RequestIds;
+use super::status::{command_status, invalid, required};
+use crate::bridge::LinkPort;
+
+/// The Agents service over the model.
+pub(crate) struct AgentsService {
+    pub(crate) model: Model<LinkPort>,
+    pub(crate) request_ids: Arc<RequestIds>,
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+/// How long a command's answer waits for the PBX's event to show in the line, so the caller gets
+/// the line as the command left it. The PBX confirms a command before it sends its events.
+const SETTLE: Duration = Duration::from_secs(2);
+
+impl AgentsService {
+    fn line_now(&self, line: &str) -> Result<api::Line, Status> {
+        self.model.line(line).map(convert::line).ok_or_else(|| Status::not_found(format!("no agent line {line}")))
+    }
+
+    /// The line once `settled` holds for it (or after [`SETTLE`], as it is then).
+    async fn line_when(&self, line: &str, settled: impl Fn(&LineView) -> bool) -> Result<api::Line, Status> {
+        let deadline = tokio::time::Instant::now() + SETTLE;
+        while tokio::time::Instant::now() < deadline {
+            if self.model.line(line).is_some_and(|view| settled(&view)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.line_now(line)
+    }
+}
+
+#[tonic::async_trait]
+impl Agents for AgentsService {
+    async fn log_in(&self, request: Request<api::LogInRequest>) -> Reply<api::Line> {
+        let request = request.into_inner();
+        let line = required("line", &request.line)?;
+        let agent_id = required("agent_id", &request.agent_id)?;
+        if request.roles.iter().any(|role| role.trim().is_empty() || role.len() > 64) {
+            return Err(invalid("roles", "must be non-empty names of at most 64 characters"));
+        }
+        self.request_ids
+            .once("LogIn", &request.request_id, async {
+                self.model.log_on(line, agent_id, &request.roles, request.ready).await.map_err(command_status)?;
+                self.line_when(line, |view| view.agent.as_ref().is_some_and(|agent| agent.login_id == agent_id)).await
+            })
+            .await
+            .map(Response::new)
+    }
+
+    async fn log_out(&self, request: Request<api::LogOutRequest>) -> Reply<api::Line> {
+        let request = request.into_inner();
+        let line = required("line", &request.line)?;
+        self.request_ids
+            .once("LogOut", &request.request_id, async {
+                self.model.log_off(line).await.map_err(command_status)?;
+                self.line_when(line, |view| view.agent.is_none()).await
+            })
+            .await
+            .map(Response::new)
+    }
+
+    async fn set_presence(&self, request: Request<api::SetPresenceRequest>) -> Reply<api::Line> {
+        let request = request.into_inner();
+        let line = required("line", &request.line)?;
+        let presence = api::Presence::try_from(request.presence).unwrap_or(api::Presence::Unspecified);
+        let state = match presence {
+            api::Presence::Available => AgentState::Ready,
+            api::Presence::Away => AgentState::NotReady,
+            api::Presence::DoNotDisturb => AgentState::DoNotDisturb,
+            api::Presence::AfterCallWork => AgentState::WorkingAfterCall,
+            _ => {
+                return Err(invalid(
+                    "presence",
+                    "must be AVAILABLE, AWAY, DO_NOT_DISTURB or AFTER_CALL_WORK (offline is LogOut; busy follows the calls)",
+                ));
+            }
+        };
+        self.request_ids
+            .once("SetPresence", &request.request_id, async {
+                self.model.set_agent_state(line, state, &request.reason).await.map_err(command_status)?;
+                self.line_when(line, |view| view.agent.as_ref().is_some_and(|agent| agent.state == state)).await
+            })
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_line(&self, request: Request<api::GetLineRequest>) -> Reply<api::Line> {
+        let line = required("line", &request.get_ref().line)?;
+        self.line_now(line).map(Response::new)
+    }
+
+    async fn list_lines(&self, request: Request<api::ListLinesRequest>) -> Reply<api::ListLinesResponse> {
+        let request = request.into_inner();
+        let page_size = match request.page_size {
+            0 => 100,
+            size @ 1..=1000 => size as usize,
+            _ => return Err(invalid("page_size", "must be at most 1000")),
+        };
+        let presence = api::Presence::try_from(request.presence).unwrap_or(api::Presence::Unspecified);
+        let after = request.page_token.trim();
+        let mut lines = self
+            .model
+            .lines()
+            .into_iter()
+            .filter(|view| after.is_empty() || view.device.as_str() > after)
+            .filter(|view| presence == api::Presence::Unspecified || convert::presence(view.presence) == presence)
+            .filter(|view| {
+                request.role.is_empty() || view.agent.as_ref().is_some_and(|agent| agent.roles.contains(&request.role))
+            });
+        let page: Vec<api::Line> = lines.by_ref().take(page_size).map(convert::line).collect();
+        let next_page_token = match (lines.next(), page.last()) {
+            (Some(_), Some(last)) => last.line.clone(),
+            _ => String::new(),
+        };
+        Ok(Response::new(api::ListLinesResponse { lines: page, next_page_token }))
+    }
+}

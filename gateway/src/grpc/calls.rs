@@ -1,0 +1,208 @@
+//! The CallControl service: each RPC checks its fields, then runs the model's command once per
+//! request id.
+
+use std::sync::Arc;
+
+use actors::runtime::Model;
+use proto::api::{self, call_control_server::CallControl};
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::idempotency::RequestIds;
+use super::status::{command_status, required};
+use crate::bridge::LinkPort;
+
+/// The CallControl service over the model.
+pub(crate) struct CallControlService {
+    pub(crate) model: Model<LinkPort>,
+    pub(crate) request_ids: Arc<RequestIds>,
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+impl CallControlService {
+    async fn once<T: prost::Message + Default>(
+        &self,
+        method: &str,
+        request_id: &str,
+        attempt: impl Future<Output = Result<T, Status>>,
+    ) -> Reply<T> {
+        self.request_ids.once(method, request_id, attempt).await.map(Response::new)
+    }
+}
+
+#[tonic::async_trait]
+impl CallControl for CallControlService {
+    async fn make_call(&self, request: Request<api::MakeCallRequest>) -> Reply<api::MakeCallResponse> {
+        let request = request.into_inner();
+        let line = required("line", &request.line)?;
+        let number = required("number", &request.number)?;
+        self.once("MakeCall", &request.request_id, async {
+            let call_id = self.model.make_call(line, number).await.map_err(command_status)?;
+            Ok(api::MakeCallResponse { call_id })
+        })
+        .await
+    }
+
+    async fn answer(&self, request: Request<api::CallRequest>) -> Reply<api::CallResponse> {
+        let request = request.into_inner();
+        let (line, call) = (required("line", &request.line)?, required("call_id", &request.call_id)?);
+        self.once("Answer", &request.request_id, async {
+            self.model.answer(line, call).await.map_err(command_status)?;
+            Ok(api::CallResponse {})
+        })
+        .await
+    }
+
+    async fn hang_up(&self, request: Request<api::CallRequest>) -> Reply<api::CallResponse> {
+        let request = request.into_inner();
+        let (line, call) = (required("line", &request.line)?, required("call_id", &request.call_id)?);
+        self.once("HangUp", &request.request_id, async {
+            self.model.hang_up(line, call).await.map_err(command_status)?;
+            Ok(api::CallResponse {})
+        })
+        .await
+    }
+
+    async fn hold(&self, request: Request<api::CallRequest>) -> Reply<api::CallResponse> {
+        let request = request.into_inner();
+        let (line, call) = (required("line", &request.line)?, required("call_id", &request.call_id)?);
+        self.once("Hold", &request.request_id, async {
+            self.model.hold(line, call).await.map_err(command_status)?;
+            Ok(api::CallResponse {})
+        })
+        .await
+    }
+
+    async fn retrieve(&self, request: Request<api::CallRequest>) -> Reply<api::CallResponse> {
+        let request = request.into_inner();
+        let (line, call) = (required("line", &request.line)?, required("call_id", &request.call_id)?);
+        self.once("Retrieve", &request.request_id, async {
+            self.model.retrieve(line, call).await.map_err(command_status)?;
+            Ok(api::CallResponse {})
+        })
+        .await
+    }
+
+    async fn park(&self, request: Request<api::CallRequest>) -> Reply<api::ParkResponse> {
+        let request = request.into_inner();
+        let (line, call) = (required("line", &request.line)?, required("call_id", &request.call_id)?);
+        self.once("Park", &request.request_id, async {
+            let park_id = self.model.park(line, call).await.map_err(command_status)?;
+            Ok(api::ParkResponse { park_id })
+        })
+        .await
+    }
+
+    async fn retrieve_parked(
+        &self,
+        request: Request<api::RetrieveParkedRequest>,
+    ) -> Reply<api::RetrieveParkedResponse> {
+        let request = request.into_inner();
+        let (line, park_id) = (required("line", &request.line)?, required("park_id", &request.park_id)?);
+        self.once("RetrieveParked", &request.request_id, async {
+            let call_id = self.model.retrieve_parked(line, park_id).await.map_err(command_status)?;
+            Ok(api::RetrieveParkedResponse { call_id })
+        })
+        .await
+    }
+
+    async fn blind_transfer(&self, request: Request<api::BlindTransferRequest>) -> Reply<api::CallResponse> {
+        let request = request.into_inner();
+        let (line, call) = (required("line", &request.line)?, required("call_id", &request.call_id)?);
+        let destination = required("destination", &request.destination)?;
+        self.once("BlindTransfer", &request.request_id, async {
+            self.model.blind_transfer(line, call, destination).await.map_err(command_status)?;
+            Ok(api::CallResponse {})
+        })
+        .await
+    }
+
+    async fn start_consultation(
+        &self,
+        request: Request<api::StartConsultationRequest>,
+    ) -> Reply<api::StartConsultationResponse> {
+        let request = request.into_inner();
+        let (line, call) = (required("line", &request.line)?, required("call_id", &request.call_id)?);
+        let destination = required("destination", &request.destination)?;
+        self.once("StartConsultation", &request.request_id, async {
+            let consultation_call_id =
+                self.model.consult_start(line, call, destination).await.map_err(command_status)?;
+            Ok(api::StartConsultationResponse { consultation_call_id })
+        })
+        .await
+    }
+
+    async fn complete_consultation(
+        &self,
+        request: Request<api::TwoCallRequest>,
+    ) -> Reply<api::CompleteConsultationResponse> {
+        let request = request.into_inner();
+        let (line, held, active) = two_calls(&request)?;
+        self.once("CompleteConsultation", &request.request_id, async {
+            let call_id = self.model.consult_complete(line, held, active).await.map_err(command_status)?;
+            Ok(api::CompleteConsultationResponse { call_id })
+        })
+        .await
+    }
+
+    async fn cancel_consultation(&self, request: Request<api::TwoCallRequest>) -> Reply<api::CallResponse> {
+        let request = request.into_inner();
+        let (line, held, active) = two_calls(&request)?;
+        self.once("CancelConsultation", &request.request_id, async {
+            self.model.consult_cancel(line, held, active).await.map_err(command_status)?;
+            Ok(api::CallResponse {})
+        })
+        .await
+    }
+
+    async fn conference(&self, request: Request<api::TwoCallRequest>) -> Reply<api::ConferenceResponse> {
+        let request = request.into_inner();
+        let (line, held, active) = two_calls(&request)?;
+        self.once("Conference", &request.request_id, async {
+            let call_id = self.model.conference(line, held, active).await.map_err(command_status)?;
+            Ok(api::ConferenceResponse { call_id })
+        })
+        .await
+    }
+
+    async fn alternate(&self, request: Request<api::TwoCallRequest>) -> Reply<api::CallResponse> {
+        let request = request.into_inner();
+        let (line, held, active) = two_calls(&request)?;
+        self.once("Alternate", &request.request_id, async {
+            self.model.alternate(line, active, held).await.map_err(command_status)?;
+            Ok(api::CallResponse {})
+        })
+        .await
+    }
+
+    async fn set_call_notes(&self, request: Request<api::SetCallNotesRequest>) -> Reply<api::CallResponse> {
+        let request = request.into_inner();
+        let call = required("call_id", &request.call_id)?;
+        if request.notes.len() > 32 * 1024 || request.disposition.len() > 1024 {
+            return Err(Status::invalid_argument("notes are limited to 32 KiB and a disposition to 1 KiB"));
+        }
+        self.model.set_notes(call, &request.notes).map_err(command_status)?;
+        if !request.disposition.is_empty() {
+            self.model.set_disposition(call, &request.disposition).map_err(command_status)?;
+        }
+        Ok(Response::new(api::CallResponse {}))
+    }
+
+    async fn get_call(&self, request: Request<api::GetCallRequest>) -> Reply<api::Call> {
+        let request = request.into_inner();
+        let call = required("call_id", &request.call_id)?;
+        match self.model.call(call) {
+            Some(view) => Ok(Response::new(convert::call(view))),
+            None => Err(Status::not_found(format!("no call {call} in progress"))),
+        }
+    }
+}
+
+fn two_calls(request: &api::TwoCallRequest) -> Result<(&str, &str, &str), Status> {
+    Ok((
+        required("line", &request.line)?,
+        required("held_call_id", &request.held_call_id)?,
+        required("active_call_id", &request.active_call_id)?,
+    ))
+}

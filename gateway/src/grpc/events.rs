@@ -1,0 +1,167 @@
+//! The Events service: a snapshot of the current state, then every change in order; resumable by
+//! sequence number; a subscriber too slow to keep up is told so and cut off.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+
+use actors::events::{ModelEvent, Sequenced, Subscription, SubscriptionEnded};
+use actors::runtime::Model;
+use futures::Stream;
+use proto::api::{self, events_server::Events};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use crate::bridge::LinkPort;
+
+/// The Events service over the model.
+pub(crate) struct EventsService {
+    pub(crate) model: Model<LinkPort>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// Events waiting to be written to one subscriber's stream.
+const STREAM_BUFFER: usize = 1_024;
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<api::Event, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Events for EventsService {
+    type SubscribeStream = EventStream;
+
+    async fn subscribe(&self, request: Request<api::SubscribeRequest>) -> Result<Response<EventStream>, Status> {
+        let request = request.into_inner();
+        let lines: HashSet<String> = request.lines.into_iter().map(|line| line.trim().to_owned()).collect();
+        if lines.iter().any(String::is_empty) {
+            return Err(Status::invalid_argument("lines must not contain an empty line id"));
+        }
+        let publisher = self.model.publisher();
+        let (subscription, snapshot, resume_failed) = match request.resume_after {
+            0 => (publisher.subscription(), true, false),
+            after => match publisher.resume_subscription(after) {
+                Ok(subscription) => (subscription, false, false),
+                Err(too_old) => {
+                    tracing::info!(%too_old, "subscriber cannot resume; sending a fresh snapshot");
+                    (publisher.subscription(), true, true)
+                }
+            },
+        };
+        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+        let filter = Filter { lines };
+        let model = self.model.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            if snapshot {
+                let as_of = subscription.last_seen();
+                for event in snapshot_events(&model, &filter, as_of, resume_failed) {
+                    if sender.send(Ok(event)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            forward(subscription, filter, sender, shutdown).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+}
+
+struct Filter {
+    lines: HashSet<String>,
+}
+
+impl Filter {
+    fn everything(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    fn keeps(&self, event: &ModelEvent) -> bool {
+        if self.everything() {
+            return true;
+        }
+        match event {
+            ModelEvent::Line(line) => self.lines.contains(&line.device),
+            ModelEvent::Call(call) => call.parties.iter().any(|party| self.lines.contains(&party.device)),
+            ModelEvent::CallLog(record) => self.lines.contains(&record.device),
+            // A renamed call may concern a line; the new call's own event follows and is filtered.
+            ModelEvent::CallRenamed { .. } => true,
+        }
+    }
+}
+
+fn snapshot_events(model: &Model<LinkPort>, filter: &Filter, as_of: u64, resume_failed: bool) -> Vec<api::Event> {
+    use api::event::Event as E;
+    let mut events = Vec::new();
+    for line in model.lines() {
+        if filter.everything() || filter.lines.contains(&line.device) {
+            events.push(api::Event { sequence: as_of, event: Some(E::Line(convert::line(line))) });
+        }
+    }
+    for call in model.calls() {
+        if filter.keeps(&ModelEvent::Call(call.clone())) {
+            events.push(api::Event { sequence: as_of, event: Some(E::Call(convert::call(call))) });
+        }
+    }
+    events.push(api::Event {
+        sequence: as_of,
+        event: Some(E::SnapshotComplete(api::SnapshotComplete { resume_failed })),
+    });
+    events
+}
+
+fn to_api(sequenced: &Sequenced) -> api::Event {
+    use api::event::Event as E;
+    let event = match sequenced.event.clone() {
+        ModelEvent::Line(line) => E::Line(convert::line(line)),
+        ModelEvent::Call(call) => E::Call(convert::call(call)),
+        ModelEvent::CallRenamed { old, new } => {
+            E::CallRenamed(api::CallRenamed { old_call_ids: old, new_call_id: new })
+        }
+        ModelEvent::CallLog(record) => E::CallLog(convert::call_log(record)),
+    };
+    api::Event { sequence: sequenced.sequence, event: Some(event) }
+}
+
+/// Writes the live events until the subscriber leaves, falls behind, or the gateway stops.
+async fn forward(
+    mut subscription: Subscription,
+    filter: Filter,
+    sender: mpsc::Sender<Result<api::Event, Status>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let next = tokio::select! {
+            () = shutdown.cancelled() => {
+                let _ = sender.send(Err(Status::unavailable("the gateway is shutting down; reconnect with resume_after"))).await;
+                return;
+            }
+            () = sender.closed() => return,
+            next = subscription.next() => next,
+        };
+        let event = match next {
+            Ok(event) => event,
+            Err(ended @ SubscriptionEnded::TooSlow { .. }) => {
+                let _ = sender.send(Err(Status::resource_exhausted(ended.to_string()))).await;
+                return;
+            }
+            Err(SubscriptionEnded::Closed) => {
+                let _ = sender.send(Err(Status::unavailable("the model stopped"))).await;
+                return;
+            }
+        };
+        if !filter.keeps(&event.event) {
+            continue;
+        }
+        // A subscriber whose own stream is full is as slow as one that fell behind the model.
+        match sender.try_send(Ok(to_api(&event))) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let reason = SubscriptionEnded::TooSlow { missed: 1, last_seen: event.sequence.saturating_sub(1) };
+                let _ = sender.send(Err(Status::resource_exhausted(reason.to_string()))).await;
+                return;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! The one place that turns the gateway's errors into gRPC statuses, as gRPC defines the codes.
+
+use actors::port::PortError;
+use actors::runtime::CommandError;
+use tonic::{Code, Status};
+
+/// The status for a command that was not carried out.
+pub(crate) fn command_status(error: CommandError) -> Status {
+    let message = error.to_string();
+    let code = match error {
+        CommandError::UnknownLine(_) | CommandError::UnknownCall(_) => Code::NotFound,
+        CommandError::Refused(_) => Code::FailedPrecondition,
+        CommandError::Invalid(_) => Code::InvalidArgument,
+        CommandError::Pbx(PortError::NotFound(_)) => Code::NotFound,
+        CommandError::Pbx(PortError::Rejected(_)) => Code::FailedPrecondition,
+        CommandError::Pbx(PortError::Invalid(_)) => Code::InvalidArgument,
+        CommandError::Pbx(PortError::Unavailable(_)) => Code::Unavailable,
+        CommandError::Pbx(PortError::Timeout(_)) => Code::DeadlineExceeded,
+    };
+    Status::new(code, message)
+}
+
+/// The status for a request field that is missing or malformed.
+pub(crate) fn invalid(field: &str, problem: &str) -> Status {
+    Status::invalid_argument(format!("{field} {problem}"))
+}
+
+/// Checks a required text field.
+pub(crate) fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
+    let value = value.trim();
+    if value.is_empty() { Err(invalid(field, "is required")) } else { Ok(value) }
+}
+
+/// Whether a retry of a request that failed this way may be carried out afresh: only when the
+/// failure guarantees nothing reached the PBX.
+pub(crate) fn retry_may_repeat(status: &Status) -> bool {
+    matches!(status.code(), Code::Unavailable | Code::ResourceExhausted)
+}
+
+#[cfg(test)]
+mod tests {
+    use actors::line::CommandRefusal;
+
+    use super::*;
+
+    #[test]
+    fn each_error_gets_the_code_grpc_defines_for_it() {
+        let cases = [
+            (CommandError::UnknownLine("2001".into()), Code::NotFound),
+            (CommandError::UnknownCall("C1".into()), Code::NotFound),
+            (CommandError::Refused(CommandRefusal::NotLoggedOn { line: "2001".into() }), Code::FailedPrecondition),
+            (CommandError::Invalid("number \"x\"".into()), Code::InvalidArgument),
+            (CommandError::Pbx(PortError::NotFound("no call".into())), Code::NotFound),
+            (CommandError::Pbx(PortError::Rejected("busy".into())), Code::FailedPrecondition),
+            (CommandError::Pbx(PortError::Invalid("bad number".into())), Code::InvalidArgument),
+            (CommandError::Pbx(PortError::Unavailable("link down".into())), Code::Unavailable),
+            (CommandError::Pbx(PortError::Timeout("slow".into())), Code::DeadlineExceeded),
+        ];
+        for (error, code) in cases {
+            let message = error.to_string();
+            let status = command_status(error);
+            assert_eq!(status.code(), code, "{message}");
+            assert_eq!(status.message(), message);
+        }
+    }
+
+    #[test]
+    fn missing_fields_are_invalid_arguments_that_name_the_field() {
+        let status = required("line", "  ").unwrap_err();
+        assert_eq!((status.code(), status.message()), (Code::InvalidArgument, "line is required"));
+        assert_eq!(required("line", " 2001 ").unwrap(), "2001");
+    }
+}

@@ -1,0 +1,275 @@
+//! The gRPC API over real sockets: call control end to end on the simulator, agents, the event
+//! stream with snapshot and resume, request-id idempotency, and each status code.
+
+use std::time::Duration;
+
+use gateway::app::Gateway;
+use gateway::config::{Config, PbxConfig};
+use gateway::grpc::GrpcServer;
+use loadtest::sim::{Layout, SimConfig, Simulator};
+use proto::api::agents_client::AgentsClient;
+use proto::api::call_control_client::CallControlClient;
+use proto::api::events_client::EventsClient;
+use proto::api::{self, event::Event as E};
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::support::{PATIENCE, link_config, within};
+
+struct Api {
+    simulator: Simulator,
+    gateway: Gateway,
+    server: GrpcServer,
+    calls: CallControlClient<Channel>,
+    agents: AgentsClient<Channel>,
+    events: EventsClient<Channel>,
+}
+
+async fn api() -> Api {
+    let simulator = Simulator::start(SimConfig {
+        heartbeat_interval: Duration::from_millis(200),
+        layout: Layout { stations: 4, ..Layout::default() },
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let config = Config { pbx: PbxConfig { ..link_config(&simulator) }, ..Config::default() };
+    let gateway = Gateway::start(&config).await.unwrap();
+    within(gateway.wait_resynced()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = GrpcServer::start(gateway.model().clone(), listener).unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.local_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    Api {
+        simulator,
+        gateway,
+        server,
+        calls: CallControlClient::new(channel.clone()),
+        agents: AgentsClient::new(channel.clone()),
+        events: EventsClient::new(channel),
+    }
+}
+
+impl Api {
+    async fn stop(self) {
+        self.server.shutdown(Duration::from_secs(5)).await;
+        self.gateway.shutdown(Duration::from_secs(5)).await;
+        self.simulator.shutdown().await;
+    }
+
+    async fn line_state(&mut self, line: &str, call: &str) -> String {
+        let reply = self.agents.get_line(api::GetLineRequest { line: line.into() }).await.unwrap().into_inner();
+        reply.calls.into_iter().find(|c| c.call_id == call).map(|c| c.state).unwrap_or_default()
+    }
+
+    /// Waits until the line shows the call in `state`.
+    async fn until_line(&mut self, line: &str, call: &str, state: &str) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while self.line_state(line, call).await != state {
+            assert!(tokio::time::Instant::now() < deadline, "{line} never showed {call} {state}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+fn call_request(line: &str, call: &str, request_id: &str) -> api::CallRequest {
+    api::CallRequest { request_id: request_id.into(), line: line.into(), call_id: call.into() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_logs_in_dials_holds_retrieves_and_hangs_up_over_grpc() {
+    let mut api = api().await;
+    let mut stream = api.events.subscribe(api::SubscribeRequest::default()).await.unwrap().into_inner();
+    // The stream opens with the current state.
+    let mut snapshot_lines = 0;
+    loop {
+        let event = within(stream.message()).await.unwrap().unwrap();
+        match event.event.unwrap() {
+            E::Line(_) => snapshot_lines += 1,
+            E::SnapshotComplete(complete) => {
+                assert!(!complete.resume_failed);
+                break;
+            }
+            other => panic!("unexpected snapshot event {other:?}"),
+        }
+    }
+    assert_eq!(snapshot_lines, 4);
+
+    let login = api::LogInRequest {
+        request_id: "login-1".into(),
+        line: "2000".into(),
+        agent_id: "anna".into(),
+        roles: vec!["agent".into(), "operator".into()],
+        ready: false,
+    };
+    let line = api.agents.log_in(login).await.unwrap().into_inner();
+    assert_eq!(line.agent.as_ref().map(|agent| agent.agent_id.as_str()), Some("anna"));
+    assert_eq!(line.presence, api::Presence::Away as i32);
+
+    let dial = api::MakeCallRequest { request_id: "dial-1".into(), line: "2000".into(), number: "+4930123456".into() };
+    let call = api.calls.make_call(dial.clone()).await.unwrap().into_inner().call_id;
+    // The same request id again is the same call, not a second one.
+    let again = api.calls.make_call(dial).await.unwrap().into_inner().call_id;
+    assert_eq!(again, call);
+    assert_eq!(api.simulator.dump().calls.len(), 1);
+
+    api.until_line("2000", &call, "initiated").await;
+    api.calls.answer(call_request("2000", &call, "answer-1")).await.unwrap();
+    api.simulator
+        .with_pbx(|pbx| {
+            pbx.answer_call(&proto::pbx::ConnectionId { call_id: call.clone(), device_id: "+4930123456".into() })
+        })
+        .unwrap();
+    api.until_line("2000", &call, "connected").await;
+    api.calls.hold(call_request("2000", &call, "hold-1")).await.unwrap();
+    api.until_line("2000", &call, "held").await;
+    // Holding a held call is refused by the line's state.
+    let refused = api.calls.hold(call_request("2000", &call, "")).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert_eq!(refused.message(), format!("cannot hold call {call} on line 2000: it is held, not connected"));
+    api.calls.retrieve(call_request("2000", &call, "retrieve-1")).await.unwrap();
+    api.until_line("2000", &call, "connected").await;
+    let notes = api::SetCallNotesRequest {
+        request_id: String::new(),
+        call_id: call.clone(),
+        notes: "wants the invoice again".into(),
+        disposition: "resolved".into(),
+    };
+    api.calls.set_call_notes(notes).await.unwrap();
+    let shown = api.calls.get_call(api::GetCallRequest { call_id: call.clone() }).await.unwrap().into_inner();
+    assert_eq!((shown.direction.as_str(), shown.calling.as_str()), ("outbound", "2000"));
+    api.calls.hang_up(call_request("2000", &call, "hangup-1")).await.unwrap();
+
+    // The live events include the call's log record, with the notes.
+    let record = within(async {
+        loop {
+            let event = stream.message().await.unwrap().unwrap();
+            if let Some(E::CallLog(record)) = event.event {
+                break record;
+            }
+        }
+    })
+    .await;
+    assert_eq!((record.line.as_str(), record.outcome.as_str(), record.agent_id.as_str()), ("2000", "answered", "anna"));
+    assert_eq!((record.notes.as_str(), record.disposition.as_str()), ("wants the invoice again", "resolved"));
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_wrong_request_gets_the_status_grpc_defines() {
+    let mut api = api().await;
+    let missing = api.agents.get_line(api::GetLineRequest { line: "9999".into() }).await.unwrap_err();
+    assert_eq!((missing.code(), missing.message()), (Code::NotFound, "no agent line 9999"));
+    let empty = api.calls.hold(call_request("", "C1", "")).await.unwrap_err();
+    assert_eq!((empty.code(), empty.message()), (Code::InvalidArgument, "line is required"));
+    let no_call = api.calls.hold(call_request("2000", "C404", "")).await.unwrap_err();
+    assert_eq!(no_call.code(), Code::NotFound);
+    let bad_number = api
+        .calls
+        .make_call(api::MakeCallRequest { request_id: String::new(), line: "2000".into(), number: "call me".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_number.code(), Code::InvalidArgument);
+    let presence = api::SetPresenceRequest {
+        request_id: String::new(),
+        line: "2000".into(),
+        presence: api::Presence::Busy as i32,
+        reason: String::new(),
+    };
+    let busy = api.agents.set_presence(presence).await.unwrap_err();
+    assert_eq!(busy.code(), Code::InvalidArgument);
+    let page = api::ListLinesRequest { page_size: 5000, ..Default::default() };
+    assert_eq!(api.agents.list_lines(page).await.unwrap_err().code(), Code::InvalidArgument);
+
+    // The PBX link down: UNAVAILABLE, at once.
+    api.simulator.stall_links(Duration::from_secs(30));
+    let mut status = api.gateway.link().watch_status();
+    within(status.wait_for(|status| !matches!(status, gateway::pbx::LinkStatus::Up { .. }))).await.unwrap();
+    let login = api::LogInRequest { line: "2001".into(), agent_id: "bo".into(), ..Default::default() };
+    let down = api.agents.log_in(login).await.unwrap_err();
+    assert_eq!(down.code(), Code::Unavailable, "{down:?}");
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_are_listed_in_pages_with_filters() {
+    let mut api = api().await;
+    for (line, agent, roles) in [("2000", "anna", vec!["agent"]), ("2002", "carl", vec!["agent", "operator"])] {
+        let login = api::LogInRequest {
+            line: line.into(),
+            agent_id: agent.into(),
+            roles: roles.into_iter().map(str::to_owned).collect(),
+            ready: true,
+            ..Default::default()
+        };
+        api.agents.log_in(login).await.unwrap();
+    }
+    let first =
+        api.agents.list_lines(api::ListLinesRequest { page_size: 3, ..Default::default() }).await.unwrap().into_inner();
+    assert_eq!(first.lines.iter().map(|line| line.line.as_str()).collect::<Vec<_>>(), vec!["2000", "2001", "2002"]);
+    let rest = api::ListLinesRequest { page_size: 3, page_token: first.next_page_token.clone(), ..Default::default() };
+    let second = api.agents.list_lines(rest).await.unwrap().into_inner();
+    assert_eq!(second.lines.iter().map(|line| line.line.as_str()).collect::<Vec<_>>(), vec!["2003"]);
+    assert!(second.next_page_token.is_empty());
+    let operators = api::ListLinesRequest { role: "operator".into(), ..Default::default() };
+    let found = api.agents.list_lines(operators).await.unwrap().into_inner();
+    assert_eq!(found.lines.iter().map(|line| line.line.as_str()).collect::<Vec<_>>(), vec!["2002"]);
+    let offline = api::ListLinesRequest { presence: api::Presence::Offline as i32, ..Default::default() };
+    let found = api.agents.list_lines(offline).await.unwrap().into_inner();
+    assert_eq!(found.lines.iter().map(|line| line.line.as_str()).collect::<Vec<_>>(), vec!["2001", "2003"]);
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_resumes_where_it_left_off_or_is_told_to_take_a_snapshot() {
+    let mut api = api().await;
+    let mut stream = api.events.subscribe(api::SubscribeRequest::default()).await.unwrap().into_inner();
+    let last = loop {
+        let event = within(stream.message()).await.unwrap().unwrap();
+        if matches!(event.event, Some(E::SnapshotComplete(_))) {
+            break event.sequence;
+        }
+    };
+    let login = api::LogInRequest { line: "2001".into(), agent_id: "bo".into(), ready: true, ..Default::default() };
+    api.agents.log_in(login).await.unwrap();
+    let seen = within(stream.message()).await.unwrap().unwrap();
+    assert!(matches!(seen.event, Some(E::Line(ref line)) if line.line == "2001"));
+    drop(stream);
+
+    // While away, more happens; on return, the missed events come first, in order.
+    let away = api::SetPresenceRequest {
+        line: "2001".into(),
+        presence: api::Presence::Away as i32,
+        reason: "lunch".into(),
+        ..Default::default()
+    };
+    api.agents.set_presence(away).await.unwrap();
+    let resumed = api::SubscribeRequest { resume_after: seen.sequence, lines: vec!["2001".into()] };
+    let mut stream = api.events.subscribe(resumed).await.unwrap().into_inner();
+    let next = within(stream.message()).await.unwrap().unwrap();
+    assert!(next.sequence > seen.sequence && next.sequence > last);
+    let Some(E::Line(line)) = next.event else { panic!("expected the line's change, got {next:?}") };
+    assert_eq!(line.agent.map(|agent| agent.reason), Some("lunch".to_owned()));
+
+    // A sequence the gateway never issued (another run's): a fresh snapshot, flagged.
+    let unknown = api::SubscribeRequest { resume_after: 1_000_000, lines: Vec::new() };
+    let mut stream = api.events.subscribe(unknown).await.unwrap().into_inner();
+    let flagged = within(async {
+        loop {
+            if let Some(E::SnapshotComplete(complete)) = stream.message().await.unwrap().unwrap().event {
+                break complete;
+            }
+        }
+    })
+    .await;
+    assert!(flagged.resume_failed);
+
+    // Shutdown ends streams with a reason.
+    api.server.shutdown(Duration::from_secs(5)).await;
+    let ended = within(stream.message()).await.unwrap_err();
+    assert_eq!(ended.code(), Code::Unavailable);
+    api.gateway.shutdown(Duration::from_secs(5)).await;
+}
