@@ -25,6 +25,8 @@ pub mod env {
     pub const PBX_MAX_FRAME_LENGTH: &str = "SWITCHBOARD_PBX_MAX_FRAME_LENGTH";
     /// `pbx.outbound_queue`.
     pub const PBX_OUTBOUND_QUEUE: &str = "SWITCHBOARD_PBX_OUTBOUND_QUEUE";
+    /// `grpc.listen`.
+    pub const GRPC_LISTEN: &str = "SWITCHBOARD_GRPC_LISTEN";
 }
 
 /// Why a configuration could not be loaded.
@@ -97,7 +99,49 @@ pub struct Config {
     pub pbx: PbxConfig,
     /// The model of lines and calls.
     pub calls: CallsConfig,
+    /// The gRPC API.
+    pub grpc: GrpcConfig,
 }
+
+/// The gRPC API.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// Where the API listens, `host:port`.
+    pub listen: String,
+    /// The clients: each a bearer token with its scopes.
+    pub tokens: Vec<TokenConfig>,
+    /// Requests per second each client may make, on average.
+    pub rate_limit_per_sec: u32,
+    /// Requests a client may make in a burst above the average.
+    pub rate_limit_burst: u32,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50051".to_owned(),
+            tokens: Vec::new(),
+            rate_limit_per_sec: 1_000,
+            rate_limit_burst: 200,
+        }
+    }
+}
+
+/// One API client.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// The client's name, for logs and rate limits (never the token).
+    pub name: String,
+    /// The bearer token it sends.
+    pub token: Secret,
+    /// What it may do: `calls:read`, `calls:control`, `admin`.
+    pub scopes: Vec<String>,
+}
+
+/// Every scope a token may carry.
+pub const SCOPES: [&str; 3] = ["calls:read", "calls:control", "admin"];
 
 /// The model of lines and calls.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -261,6 +305,9 @@ impl Config {
         parse_env(environment, env::PBX_REQUEST_TIMEOUT_MS, &mut pbx.request_timeout_ms)?;
         parse_env(environment, env::PBX_MAX_FRAME_LENGTH, &mut pbx.max_frame_length)?;
         parse_env(environment, env::PBX_OUTBOUND_QUEUE, &mut pbx.outbound_queue)?;
+        if let Some(value) = environment.get(env::GRPC_LISTEN) {
+            self.grpc.listen = value.clone();
+        }
         Ok(())
     }
 
@@ -295,6 +342,34 @@ impl Config {
         }
         if calls.event_buffer == 0 {
             return invalid("calls.event_buffer", "must hold at least one event");
+        }
+        let grpc = &self.grpc;
+        if grpc.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::Invalid {
+                setting: "grpc.listen",
+                reason: format!("{:?} is not ip:port", grpc.listen),
+            });
+        }
+        if grpc.rate_limit_per_sec == 0 || grpc.rate_limit_burst == 0 {
+            return invalid("grpc.rate_limit_per_sec", "rate limits must be above zero");
+        }
+        let mut names = std::collections::HashSet::new();
+        for token in &grpc.tokens {
+            if token.name.trim().is_empty() || !names.insert(token.name.as_str()) {
+                return invalid("grpc.tokens", "every token needs a name of its own");
+            }
+            if token.token.expose().len() < 16 {
+                return Err(ConfigError::Invalid {
+                    setting: "grpc.tokens",
+                    reason: format!("the token of {:?} is shorter than 16 characters", token.name),
+                });
+            }
+            if let Some(scope) = token.scopes.iter().find(|scope| !SCOPES.contains(&scope.as_str())) {
+                return Err(ConfigError::Invalid {
+                    setting: "grpc.tokens",
+                    reason: format!("unknown scope {scope:?} for {:?}; scopes are {}", token.name, SCOPES.join(", ")),
+                });
+            }
         }
         Ok(())
     }
@@ -395,6 +470,30 @@ mod tests {
         let mut config = Config::default();
         config.pbx.reconnect_max_ms = 1;
         assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn tokens_are_checked_and_never_printed() {
+        let config = Config::from_toml(
+            r#"
+            [[grpc.tokens]]
+            name = "desktop"
+            token = "0123456789abcdef-secret"
+            scopes = ["calls:read", "calls:control"]
+            "#,
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert!(!format!("{config:?}").contains("0123456789abcdef-secret"));
+        let mut short = config.clone();
+        short.grpc.tokens[0].token = Secret::new("short");
+        assert!(short.validate().unwrap_err().to_string().contains("shorter than 16"));
+        let mut unknown = config.clone();
+        unknown.grpc.tokens[0].scopes.push("calls:everything".to_owned());
+        assert!(unknown.validate().unwrap_err().to_string().contains("unknown scope \"calls:everything\""));
+        let mut twice = config;
+        twice.grpc.tokens.push(twice.grpc.tokens[0].clone());
+        assert!(twice.validate().is_err());
     }
 
     #[test]

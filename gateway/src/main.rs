@@ -10,7 +10,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gateway::app::{Gateway, Progress};
 use gateway::bridge::LinkPort;
-use gateway::config::{Config, Secret};
+use gateway::config::{Config, Secret, TokenConfig};
+use gateway::grpc::GrpcServer;
 use gateway::pbx::LinkStatus;
 use loadtest::sim::{Layout, SimConfig, Simulator, TrafficConfig};
 use tokio::sync::watch;
@@ -39,6 +40,9 @@ enum Command {
         /// The PBX link address, host:port.
         #[arg(long)]
         pbx_address: Option<String>,
+        /// Where the gRPC API listens, ip:port.
+        #[arg(long)]
+        grpc_listen: Option<String>,
     },
     /// Run everything bundled in one process: the gateway and a simulated PBX with a steady
     /// stream of calls. Stops cleanly on Ctrl-C or SIGTERM.
@@ -55,6 +59,9 @@ enum Command {
         /// Stop by itself after this many seconds (runs until Ctrl-C without it).
         #[arg(long)]
         duration_secs: Option<u64>,
+        /// Where the gRPC API listens.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        grpc_listen: String,
     },
 }
 
@@ -66,29 +73,48 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Args::parse().command {
-        Command::Run { config, pbx_address } => {
+        Command::Run { config, pbx_address, grpc_listen } => {
             let environment: HashMap<String, String> = std::env::vars().collect();
             let mut config = Config::load(config.as_deref(), &environment).context("loading configuration")?;
             if let Some(address) = pbx_address {
                 config.pbx.address = address;
-                config.validate().context("checking configuration")?;
             }
-            run(config, shutdown_signal()).await
+            if let Some(listen) = grpc_listen {
+                config.grpc.listen = listen;
+            }
+            config.validate().context("checking configuration")?;
+            run(config, shutdown_signal(), None).await
         }
-        Command::Demo { agents, calls_per_sec, seed, duration_secs } => {
-            demo(agents, calls_per_sec, seed, duration_secs).await
+        Command::Demo { agents, calls_per_sec, seed, duration_secs, grpc_listen } => {
+            demo(agents, calls_per_sec, seed, duration_secs, grpc_listen).await
         }
     }
 }
 
-async fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+/// Told where the API listens once it does.
+type Ready = Box<dyn FnOnce(std::net::SocketAddr) + Send>;
+
+async fn run(config: Config, stop: impl std::future::Future<Output = ()>, ready: Option<Ready>) -> anyhow::Result<()> {
     tracing::info!(pbx = config.pbx.address, "switchboard starting");
+    let listener = tokio::net::TcpListener::bind(&config.grpc.listen)
+        .await
+        .with_context(|| format!("binding the grpc api to {}", config.grpc.listen))?;
+    if config.grpc.tokens.is_empty() {
+        tracing::warn!("no grpc.tokens configured: every api request will be refused as unauthenticated");
+    }
     let gateway = Gateway::start(&config).await.context("starting the gateway")?;
+    let api =
+        GrpcServer::start(gateway.model().clone(), listener, &config.grpc).await.context("starting the grpc api")?;
+    if let Some(ready) = ready {
+        ready(api.local_addr());
+    }
     let model = gateway.model().clone();
     let reporter = tokio::spawn(report(gateway.link().watch_status(), gateway.watch_progress(), model));
     stop.await;
     tracing::info!("shutting down");
     reporter.abort();
+    // The API first (no new commands, streams told why they end), then the link and the model.
+    api.shutdown(Duration::from_secs(10)).await;
     gateway.shutdown(Duration::from_secs(10)).await;
     tracing::info!("stopped");
     Ok(())
@@ -122,7 +148,14 @@ async fn report(status: watch::Receiver<LinkStatus>, progress: watch::Receiver<P
     }
 }
 
-async fn demo(agents: u32, calls_per_sec: f64, seed: u64, duration_secs: Option<u64>) -> anyhow::Result<()> {
+async fn demo(
+    agents: u32,
+    calls_per_sec: f64,
+    seed: u64,
+    duration_secs: Option<u64>,
+    grpc_listen: String,
+) -> anyhow::Result<()> {
+    let signal = shutdown_signal();
     let password = format!("demo-{seed}");
     let simulator = Simulator::start(SimConfig {
         password: password.clone(),
@@ -136,42 +169,71 @@ async fn demo(agents: u32, calls_per_sec: f64, seed: u64, duration_secs: Option<
     let mut config = Config::default();
     config.pbx.address = simulator.local_addr().to_string();
     config.pbx.password = Secret::new(password);
+    config.grpc.listen = grpc_listen;
+    // A fresh token with every scope, for trying the API; it lives as long as this demo.
+    let token: String = {
+        use rand::RngExt;
+        let mut rng = rand::rng();
+        (0..32).map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)])).collect()
+    };
+    config.grpc.tokens = vec![TokenConfig {
+        name: "demo".to_owned(),
+        token: Secret::new(token.clone()),
+        scopes: vec!["admin".to_owned()],
+    }];
+    config.validate().context("checking the demo's configuration")?;
     tracing::info!(pbx = %simulator.local_addr(), agents, calls_per_sec, "demo: simulated pbx running");
+    let ready: Ready = Box::new(move |grpc| announce(grpc, &token));
     let stop = async move {
         match duration_secs {
             Some(seconds) => {
                 tokio::select! {
-                    () = shutdown_signal() => {}
+                    () = signal => {}
                     () = tokio::time::sleep(Duration::from_secs(seconds)) => {}
                 }
             }
-            None => shutdown_signal().await,
+            None => signal.await,
         }
     };
-    let outcome = run(config, stop).await;
+    let outcome = run(config, stop, Some(ready)).await;
     simulator.shutdown().await;
     outcome
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        // Without a handler, Ctrl-C still ends the process, only less gracefully.
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Tells the person at the terminal how to reach the demo.
+#[allow(clippy::print_stdout, reason = "the demo talks to the person who started it")]
+fn announce(grpc: std::net::SocketAddr, token: &str) {
+    println!("switchboard demo");
+    println!(
+        "  grpc api:     {grpc} (health checking and reflection on; services switchboard.v1.CallControl, Agents, Events)"
+    );
+    println!("  bearer token: {token}  (every scope; send \"authorization: Bearer <token>\")");
+    println!("  stop:         Ctrl-C");
+}
+
+/// Resolves on Ctrl-C or SIGTERM. The handlers are installed at once, when this is called, not
+/// when the future is first polled: a signal that comes during start-up still stops cleanly.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            match (interrupt, terminate) {
+                (Ok(mut interrupt), Ok(mut terminate)) => {
+                    tokio::select! {
+                        _ = interrupt.recv() => {}
+                        _ = terminate.recv() => {}
+                    }
+                }
+                // Without handlers the default actions still end the process, only less gracefully.
+                _ => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -37,9 +37,10 @@ fn a_bad_environment_variable_is_a_clear_error() {
 #[test]
 fn the_demo_runs_and_stops_cleanly_on_sigterm() {
     let mut child = Command::new(SWITCHBOARD)
-        .args(["demo", "--agents", "5", "--calls-per-sec", "5"])
+        .args(["demo", "--agents", "5", "--calls-per-sec", "5", "--grpc-listen", "127.0.0.1:0"])
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -65,6 +66,10 @@ fn the_demo_runs_and_stops_cleanly_on_sigterm() {
     assert!(killed.success());
     let status = child.wait().unwrap();
     reader.join().unwrap();
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
+    assert!(stdout.contains("bearer token:"), "{stdout}");
+    assert!(stdout.contains("grpc api:     127.0.0.1:") && !stdout.contains("127.0.0.1:0 "), "the real port: {stdout}");
     seen.extend(lines.try_iter());
     assert!(status.success(), "exit status {status}; log:\n{}", seen.join("\n"));
     assert!(seen.iter().any(|line| line.contains("shutting down")), "{}", seen.join("\n"));

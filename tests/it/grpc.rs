@@ -5,24 +5,47 @@ use std::time::Duration;
 
 use gateway::app::Gateway;
 use gateway::config::{Config, PbxConfig};
+use gateway::config::{GrpcConfig, Secret, TokenConfig};
 use gateway::grpc::GrpcServer;
 use loadtest::sim::{Layout, SimConfig, Simulator};
 use proto::api::agents_client::AgentsClient;
 use proto::api::call_control_client::CallControlClient;
 use proto::api::events_client::EventsClient;
 use proto::api::{self, event::Event as E};
-use tonic::Code;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
 
 use crate::support::{PATIENCE, link_config, within};
+
+const TOKEN: &str = "test-token-with-every-scope";
+const READ_ONLY: &str = "test-token-that-only-reads";
+
+type Authed = InterceptedService<Channel, fn(Request<()>) -> Result<Request<()>, Status>>;
+
+fn bearer(mut request: Request<()>) -> Result<Request<()>, Status> {
+    request.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    Ok(request)
+}
+
+fn grpc_config() -> GrpcConfig {
+    GrpcConfig {
+        tokens: vec![
+            TokenConfig { name: "tests".into(), token: Secret::new(TOKEN), scopes: vec!["admin".into()] },
+            TokenConfig { name: "wallboard".into(), token: Secret::new(READ_ONLY), scopes: vec!["calls:read".into()] },
+        ],
+        ..GrpcConfig::default()
+    }
+}
 
 struct Api {
     simulator: Simulator,
     gateway: Gateway,
     server: GrpcServer,
-    calls: CallControlClient<Channel>,
-    agents: AgentsClient<Channel>,
-    events: EventsClient<Channel>,
+    channel: Channel,
+    calls: CallControlClient<Authed>,
+    agents: AgentsClient<Authed>,
+    events: EventsClient<Authed>,
 }
 
 async fn api() -> Api {
@@ -37,19 +60,21 @@ async fn api() -> Api {
     let gateway = Gateway::start(&config).await.unwrap();
     within(gateway.wait_resynced()).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = GrpcServer::start(gateway.model().clone(), listener).unwrap();
+    let server = GrpcServer::start(gateway.model().clone(), listener, &grpc_config()).await.unwrap();
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.local_addr()))
         .unwrap()
         .connect()
         .await
         .unwrap();
+    let authed = bearer as fn(Request<()>) -> Result<Request<()>, Status>;
     Api {
         simulator,
         gateway,
         server,
-        calls: CallControlClient::new(channel.clone()),
-        agents: AgentsClient::new(channel.clone()),
-        events: EventsClient::new(channel),
+        calls: CallControlClient::with_interceptor(channel.clone(), authed),
+        agents: AgentsClient::with_interceptor(channel.clone(), authed),
+        events: EventsClient::with_interceptor(channel.clone(), authed),
+        channel,
     }
 }
 
@@ -272,4 +297,31 @@ async fn a_subscriber_resumes_where_it_left_off_or_is_told_to_take_a_snapshot() 
     let ended = within(stream.message()).await.unwrap_err();
     assert_eq!(ended.code(), Code::Unavailable);
     api.gateway.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_scopes_guard_every_call_and_health_needs_none() {
+    let api = api().await;
+    let mut anonymous = AgentsClient::new(api.channel.clone());
+    let refused = anonymous.get_line(api::GetLineRequest { line: "2000".into() }).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    let read_only = |mut request: Request<()>| -> Result<Request<()>, Status> {
+        request.metadata_mut().insert("authorization", format!("Bearer {READ_ONLY}").parse().unwrap());
+        Ok(request)
+    };
+    let mut wallboard = AgentsClient::with_interceptor(api.channel.clone(), read_only);
+    assert!(wallboard.get_line(api::GetLineRequest { line: "2000".into() }).await.is_ok());
+    let login = api::LogInRequest { line: "2000".into(), agent_id: "eve".into(), ..Default::default() };
+    let denied = wallboard.log_in(login).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    assert_eq!(denied.message(), "client \"wallboard\" lacks the scope calls:control this request needs");
+
+    let mut health = tonic_health::pb::health_client::HealthClient::new(api.channel.clone());
+    let serving = health
+        .check(tonic_health::pb::HealthCheckRequest { service: "switchboard.v1.CallControl".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(serving.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    api.stop().await;
 }

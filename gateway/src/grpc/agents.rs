@@ -10,6 +10,7 @@ use proto::api::{self, agents_server::Agents};
 use tonic::{Request, Response, Status};
 
 use super::convert;
+use super::guard::{Guard, Scope};
 use super::idempotency::RequestIds;
 use super::status::{command_status, invalid, required};
 use crate::bridge::LinkPort;
@@ -18,6 +19,7 @@ use crate::bridge::LinkPort;
 pub(crate) struct AgentsService {
     pub(crate) model: Model<LinkPort>,
     pub(crate) request_ids: Arc<RequestIds>,
+    pub(crate) guard: Arc<Guard>,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -47,6 +49,7 @@ impl AgentsService {
 #[tonic::async_trait]
 impl Agents for AgentsService {
     async fn log_in(&self, request: Request<api::LogInRequest>) -> Reply<api::Line> {
+        self.guard.admit(&request, Scope::Control)?;
         let request = request.into_inner();
         let line = required("line", &request.line)?;
         let agent_id = required("agent_id", &request.agent_id)?;
@@ -63,6 +66,7 @@ impl Agents for AgentsService {
     }
 
     async fn log_out(&self, request: Request<api::LogOutRequest>) -> Reply<api::Line> {
+        self.guard.admit(&request, Scope::Control)?;
         let request = request.into_inner();
         let line = required("line", &request.line)?;
         self.request_ids
@@ -75,6 +79,7 @@ impl Agents for AgentsService {
     }
 
     async fn set_presence(&self, request: Request<api::SetPresenceRequest>) -> Reply<api::Line> {
+        self.guard.admit(&request, Scope::Control)?;
         let request = request.into_inner();
         let line = required("line", &request.line)?;
         let presence = api::Presence::try_from(request.presence).unwrap_or(api::Presence::Unspecified);
@@ -100,11 +105,13 @@ impl Agents for AgentsService {
     }
 
     async fn get_line(&self, request: Request<api::GetLineRequest>) -> Reply<api::Line> {
+        self.guard.admit(&request, Scope::Read)?;
         let line = required("line", &request.get_ref().line)?;
         self.line_now(line).map(Response::new)
     }
 
     async fn list_lines(&self, request: Request<api::ListLinesRequest>) -> Reply<api::ListLinesResponse> {
+        self.guard.admit(&request, Scope::Read)?;
         let request = request.into_inner();
         let page_size = match request.page_size {
             0 => 100,

@@ -8,6 +8,7 @@ use proto::api::{self, call_control_server::CallControl};
 use tonic::{Request, Response, Status};
 
 use super::convert;
+use super::guard::{Guard, Scope};
 use super::idempotency::RequestIds;
 use super::status::{command_status, required};
 use crate::bridge::LinkPort;
@@ -16,6 +17,7 @@ use crate::bridge::LinkPort;
 pub(crate) struct CallControlService {
     pub(crate) model: Model<LinkPort>,
     pub(crate) request_ids: Arc<RequestIds>,
+    pub(crate) guard: Arc<Guard>,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -34,6 +36,7 @@ impl CallControlService {
 #[tonic::async_trait]
 impl CallControl for CallControlService {
     async fn make_call(&self, request: Request<api::MakeCallRequest>) -> Reply<api::MakeCallResponse> {
+        self.guard.admit(&request, Scope::Control)?;
         let request = request.into_inner();
         let line = required("line", &request.line)?;
         let number = required("number", &request.number)?;
@@ -45,6 +48,7 @@ impl CallControl for CallControlService {
     }
 
     async fn answer(&self, request: Request<api::CallRequest>) -> Reply<api::CallResponse> {
+        self.guard.admit(&request, Scope::Control)?;
         let request = request.into_inner();
         let (line, call) = (required("line", &request.line)?, required("call_id", &request.call_id)?);
         self.once("Answer", &request.request_id, async {
@@ -55,6 +59,7 @@ impl CallControl for CallControlService {
     }
 
     async fn hang_up(&self, request: Request<api::CallRequest>) -> Reply<api::CallResponse> {
+        self.guard.admit(&request, Scope::Control)?;
         let request = request.into_inner();
         let (line, call) = (required("line", &request.line)?, required("call_id", &request.call_id)?);
         self.once("HangUp", &request.request_id, async {
@@ -65,6 +70,7 @@ impl CallControl for CallControlService {
     }
 
     async fn hold(&self, request: Request<api::CallRequest>) -> Reply<api::CallResponse> {
+        self.guard.admit(&request, Scope::Control)?;
         let request = request.into_inner();
         let (line, call) = (required("line", &request.line)?, required("call_id", &request.call_id)?);
         self.once("Hold", &request.request_id, async {
@@ -75,6 +81,7 @@ impl CallControl for CallControlService {
     }
 
     async fn retrieve(&self, request: Request<api::CallRequest>) -> Reply<api::CallResponse> {
+        self.guard.admit(&request, Scope::Control)?;
         let request = request.into_inner();
         let (line, call) = (required("line", &request.line)?, required("call_id", &request.call_id)?);
         self.once("Retrieve", &request.request_id, async {
@@ -85,6 +92,7 @@ impl CallControl for CallControlService {
     }
 
     async fn park(&self, request: Request<api::CallRequest>) -> Reply<api::ParkResponse> {
+        self.guard.admit(&request, Scope::Control)?;
         let request = request.into_inner();
         let (line, call) = (required("line", &request.line)?, required("call_id", &request.call_id)?);
         self.once("Park", &request.request_id, async {
@@ -98,6 +106,7 @@ impl CallControl for CallControlService {
         &self,
         request: Request<api::RetrieveParkedRequest>,
     ) -> Reply<api::RetrieveParkedResponse> {
+        self.guard.admit(&request, Scope::Control)?;
         let request = request.into_inner();
         let (line, park_id) = (required("line", &request.line)?, required("park_id", &request.park_id)?);
         self.once("RetrieveParked", &request.request_id, async {
@@ -108,6 +117,7 @@ impl CallControl for CallControlService {
     }
 
     async fn blind_transfer(&self, request: Request<api::BlindTransferRequest>) -> Reply<api::CallResponse> {
+        self.guard.admit(&request, Scope::Control)?;
         let request = request.into_inner();
         let (line, call) = (required("line", &request.line)?, required("call_id", &request.call_id)?);
         let destination = required("destination", &request.destination)?;
@@ -122,6 +132,7 @@ impl CallControl for CallControlService {
         &self,
         request: Request<api::StartConsultationRequest>,
     ) -> Reply<api::StartConsultationResponse> {
+        self.guard.admit(&request, Scope::Control)?;
         let request = request.into_inner();
         let (line, call) = (required("line", &request.line)?, required("call_id", &request.call_id)?);
         let destination = required("destination", &request.destination)?;
@@ -137,6 +148,7 @@ impl CallControl for CallControlService {
         &self,
         request: Request<api::TwoCallRequest>,
     ) -> Reply<api::CompleteConsultationResponse> {
+        self.guard.admit(&request, Scope::Control)?;
         let request = request.into_inner();
         let (line, held, active) = two_calls(&request)?;
         self.once("CompleteConsultation", &request.request_id, async {
@@ -147,6 +159,7 @@ impl CallControl for CallControlService {
     }
 
     async fn cancel_consultation(&self, request: Request<api::TwoCallRequest>) -> Reply<api::CallResponse> {
+        self.guard.admit(&request, Scope::Control)?;
         let request = request.into_inner();
         let (line, held, active) = two_calls(&request)?;
         self.once("CancelConsultation", &request.request_id, async {
@@ -157,6 +170,7 @@ impl CallControl for CallControlService {
     }
 
     async fn conference(&self, request: Request<api::TwoCallRequest>) -> Reply<api::ConferenceResponse> {
+        self.guard.admit(&request, Scope::Control)?;
         let request = request.into_inner();
         let (line, held, active) = two_calls(&request)?;
         self.once("Conference", &request.request_id, async {
@@ -167,6 +181,7 @@ impl CallControl for CallControlService {
     }
 
     async fn alternate(&self, request: Request<api::TwoCallRequest>) -> Reply<api::CallResponse> {
+        self.guard.admit(&request, Scope::Control)?;
         let request = request.into_inner();
         let (line, held, active) = two_calls(&request)?;
         self.once("Alternate", &request.request_id, async {
@@ -177,6 +192,7 @@ impl CallControl for CallControlService {
     }
 
     async fn set_call_notes(&self, request: Request<api::SetCallNotesRequest>) -> Reply<api::CallResponse> {
+        self.guard.admit(&request, Scope::Control)?;
         let request = request.into_inner();
         let call = required("call_id", &request.call_id)?;
         if request.notes.len() > 32 * 1024 || request.disposition.len() > 1024 {
@@ -190,6 +206,7 @@ impl CallControl for CallControlService {
     }
 
     async fn get_call(&self, request: Request<api::GetCallRequest>) -> Reply<api::Call> {
+        self.guard.admit(&request, Scope::Read)?;
         let request = request.into_inner();
         let call = required("call_id", &request.call_id)?;
         match self.model.call(call) {

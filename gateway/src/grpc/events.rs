@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use actors::events::{ModelEvent, Sequenced, Subscription, SubscriptionEnded};
 use actors::runtime::Model;
@@ -14,12 +15,14 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::convert;
+use super::guard::{Guard, Scope};
 use crate::bridge::LinkPort;
 
 /// The Events service over the model.
 pub(crate) struct EventsService {
     pub(crate) model: Model<LinkPort>,
     pub(crate) shutdown: CancellationToken,
+    pub(crate) guard: Arc<Guard>,
 }
 
 /// Events waiting to be written to one subscriber's stream.
@@ -32,6 +35,7 @@ impl Events for EventsService {
     type SubscribeStream = EventStream;
 
     async fn subscribe(&self, request: Request<api::SubscribeRequest>) -> Result<Response<EventStream>, Status> {
+        self.guard.admit(&request, Scope::Read)?;
         let request = request.into_inner();
         let lines: HashSet<String> = request.lines.into_iter().map(|line| line.trim().to_owned()).collect();
         if lines.iter().any(String::is_empty) {

@@ -1,10 +1,13 @@
-//! Switchboard's gRPC API over the model: CallControl, Agents and Events (proto/switchboard/v1).
-//! Status codes come from one place ([`status`]); request ids make retries safe ([`idempotency`]).
+//! Switchboard's gRPC API over the model: CallControl, Agents and Events (proto/switchboard/v1),
+//! with standard health checking and server reflection. Status codes come from one place
+//! ([`status`]); request ids make retries safe ([`idempotency`]); bearer tokens, scopes and rate
+//! limits guard every call ([`guard`]).
 
 mod agents;
 mod calls;
 mod convert;
 mod events;
+mod guard;
 mod idempotency;
 mod status;
 
@@ -22,35 +25,60 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::bridge::LinkPort;
+use crate::config::GrpcConfig;
 
 /// A running gRPC server.
-#[derive(Debug)]
+/// Why the API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The listener's address could not be read.
+    #[error("grpc listener: {0}")]
+    Listen(std::io::Error),
+    /// The reflection service could not be built from the descriptors.
+    #[error("grpc reflection: {0}")]
+    Reflection(tonic_reflection::server::Error),
+}
+
+/// A running gRPC server.
 pub struct GrpcServer {
     local_addr: SocketAddr,
     shutdown: CancellationToken,
+    health: tonic_health::server::HealthReporter,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
 impl GrpcServer {
     /// Serves the API over `model` on `listener` until [`GrpcServer::shutdown`].
-    pub fn start(model: Model<LinkPort>, listener: TcpListener) -> std::io::Result<Self> {
-        let local_addr = listener.local_addr()?;
+    pub async fn start(model: Model<LinkPort>, listener: TcpListener, config: &GrpcConfig) -> Result<Self, StartError> {
+        let local_addr = listener.local_addr().map_err(StartError::Listen)?;
         let shutdown = CancellationToken::new();
+        let guard = Arc::new(guard::Guard::new(config));
         let request_ids = Arc::new(idempotency::RequestIds::new(Duration::from_secs(600), 100_000));
-        let calls = calls::CallControlService { model: model.clone(), request_ids: request_ids.clone() };
-        let agents = agents::AgentsService { model: model.clone(), request_ids };
-        let events = events::EventsService { model, shutdown: shutdown.child_token() };
+        let calls =
+            calls::CallControlService { model: model.clone(), request_ids: request_ids.clone(), guard: guard.clone() };
+        let agents = agents::AgentsService { model: model.clone(), request_ids, guard: guard.clone() };
+        let events = events::EventsService { model, shutdown: shutdown.child_token(), guard };
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<CallControlServer<calls::CallControlService>>().await;
+        health.set_serving::<AgentsServer<agents::AgentsService>>().await;
+        health.set_serving::<EventsServer<events::EventsService>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(StartError::Reflection)?;
         let stop = shutdown.clone();
         let task = tokio::spawn(
             tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .add_service(health_service)
+                .add_service(reflection)
                 .add_service(CallControlServer::new(calls))
                 .add_service(AgentsServer::new(agents))
                 .add_service(EventsServer::new(events))
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned()),
         );
-        tracing::info!(%local_addr, "grpc api listening");
-        Ok(Self { local_addr, shutdown, task })
+        tracing::info!(%local_addr, clients = config.tokens.len(), "grpc api listening");
+        Ok(Self { local_addr, shutdown, health, task })
     }
 
     /// Where it listens.
@@ -58,8 +86,10 @@ impl GrpcServer {
         self.local_addr
     }
 
-    /// Stops accepting, ends event streams with a reason, and waits for requests in flight.
+    /// Says it is no longer serving (load balancers move away), stops accepting, ends event
+    /// streams with a reason, and waits for requests in flight.
     pub async fn shutdown(self, grace: Duration) {
+        self.health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
         self.shutdown.cancel();
         match tokio::time::timeout(grace, self.task).await {
             Ok(Ok(Ok(()))) => {}
