@@ -13,6 +13,10 @@ fi
 missing=()
 need() { command -v "$1" >/dev/null 2>&1 || missing+=("$2"); }
 need kill procps # the CLI tests stop the gateway with SIGTERM
+need python3 python3 # the gRPC interoperability test's client
+if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+  missing+=(python3-venv)
+fi
 
 if ((${#missing[@]})); then
   as_root=()
@@ -24,5 +28,13 @@ if ((${#missing[@]})); then
   "${as_root[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+# The interoperability test's Python client: grpcio-tools from PyPI, in a virtualenv of our own.
+venv=target/python
+if ! "$venv/bin/python" -c 'import grpc_tools' 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+fi
+export SWITCHBOARD_PYTHON="$PWD/$venv/bin/python"
 
 cargo test --workspace --locked

@@ -160,7 +160,8 @@ async fn demo(
     let simulator = Simulator::start(SimConfig {
         password: password.clone(),
         seed,
-        layout: Layout { stations: agents.max(1), ..Layout::default() },
+        // Five lines more than the simulated agents play, free for trying the API.
+        layout: Layout { stations: agents + 5, ..Layout::default() },
         ..SimConfig::default()
     })
     .await
@@ -200,15 +201,14 @@ async fn demo(
     outcome
 }
 
-/// Tells the person at the terminal how to reach the demo.
-#[allow(clippy::print_stdout, reason = "the demo talks to the person who started it")]
+/// Tells the person at the terminal how to reach the demo. A closed stdout is no reason to stop.
 fn announce(grpc: std::net::SocketAddr, token: &str) {
-    println!("switchboard demo");
-    println!(
-        "  grpc api:     {grpc} (health checking and reflection on; services switchboard.v1.CallControl, Agents, Events)"
+    use std::io::Write;
+    let text = format!(
+        "switchboard demo\n  grpc api:     {grpc} (health checking and reflection on; services switchboard.v1.CallControl, Agents, Events)\n  bearer token: {token}  (every scope; send \"authorization: Bearer <token>\")\n  stop:         Ctrl-C\n"
     );
-    println!("  bearer token: {token}  (every scope; send \"authorization: Bearer <token>\")");
-    println!("  stop:         Ctrl-C");
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
 }
 
 /// Resolves on Ctrl-C or SIGTERM. The handlers are installed at once, when this is called, not
