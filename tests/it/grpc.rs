@@ -325,3 +325,104 @@ async fn tokens_and_scopes_guard_every_call_and_health_needs_none() {
     assert_eq!(serving.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
     api.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consultation_conference_alternate_park_and_blind_transfer_over_grpc() {
+    let mut api = api().await;
+    for (line, agent) in [("2000", "anna"), ("2001", "bo"), ("2002", "cy")] {
+        let login = api::LogInRequest { line: line.into(), agent_id: agent.into(), ready: false, ..Default::default() };
+        api.agents.log_in(login).await.unwrap();
+    }
+    let call = api.simulator.with_pbx(|pbx| pbx.inbound_call("+4930555111", "2000")).unwrap();
+    api.until_line("2000", &call, "alerting").await;
+    api.calls.answer(call_request("2000", &call, "")).await.unwrap();
+    api.until_line("2000", &call, "connected").await;
+
+    // Consult 2001, alternate twice, cancel the consultation.
+    let start = |to: &str| api::StartConsultationRequest {
+        request_id: String::new(),
+        line: "2000".into(),
+        call_id: call.clone(),
+        destination: to.into(),
+    };
+    let consult = api.calls.start_consultation(start("2001")).await.unwrap().into_inner().consultation_call_id;
+    api.until_line("2001", &consult, "alerting").await;
+    api.calls.answer(call_request("2001", &consult, "")).await.unwrap();
+    api.until_line("2001", &consult, "connected").await;
+    let pair = |held: &str, active: &str| api::TwoCallRequest {
+        request_id: String::new(),
+        line: "2000".into(),
+        held_call_id: held.into(),
+        active_call_id: active.into(),
+    };
+    api.until_line("2000", &consult, "connected").await;
+    api.calls.alternate(pair(&call, &consult)).await.unwrap();
+    api.until_line("2000", &call, "connected").await;
+    api.calls.alternate(pair(&consult, &call)).await.unwrap();
+    api.until_line("2000", &consult, "connected").await;
+    api.calls.cancel_consultation(pair(&call, &consult)).await.unwrap();
+    api.until_line("2000", &call, "connected").await;
+
+    // Consult 2001 again and make a conference; its id is new.
+    let consult = api.calls.start_consultation(start("2001")).await.unwrap().into_inner().consultation_call_id;
+    api.until_line("2001", &consult, "alerting").await;
+    api.calls.answer(call_request("2001", &consult, "")).await.unwrap();
+    api.until_line("2000", &consult, "connected").await;
+    let conference = api.calls.conference(pair(&call, &consult)).await.unwrap().into_inner().call_id;
+    assert_ne!(conference, call);
+    api.until_line("2001", &conference, "connected").await;
+    api.calls.hang_up(call_request("2001", &conference, "")).await.unwrap();
+    api.until_line("2000", &conference, "connected").await;
+
+    // Consult 2002 and complete the transfer: 2000 leaves, 2002 has the customer.
+    let consult = api
+        .calls
+        .start_consultation(api::StartConsultationRequest {
+            request_id: String::new(),
+            line: "2000".into(),
+            call_id: conference.clone(),
+            destination: "2002".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .consultation_call_id;
+    api.until_line("2002", &consult, "alerting").await;
+    api.calls.answer(call_request("2002", &consult, "")).await.unwrap();
+    api.until_line("2000", &consult, "connected").await;
+    let transferred = api.calls.complete_consultation(pair(&conference, &consult)).await.unwrap().into_inner().call_id;
+    api.until_line("2002", &transferred, "connected").await;
+
+    // 2002 parks the customer; 2001 picks the call up by its park id.
+    let park_id = api.calls.park(call_request("2002", &transferred, "")).await.unwrap().into_inner().park_id;
+    assert!(!park_id.is_empty());
+    let picked = api
+        .calls
+        .retrieve_parked(api::RetrieveParkedRequest { request_id: String::new(), line: "2001".into(), park_id })
+        .await
+        .unwrap()
+        .into_inner()
+        .call_id;
+    api.until_line("2001", &picked, "connected").await;
+
+    // 2001 sends it on, blind, to 2000.
+    let blind = api::BlindTransferRequest {
+        request_id: String::new(),
+        line: "2001".into(),
+        call_id: picked.clone(),
+        destination: "2000".into(),
+    };
+    api.calls.blind_transfer(blind).await.unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let ringing = loop {
+        let line = api.agents.get_line(api::GetLineRequest { line: "2000".into() }).await.unwrap().into_inner();
+        if let Some(call) = line.calls.into_iter().find(|call| call.state == "alerting") {
+            break call.call_id;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "2000 never rang");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let shown = api.calls.get_call(api::GetCallRequest { call_id: ringing.clone() }).await.unwrap().into_inner();
+    assert_eq!(shown.root_call_id, call, "transfers and conferences keep the customer call's first id");
+    api.stop().await;
+}
