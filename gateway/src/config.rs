@@ -115,6 +115,12 @@ pub struct GrpcConfig {
     pub rate_limit_per_sec: u32,
     /// Requests a client may make in a burst above the average.
     pub rate_limit_burst: u32,
+    /// The server's certificate chain (PEM); with `tls_key`, the API speaks TLS only.
+    pub tls_cert: Option<PathBuf>,
+    /// The server's private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates must chain to: mutual TLS.
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl Default for GrpcConfig {
@@ -124,6 +130,9 @@ impl Default for GrpcConfig {
             tokens: Vec::new(),
             rate_limit_per_sec: 1_000,
             rate_limit_burst: 200,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
         }
     }
 }
@@ -350,6 +359,12 @@ impl Config {
                 reason: format!("{:?} is not ip:port", grpc.listen),
             });
         }
+        if grpc.tls_cert.is_some() != grpc.tls_key.is_some() {
+            return invalid("grpc.tls_cert", "tls_cert and tls_key go together");
+        }
+        if grpc.tls_client_ca.is_some() && grpc.tls_cert.is_none() {
+            return invalid("grpc.tls_client_ca", "client certificates need TLS: set tls_cert and tls_key");
+        }
         if grpc.rate_limit_per_sec == 0 || grpc.rate_limit_burst == 0 {
             return invalid("grpc.rate_limit_per_sec", "rate limits must be above zero");
         }
@@ -494,6 +509,18 @@ mod tests {
         let mut twice = config;
         twice.grpc.tokens.push(twice.grpc.tokens[0].clone());
         assert!(twice.validate().is_err());
+    }
+
+    #[test]
+    fn tls_settings_go_together() {
+        let mut config = Config::default();
+        config.grpc.tls_cert = Some(PathBuf::from("/etc/switchboard/server.pem"));
+        assert!(matches!(config.validate(), Err(ConfigError::Invalid { setting: "grpc.tls_cert", .. })));
+        config.grpc.tls_key = Some(PathBuf::from("/etc/switchboard/server.key"));
+        config.validate().unwrap();
+        let mut config = Config::default();
+        config.grpc.tls_client_ca = Some(PathBuf::from("/etc/switchboard/ca.pem"));
+        assert!(matches!(config.validate(), Err(ConfigError::Invalid { setting: "grpc.tls_client_ca", .. })));
     }
 
     #[test]

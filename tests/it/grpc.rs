@@ -426,3 +426,71 @@ async fn consultation_conference_alternate_park_and_blind_transfer_over_grpc() {
     assert_eq!(shown.root_call_id, call, "transfers and conferences keep the customer call's first id");
     api.stop().await;
 }
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`.
+fn certificates(dir: &std::path::Path) -> (String, (String, String)) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &ca)
+        .unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let client = CertificateParams::new(vec!["desktop".to_owned()]).unwrap().signed_by(&client_key, &ca).unwrap();
+    for (name, pem) in [("ca.pem", ca.pem()), ("server.pem", server.pem()), ("server.key", server_key.serialize_pem())]
+    {
+        std::fs::write(dir.join(name), pem).unwrap();
+    }
+    (ca.pem(), (client.pem(), client_key.serialize_pem()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_mutual_tls_only_clients_with_a_certificate_get_in() {
+    let dir = std::env::temp_dir().join(format!("switchboard-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, (client_cert, client_key)) = certificates(&dir);
+    let simulator = Simulator::start(SimConfig::default()).await.unwrap();
+    let gateway = Gateway::start(&Config { pbx: link_config(&simulator), ..Config::default() }).await.unwrap();
+    let config = GrpcConfig {
+        tls_cert: Some(dir.join("server.pem")),
+        tls_key: Some(dir.join("server.key")),
+        tls_client_ca: Some(dir.join("ca.pem")),
+        ..grpc_config()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = GrpcServer::start(gateway.model().clone(), listener, &config).await.unwrap();
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{}", server.local_addr())).unwrap();
+    let trusted = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&ca))
+        .domain_name("127.0.0.1");
+
+    let with_certificate = trusted.clone().identity(tonic::transport::Identity::from_pem(&client_cert, &client_key));
+    let channel = endpoint.clone().tls_config(with_certificate).unwrap().connect().await.unwrap();
+    let mut agents = AgentsClient::with_interceptor(channel, bearer as fn(Request<()>) -> Result<Request<()>, Status>);
+    let listed = agents.list_lines(api::ListLinesRequest::default()).await.unwrap().into_inner();
+    assert!(!listed.lines.is_empty());
+
+    // Without a client certificate the handshake fails: no request gets through.
+    let refused = match endpoint.clone().tls_config(trusted).unwrap().connect().await {
+        Err(_) => true,
+        Ok(channel) => {
+            let mut agents =
+                AgentsClient::with_interceptor(channel, bearer as fn(Request<()>) -> Result<Request<()>, Status>);
+            agents.list_lines(api::ListLinesRequest::default()).await.is_err()
+        }
+    };
+    assert!(refused, "a client without a certificate got in");
+    // Plaintext to a TLS port gets nowhere either.
+    let plain = tonic::transport::Endpoint::from_shared(format!("http://{}", server.local_addr())).unwrap();
+    let plaintext = match plain.connect().await {
+        Err(_) => true,
+        Ok(channel) => AgentsClient::new(channel).list_lines(api::ListLinesRequest::default()).await.is_err(),
+    };
+    assert!(plaintext);
+    server.shutdown(Duration::from_secs(5)).await;
+    gateway.shutdown(Duration::from_secs(5)).await;
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -37,6 +37,32 @@ pub enum StartError {
     /// The reflection service could not be built from the descriptors.
     #[error("grpc reflection: {0}")]
     Reflection(tonic_reflection::server::Error),
+    /// A TLS file could not be read.
+    #[error("reading {path}: {source}")]
+    TlsFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TLS settings were refused.
+    #[error("grpc tls: {0}")]
+    Tls(tonic::transport::Error),
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, StartError> {
+    std::fs::read(path).map_err(|source| StartError::TlsFile { path: path.to_owned(), source })
+}
+
+/// TLS, and mutual TLS when a client CA is given, as configured; `None` for plaintext.
+fn tls(config: &GrpcConfig) -> Result<Option<tonic::transport::ServerTlsConfig>, StartError> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else { return Ok(None) };
+    let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
+    let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &config.tls_client_ca {
+        tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+    }
+    Ok(Some(tls))
 }
 
 /// A running gRPC server.
@@ -67,8 +93,12 @@ impl GrpcServer {
             .build_v1()
             .map_err(StartError::Reflection)?;
         let stop = shutdown.clone();
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls(config)? {
+            builder = builder.tls_config(tls).map_err(StartError::Tls)?;
+        }
         let task = tokio::spawn(
-            tonic::transport::Server::builder()
+            builder
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .add_service(health_service)
                 .add_service(reflection)
@@ -77,7 +107,12 @@ impl GrpcServer {
                 .add_service(EventsServer::new(events))
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned()),
         );
-        tracing::info!(%local_addr, clients = config.tokens.len(), "grpc api listening");
+        let tls = match (&config.tls_cert, &config.tls_client_ca) {
+            (Some(_), Some(_)) => "mutual",
+            (Some(_), None) => "on",
+            (None, _) => "off",
+        };
+        tracing::info!(%local_addr, clients = config.tokens.len(), tls, "grpc api listening");
         Ok(Self { local_addr, shutdown, health, task })
     }
 
