@@ -73,7 +73,7 @@ fn main() {
         let gateway = Gateway::start(&config).await.unwrap();
         gateway.wait_resynced().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let server = GrpcServer::start(gateway.model().clone(), listener, &config.grpc).await.unwrap();
+        let server = GrpcServer::start(gateway.model().clone(), listener, &config.grpc, &config.agents).await.unwrap();
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.local_addr()))
             .unwrap()
             .connect()

@@ -101,6 +101,21 @@ pub struct Config {
     pub calls: CallsConfig,
     /// The gRPC API.
     pub grpc: GrpcConfig,
+    /// The agent directory: who is who, so agents can log in by email.
+    pub agents: Vec<AgentConfig>,
+}
+
+/// One agent in the directory.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The agent's login id on the PBX.
+    pub id: String,
+    /// The agent's email (as in Salesforce).
+    pub email: String,
+    /// Roles granted when the agent logs in without naming any.
+    #[serde(default)]
+    pub roles: Vec<String>,
 }
 
 /// The gRPC API.
@@ -368,6 +383,21 @@ impl Config {
         if grpc.rate_limit_per_sec == 0 || grpc.rate_limit_burst == 0 {
             return invalid("grpc.rate_limit_per_sec", "rate limits must be above zero");
         }
+        let mut emails = std::collections::HashSet::new();
+        for agent in &self.agents {
+            if agent.id.trim().is_empty() || !agent.email.contains('@') {
+                return Err(ConfigError::Invalid {
+                    setting: "agents",
+                    reason: format!("agent {:?} needs an id and an email address", agent.id),
+                });
+            }
+            if !emails.insert(agent.email.to_lowercase()) {
+                return Err(ConfigError::Invalid {
+                    setting: "agents",
+                    reason: format!("email {:?} is listed twice", agent.email),
+                });
+            }
+        }
         let mut names = std::collections::HashSet::new();
         for token in &grpc.tokens {
             if token.name.trim().is_empty() || !names.insert(token.name.as_str()) {
@@ -509,6 +539,17 @@ mod tests {
         let mut twice = config;
         twice.grpc.tokens.push(twice.grpc.tokens[0].clone());
         assert!(twice.validate().is_err());
+    }
+
+    #[test]
+    fn the_agent_directory_needs_ids_and_unique_emails() {
+        let config = Config::from_toml(
+            "[[agents]]\nid = \"4711\"\nemail = \"anna@example.com\"\n[[agents]]\nid = \"4712\"\nemail = \"ANNA@example.com\"\n",
+        )
+        .unwrap();
+        assert!(config.validate().unwrap_err().to_string().contains("listed twice"));
+        let config = Config::from_toml("[[agents]]\nid = \"\"\nemail = \"x@example.com\"\n").unwrap();
+        assert!(config.validate().is_err());
     }
 
     #[test]

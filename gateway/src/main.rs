@@ -103,8 +103,9 @@ async fn run(config: Config, stop: impl std::future::Future<Output = ()>, ready:
         tracing::warn!("no grpc.tokens configured: every api request will be refused as unauthenticated");
     }
     let gateway = Gateway::start(&config).await.context("starting the gateway")?;
-    let api =
-        GrpcServer::start(gateway.model().clone(), listener, &config.grpc).await.context("starting the grpc api")?;
+    let api = GrpcServer::start(gateway.model().clone(), listener, &config.grpc, &config.agents)
+        .await
+        .context("starting the grpc api")?;
     if let Some(ready) = ready {
         ready(api.local_addr());
     }

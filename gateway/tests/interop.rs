@@ -10,7 +10,10 @@ const SWITCHBOARD: &str = env!("CARGO_BIN_EXE_switchboard");
 
 #[test]
 fn a_python_grpc_client_logs_in_calls_holds_retrieves_hangs_up_and_reads_events() {
-    let python = std::env::var("SWITCHBOARD_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    // The virtualenv scripts/test.sh makes, when it exists; else the system's python3.
+    let virtualenv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/python/bin/python");
+    let python = std::env::var("SWITCHBOARD_PYTHON")
+        .unwrap_or_else(|_| if virtualenv.exists() { virtualenv.display().to_string() } else { "python3".to_owned() });
     let has_tools =
         Command::new(&python).args(["-c", "import grpc_tools"]).status().is_ok_and(|status| status.success());
     assert!(

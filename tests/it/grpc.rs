@@ -38,6 +38,14 @@ fn grpc_config() -> GrpcConfig {
     }
 }
 
+fn directory() -> Vec<gateway::config::AgentConfig> {
+    vec![gateway::config::AgentConfig {
+        id: "dora".into(),
+        email: "Dora@Example.com".into(),
+        roles: vec!["agent".into(), "supervisor".into()],
+    }]
+}
+
 struct Api {
     simulator: Simulator,
     gateway: Gateway,
@@ -60,7 +68,7 @@ async fn api() -> Api {
     let gateway = Gateway::start(&config).await.unwrap();
     within(gateway.wait_resynced()).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = GrpcServer::start(gateway.model().clone(), listener, &grpc_config()).await.unwrap();
+    let server = GrpcServer::start(gateway.model().clone(), listener, &grpc_config(), &directory()).await.unwrap();
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.local_addr()))
         .unwrap()
         .connect()
@@ -129,6 +137,7 @@ async fn an_agent_logs_in_dials_holds_retrieves_and_hangs_up_over_grpc() {
         agent_id: "anna".into(),
         roles: vec!["agent".into(), "operator".into()],
         ready: false,
+        email: String::new(),
     };
     let line = api.agents.log_in(login).await.unwrap().into_inner();
     assert_eq!(line.agent.as_ref().map(|agent| agent.agent_id.as_str()), Some("anna"));
@@ -209,8 +218,9 @@ async fn each_wrong_request_gets_the_status_grpc_defines() {
     let page = api::ListLinesRequest { page_size: 5000, ..Default::default() };
     assert_eq!(api.agents.list_lines(page).await.unwrap_err().code(), Code::InvalidArgument);
 
-    // The PBX link down: UNAVAILABLE, at once.
-    api.simulator.stall_links(Duration::from_secs(30));
+    // The PBX down (links cut, none accepted): UNAVAILABLE, at once.
+    api.simulator.set_accepting(false);
+    api.simulator.drop_links();
     let mut status = api.gateway.link().watch_status();
     within(status.wait_for(|status| !matches!(status, gateway::pbx::LinkStatus::Up { .. }))).await.unwrap();
     let login = api::LogInRequest { line: "2001".into(), agent_id: "bo".into(), ..Default::default() };
@@ -461,7 +471,7 @@ async fn with_mutual_tls_only_clients_with_a_certificate_get_in() {
         ..grpc_config()
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = GrpcServer::start(gateway.model().clone(), listener, &config).await.unwrap();
+    let server = GrpcServer::start(gateway.model().clone(), listener, &config, &[]).await.unwrap();
     let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{}", server.local_addr())).unwrap();
     let trusted = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(&ca))
@@ -493,4 +503,37 @@ async fn with_mutual_tls_only_clients_with_a_certificate_get_in() {
     server.shutdown(Duration::from_secs(5)).await;
     gateway.shutdown(Duration::from_secs(5)).await;
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_log_in_by_email_and_log_out() {
+    let mut api = api().await;
+    let by_email =
+        api::LogInRequest { line: "2001".into(), email: "dora@example.com".into(), ready: true, ..Default::default() };
+    let line = api.agents.log_in(by_email).await.unwrap().into_inner();
+    let agent = line.agent.unwrap();
+    assert_eq!(agent.agent_id, "dora");
+    assert_eq!(agent.roles, vec!["agent".to_owned(), "supervisor".to_owned()], "the directory's roles");
+    assert_eq!(line.presence, api::Presence::Available as i32);
+    let unknown = api::LogInRequest { line: "2002".into(), email: "nobody@example.com".into(), ..Default::default() };
+    assert_eq!(api.agents.log_in(unknown).await.unwrap_err().code(), Code::NotFound);
+    let neither = api::LogInRequest { line: "2002".into(), ..Default::default() };
+    assert_eq!(api.agents.log_in(neither).await.unwrap_err().code(), Code::InvalidArgument);
+    let out = api.agents.log_out(api::LogOutRequest { request_id: String::new(), line: "2001".into() }).await.unwrap();
+    assert!(out.into_inner().agent.is_none());
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_the_pbx_never_confirms_fails_with_deadline_exceeded() {
+    let mut api = api().await;
+    let login = api::LogInRequest { line: "2000".into(), agent_id: "anna".into(), ..Default::default() };
+    api.agents.log_in(login).await.unwrap();
+    let call = api.simulator.with_pbx(|pbx| pbx.inbound_call("+4930555222", "2000")).unwrap();
+    api.until_line("2000", &call, "alerting").await;
+    // The PBX goes silent with the command in flight: the link gives up on it, and says so.
+    api.simulator.stall_links(Duration::from_secs(30));
+    let outcome = within(api.calls.answer(call_request("2000", &call, ""))).await.unwrap_err();
+    assert_eq!(outcome.code(), Code::DeadlineExceeded, "{outcome:?}");
+    api.stop().await;
 }

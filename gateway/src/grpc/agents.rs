@@ -14,12 +14,15 @@ use super::guard::{Guard, Scope};
 use super::idempotency::RequestIds;
 use super::status::{command_status, invalid, required};
 use crate::bridge::LinkPort;
+use crate::config::AgentConfig;
 
 /// The Agents service over the model.
 pub(crate) struct AgentsService {
     pub(crate) model: Model<LinkPort>,
     pub(crate) request_ids: Arc<RequestIds>,
     pub(crate) guard: Arc<Guard>,
+    /// The agent directory, by lower-case email.
+    pub(crate) directory: std::collections::HashMap<String, AgentConfig>,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -52,13 +55,21 @@ impl Agents for AgentsService {
         self.guard.admit(&request, Scope::Control)?;
         let request = request.into_inner();
         let line = required("line", &request.line)?;
-        let agent_id = required("agent_id", &request.agent_id)?;
-        if request.roles.iter().any(|role| role.trim().is_empty() || role.len() > 64) {
+        let (agent_id, default_roles) = match (request.agent_id.trim(), request.email.trim()) {
+            ("", "") => return Err(invalid("agent_id", "or email is required")),
+            ("", email) => match self.directory.get(&email.to_lowercase()) {
+                Some(agent) => (agent.id.as_str(), agent.roles.as_slice()),
+                None => return Err(Status::not_found(format!("no agent with email {email} in the directory"))),
+            },
+            (agent_id, _) => (agent_id, &[][..]),
+        };
+        let roles = if request.roles.is_empty() { default_roles.to_vec() } else { request.roles.clone() };
+        if roles.iter().any(|role| role.trim().is_empty() || role.len() > 64) {
             return Err(invalid("roles", "must be non-empty names of at most 64 characters"));
         }
         self.request_ids
             .once("LogIn", &request.request_id, async {
-                self.model.log_on(line, agent_id, &request.roles, request.ready).await.map_err(command_status)?;
+                self.model.log_on(line, agent_id, &roles, request.ready).await.map_err(command_status)?;
                 self.line_when(line, |view| view.agent.as_ref().is_some_and(|agent| agent.login_id == agent_id)).await
             })
             .await

@@ -25,7 +25,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::bridge::LinkPort;
-use crate::config::GrpcConfig;
+use crate::config::{AgentConfig, GrpcConfig};
 
 /// A running gRPC server.
 /// Why the API could not start.
@@ -75,14 +75,20 @@ pub struct GrpcServer {
 
 impl GrpcServer {
     /// Serves the API over `model` on `listener` until [`GrpcServer::shutdown`].
-    pub async fn start(model: Model<LinkPort>, listener: TcpListener, config: &GrpcConfig) -> Result<Self, StartError> {
+    pub async fn start(
+        model: Model<LinkPort>,
+        listener: TcpListener,
+        config: &GrpcConfig,
+        agents: &[AgentConfig],
+    ) -> Result<Self, StartError> {
         let local_addr = listener.local_addr().map_err(StartError::Listen)?;
         let shutdown = CancellationToken::new();
         let guard = Arc::new(guard::Guard::new(config));
         let request_ids = Arc::new(idempotency::RequestIds::new(Duration::from_secs(600), 100_000));
         let calls =
             calls::CallControlService { model: model.clone(), request_ids: request_ids.clone(), guard: guard.clone() };
-        let agents = agents::AgentsService { model: model.clone(), request_ids, guard: guard.clone() };
+        let directory = agents.iter().map(|agent| (agent.email.to_lowercase(), agent.clone())).collect();
+        let agents = agents::AgentsService { model: model.clone(), request_ids, guard: guard.clone(), directory };
         let events = events::EventsService { model, shutdown: shutdown.child_token(), guard };
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<CallControlServer<calls::CallControlService>>().await;

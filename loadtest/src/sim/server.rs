@@ -192,6 +192,8 @@ struct State {
 
 struct Shared {
     config: SimConfig,
+    /// False while the simulator plays a PBX that is down: new connections are closed at once.
+    accepting: std::sync::atomic::AtomicBool,
     state: Mutex<State>,
     counters: Counters,
     clock: Clock,
@@ -292,6 +294,7 @@ impl Simulator {
         };
         let shared = Arc::new(Shared {
             config,
+            accepting: std::sync::atomic::AtomicBool::new(true),
             state: Mutex::new(state),
             counters: Counters::default(),
             clock,
@@ -362,6 +365,11 @@ impl Simulator {
     /// Calls the traffic generator has finished (both ends hung up), if it runs.
     pub fn traffic_calls_finished(&self) -> u64 {
         self.shared.lock().traffic.as_ref().map_or(0, Traffic::calls_finished)
+    }
+
+    /// Plays a PBX that is down (`false`: every new connection is closed at once) or back up.
+    pub fn set_accepting(&self, accepting: bool) {
+        self.shared.accepting.store(accepting, Ordering::Relaxed);
     }
 
     /// Closes every link at once, as a PBX restart or a network cut would.
@@ -459,6 +467,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             accepted = listener.accept() => accepted,
         };
         match accepted {
+            Ok((stream, _)) if !shared.accepting.load(Ordering::Relaxed) => drop(stream),
             Ok((stream, peer)) => {
                 bump(&shared.counters.links_accepted);
                 let _ = stream.set_nodelay(true);
