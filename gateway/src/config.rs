@@ -27,6 +27,8 @@ pub mod env {
     pub const PBX_OUTBOUND_QUEUE: &str = "SWITCHBOARD_PBX_OUTBOUND_QUEUE";
     /// `grpc.listen`.
     pub const GRPC_LISTEN: &str = "SWITCHBOARD_GRPC_LISTEN";
+    /// `metrics.listen`.
+    pub const METRICS_LISTEN: &str = "SWITCHBOARD_METRICS_LISTEN";
 }
 
 /// Why a configuration could not be loaded.
@@ -103,6 +105,22 @@ pub struct Config {
     pub grpc: GrpcConfig,
     /// The agent directory: who is who, so agents can log in by email.
     pub agents: Vec<AgentConfig>,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsConfig,
+}
+
+/// The Prometheus endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where `GET /metrics` is served, `ip:port`.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:9464".to_owned() }
+    }
 }
 
 /// One agent in the directory.
@@ -332,6 +350,9 @@ impl Config {
         if let Some(value) = environment.get(env::GRPC_LISTEN) {
             self.grpc.listen = value.clone();
         }
+        if let Some(value) = environment.get(env::METRICS_LISTEN) {
+            self.metrics.listen = value.clone();
+        }
         Ok(())
     }
 
@@ -372,6 +393,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 setting: "grpc.listen",
                 reason: format!("{:?} is not ip:port", grpc.listen),
+            });
+        }
+        if self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::Invalid {
+                setting: "metrics.listen",
+                reason: format!("{:?} is not ip:port", self.metrics.listen),
             });
         }
         if grpc.tls_cert.is_some() != grpc.tls_key.is_some() {

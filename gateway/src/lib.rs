@@ -8,10 +8,12 @@
 //! - [`bridge`]: link events to model inputs ([`bridge::Translator`]), and the model's commands over
 //!   the link ([`bridge::LinkPort`]).
 //! - [`grpc`]: the gRPC API (CallControl, Agents, Events) over the model.
+//! - [`metrics`]: every metric's name, the Prometheus exporter and the collector.
 //! - [`app`]: the running gateway: starts the parts, and shuts them down in order.
 
 pub mod app;
 pub mod bridge;
 pub mod config;
 pub mod grpc;
+pub mod metrics;
 pub mod pbx;

@@ -43,6 +43,9 @@ enum Command {
         /// Where the gRPC API listens, ip:port.
         #[arg(long)]
         grpc_listen: Option<String>,
+        /// Where GET /metrics is served, ip:port.
+        #[arg(long)]
+        metrics_listen: Option<String>,
     },
     /// Run everything bundled in one process: the gateway and a simulated PBX with a steady
     /// stream of calls. Stops cleanly on Ctrl-C or SIGTERM.
@@ -62,6 +65,9 @@ enum Command {
         /// Where the gRPC API listens.
         #[arg(long, default_value = "127.0.0.1:50051")]
         grpc_listen: String,
+        /// Where GET /metrics is served.
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        metrics_listen: String,
     },
 }
 
@@ -73,7 +79,7 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Args::parse().command {
-        Command::Run { config, pbx_address, grpc_listen } => {
+        Command::Run { config, pbx_address, grpc_listen, metrics_listen } => {
             let environment: HashMap<String, String> = std::env::vars().collect();
             let mut config = Config::load(config.as_deref(), &environment).context("loading configuration")?;
             if let Some(address) = pbx_address {
@@ -82,23 +88,33 @@ async fn main() -> anyhow::Result<()> {
             if let Some(listen) = grpc_listen {
                 config.grpc.listen = listen;
             }
+            if let Some(listen) = metrics_listen {
+                config.metrics.listen = listen;
+            }
             config.validate().context("checking configuration")?;
             run(config, shutdown_signal(), None).await
         }
-        Command::Demo { agents, calls_per_sec, seed, duration_secs, grpc_listen } => {
-            demo(agents, calls_per_sec, seed, duration_secs, grpc_listen).await
+        Command::Demo { agents, calls_per_sec, seed, duration_secs, grpc_listen, metrics_listen } => {
+            demo(agents, calls_per_sec, seed, duration_secs, grpc_listen, metrics_listen).await
         }
     }
 }
 
-/// Told where the API listens once it does.
-type Ready = Box<dyn FnOnce(std::net::SocketAddr) + Send>;
+/// Told where the API and the metrics listen once they do.
+type Ready = Box<dyn FnOnce(std::net::SocketAddr, std::net::SocketAddr) + Send>;
 
 async fn run(config: Config, stop: impl std::future::Future<Output = ()>, ready: Option<Ready>) -> anyhow::Result<()> {
     tracing::info!(pbx = config.pbx.address, "switchboard starting");
     let listener = tokio::net::TcpListener::bind(&config.grpc.listen)
         .await
         .with_context(|| format!("binding the grpc api to {}", config.grpc.listen))?;
+    let metrics_listener = tokio::net::TcpListener::bind(&config.metrics.listen)
+        .await
+        .with_context(|| format!("binding the metrics endpoint to {}", config.metrics.listen))?;
+    let metrics_addr = metrics_listener.local_addr().context("reading the metrics address")?;
+    let stop_metrics = tokio_util::sync::CancellationToken::new();
+    let metrics_task = gateway::metrics::serve(metrics_listener, stop_metrics.clone()).context("starting metrics")?;
+    tracing::info!(%metrics_addr, "serving GET /metrics");
     if config.grpc.tokens.is_empty() {
         tracing::warn!("no grpc.tokens configured: every api request will be refused as unauthenticated");
     }
@@ -107,8 +123,9 @@ async fn run(config: Config, stop: impl std::future::Future<Output = ()>, ready:
         .await
         .context("starting the grpc api")?;
     if let Some(ready) = ready {
-        ready(api.local_addr());
+        ready(api.local_addr(), metrics_addr);
     }
+    let collector = gateway::metrics::collect(gateway.link().clone(), gateway.model().clone(), Duration::from_secs(1));
     let model = gateway.model().clone();
     let reporter = tokio::spawn(report(gateway.link().watch_status(), gateway.watch_progress(), model));
     stop.await;
@@ -117,6 +134,9 @@ async fn run(config: Config, stop: impl std::future::Future<Output = ()>, ready:
     // The API first (no new commands, streams told why they end), then the link and the model.
     api.shutdown(Duration::from_secs(10)).await;
     gateway.shutdown(Duration::from_secs(10)).await;
+    collector.abort();
+    stop_metrics.cancel();
+    let _ = metrics_task.await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -155,6 +175,7 @@ async fn demo(
     seed: u64,
     duration_secs: Option<u64>,
     grpc_listen: String,
+    metrics_listen: String,
 ) -> anyhow::Result<()> {
     let signal = shutdown_signal();
     let password = format!("demo-{seed}");
@@ -172,6 +193,7 @@ async fn demo(
     config.pbx.address = simulator.local_addr().to_string();
     config.pbx.password = Secret::new(password);
     config.grpc.listen = grpc_listen;
+    config.metrics.listen = metrics_listen;
     // A fresh token with every scope, for trying the API; it lives as long as this demo.
     let token: String = {
         use rand::RngExt;
@@ -185,7 +207,7 @@ async fn demo(
     }];
     config.validate().context("checking the demo's configuration")?;
     tracing::info!(pbx = %simulator.local_addr(), agents, calls_per_sec, "demo: simulated pbx running");
-    let ready: Ready = Box::new(move |grpc| announce(grpc, &token));
+    let ready: Ready = Box::new(move |grpc, metrics| announce(grpc, metrics, &token));
     let stop = async move {
         match duration_secs {
             Some(seconds) => {
@@ -203,10 +225,10 @@ async fn demo(
 }
 
 /// Tells the person at the terminal how to reach the demo. A closed stdout is no reason to stop.
-fn announce(grpc: std::net::SocketAddr, token: &str) {
+fn announce(grpc: std::net::SocketAddr, metrics: std::net::SocketAddr, token: &str) {
     use std::io::Write;
     let text = format!(
-        "switchboard demo\n  grpc api:     {grpc} (health checking and reflection on; services switchboard.v1.CallControl, Agents, Events)\n  bearer token: {token}  (every scope; send \"authorization: Bearer <token>\")\n  stop:         Ctrl-C\n"
+        "switchboard demo\n  grpc api:     {grpc} (health checking and reflection on; services switchboard.v1.CallControl, Agents, Events)\n  bearer token: {token}  (every scope; send \"authorization: Bearer <token>\")\n  metrics:      http://{metrics}/metrics\n  stop:         Ctrl-C\n"
     );
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());

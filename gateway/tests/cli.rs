@@ -7,6 +7,16 @@ use std::time::Duration;
 
 const SWITCHBOARD: &str = env!("CARGO_BIN_EXE_switchboard");
 
+fn http_get(address: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
 #[test]
 fn help_lists_the_commands() {
     let output = Command::new(SWITCHBOARD).arg("--help").output().unwrap();
@@ -37,7 +47,17 @@ fn a_bad_environment_variable_is_a_clear_error() {
 #[test]
 fn the_demo_runs_and_stops_cleanly_on_sigterm() {
     let mut child = Command::new(SWITCHBOARD)
-        .args(["demo", "--agents", "5", "--calls-per-sec", "5", "--grpc-listen", "127.0.0.1:0"])
+        .args([
+            "demo",
+            "--agents",
+            "5",
+            "--calls-per-sec",
+            "5",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
@@ -62,14 +82,28 @@ fn the_demo_runs_and_stops_cleanly_on_sigterm() {
             break;
         }
     }
+    // The demo prints where its metrics are; read them while it runs.
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut printed = String::new();
+    while !printed.contains("metrics:") {
+        let mut line = String::new();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "the demo stopped printing: {printed}");
+        printed.push_str(&line);
+    }
+    let metrics = printed.split("metrics:").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    let exported = http_get(metrics.trim_start_matches("http://").trim_end_matches("/metrics"), "/metrics");
+    assert!(exported.contains("switchboard_build_info"), "{exported}");
+    assert!(exported.contains("# HELP switchboard_build_info"), "{exported}");
     let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(killed.success());
     let status = child.wait().unwrap();
     reader.join().unwrap();
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
-    assert!(stdout.contains("bearer token:"), "{stdout}");
-    assert!(stdout.contains("grpc api:     127.0.0.1:") && !stdout.contains("127.0.0.1:0 "), "the real port: {stdout}");
+    std::io::Read::read_to_string(&mut stdout, &mut printed).unwrap();
+    assert!(printed.contains("bearer token:"), "{printed}");
+    assert!(
+        printed.contains("grpc api:     127.0.0.1:") && !printed.contains("127.0.0.1:0 "),
+        "the real port: {printed}"
+    );
     seen.extend(lines.try_iter());
     assert!(status.success(), "exit status {status}; log:\n{}", seen.join("\n"));
     assert!(seen.iter().any(|line| line.contains("shutting down")), "{}", seen.join("\n"));

@@ -22,7 +22,17 @@ fn a_python_grpc_client_logs_in_calls_holds_retrieves_hangs_up_and_reads_events(
     );
 
     let mut demo = Command::new(SWITCHBOARD)
-        .args(["demo", "--agents", "3", "--calls-per-sec", "1", "--grpc-listen", "127.0.0.1:0"])
+        .args([
+            "demo",
+            "--agents",
+            "3",
+            "--calls-per-sec",
+            "1",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
