@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Environment variables that override the file, one per setting.
 pub mod env {
@@ -50,15 +50,15 @@ pub enum ConfigError {
         /// What is wrong, with its line.
         source: Box<toml::de::Error>,
     },
-    /// An environment variable has a value of the wrong kind.
+    /// An environment variable names no setting, or has a value of the wrong kind.
     #[error("environment variable {name}={value:?}: {reason}")]
     Env {
         /// The variable.
-        name: &'static str,
+        name: String,
         /// Its value.
         value: String,
         /// What was expected.
-        reason: &'static str,
+        reason: String,
     },
     /// A setting is out of its range.
     #[error("invalid setting {setting}: {reason}")]
@@ -71,7 +71,7 @@ pub enum ConfigError {
 }
 
 /// A secret (password, token): its `Debug` never shows it, so it cannot leak into logs.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(transparent)]
 pub struct Secret(String);
 
@@ -94,7 +94,7 @@ impl std::fmt::Debug for Secret {
 }
 
 /// Everything the gateway is configured with.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// The PBX link.
@@ -110,7 +110,7 @@ pub struct Config {
 }
 
 /// The Prometheus endpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Where `GET /metrics` is served, `ip:port`.
@@ -124,7 +124,7 @@ impl Default for MetricsConfig {
 }
 
 /// One agent in the directory.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// The agent's login id on the PBX.
@@ -137,7 +137,7 @@ pub struct AgentConfig {
 }
 
 /// The gRPC API.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GrpcConfig {
     /// Where the API listens, `host:port`.
@@ -171,7 +171,7 @@ impl Default for GrpcConfig {
 }
 
 /// One API client.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
     /// The client's name, for logs and rate limits (never the token).
@@ -186,7 +186,7 @@ pub struct TokenConfig {
 pub const SCOPES: [&str; 3] = ["calls:read", "calls:control", "admin"];
 
 /// The model of lines and calls.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CallsConfig {
     /// Leave out call log records of queue agents who were offered a call and did not answer it.
@@ -227,7 +227,7 @@ impl CallsConfig {
 }
 
 /// The PBX link (see docs/pbx-link.md).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PbxConfig {
     /// The PBX's link address, `host:port`.
@@ -327,32 +327,57 @@ impl Config {
         toml::from_str(text)
     }
 
-    /// Overrides settings with the `SWITCHBOARD_*` variables present in `environment`.
+    /// Overrides settings with `SWITCHBOARD_<SECTION>_<KEY>` variables: every setting has one
+    /// (`SWITCHBOARD_PBX_RECONNECT_MAX_MS` is `pbx.reconnect_max_ms`). Lists are comma-separated;
+    /// `SWITCHBOARD_GRPC_TOKENS` is `name:token:scope+scope,...` and `SWITCHBOARD_AGENTS` is
+    /// `id:email:role+role,...`. Variables of other prefixes (`SWITCHBOARD_PYTHON`) are not settings
+    /// and are left alone; a variable naming no setting of a known section is an error.
     pub fn apply_env(&mut self, environment: &HashMap<String, String>) -> Result<(), ConfigError> {
-        let pbx = &mut self.pbx;
-        if let Some(value) = environment.get(env::PBX_ADDRESS) {
-            pbx.address = value.clone();
+        let mut root = toml::Table::try_from(&*self).map_err(|error| ConfigError::Env {
+            name: "SWITCHBOARD_*".to_owned(),
+            value: String::new(),
+            reason: format!("configuration not representable: {error}"),
+        })?;
+        let mut names: Vec<&String> = environment.keys().filter(|name| name.starts_with("SWITCHBOARD_")).collect();
+        names.sort();
+        for name in names {
+            let value = &environment[name];
+            let setting = name["SWITCHBOARD_".len()..].to_lowercase();
+            let env_error = |reason: String| ConfigError::Env { name: name.clone(), value: value.clone(), reason };
+            if setting == "agents" {
+                root.insert("agents".to_owned(), toml::Value::Array(parse_agents(value).map_err(env_error)?));
+                continue;
+            }
+            let Some((section, key)) = setting.split_once('_') else { continue };
+            let Some(toml::Value::Table(table)) = root.get_mut(section) else { continue };
+            let parsed = match (section, key, table.get(key)) {
+                ("grpc", "tokens", _) => toml::Value::Array(parse_tokens(value).map_err(env_error)?),
+                ("grpc", "tls_cert" | "tls_key" | "tls_client_ca", _) | (_, _, Some(toml::Value::String(_))) => {
+                    toml::Value::String(value.clone())
+                }
+                (_, _, Some(toml::Value::Integer(_))) => toml::Value::Integer(
+                    value.trim().parse().map_err(|_| env_error("expected a whole number".to_owned()))?,
+                ),
+                (_, _, Some(toml::Value::Boolean(_))) => toml::Value::Boolean(
+                    value.trim().parse().map_err(|_| env_error("expected true or false".to_owned()))?,
+                ),
+                (_, _, Some(toml::Value::Array(_))) => toml::Value::Array(
+                    value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|item| !item.is_empty())
+                        .map(|item| toml::Value::String(item.to_owned()))
+                        .collect(),
+                ),
+                _ => return Err(env_error(format!("no setting {section}.{key}"))),
+            };
+            table.insert(key.to_owned(), parsed);
         }
-        if let Some(value) = environment.get(env::PBX_USER) {
-            pbx.user = value.clone();
-        }
-        if let Some(value) = environment.get(env::PBX_PASSWORD) {
-            pbx.password = Secret::new(value.clone());
-        }
-        if let Some(value) = environment.get(env::PBX_DEVICES) {
-            pbx.devices =
-                value.split(',').map(str::trim).filter(|device| !device.is_empty()).map(str::to_owned).collect();
-        }
-        parse_env(environment, env::PBX_HEARTBEAT_INTERVAL_MS, &mut pbx.heartbeat_interval_ms)?;
-        parse_env(environment, env::PBX_REQUEST_TIMEOUT_MS, &mut pbx.request_timeout_ms)?;
-        parse_env(environment, env::PBX_MAX_FRAME_LENGTH, &mut pbx.max_frame_length)?;
-        parse_env(environment, env::PBX_OUTBOUND_QUEUE, &mut pbx.outbound_queue)?;
-        if let Some(value) = environment.get(env::GRPC_LISTEN) {
-            self.grpc.listen = value.clone();
-        }
-        if let Some(value) = environment.get(env::METRICS_LISTEN) {
-            self.metrics.listen = value.clone();
-        }
+        *self = toml::Value::Table(root).try_into().map_err(|error: toml::de::Error| ConfigError::Env {
+            name: "SWITCHBOARD_*".to_owned(),
+            value: String::new(),
+            reason: error.message().to_owned(),
+        })?;
         Ok(())
     }
 
@@ -447,19 +472,52 @@ impl Config {
     }
 }
 
-fn parse_env<T: std::str::FromStr>(
-    environment: &HashMap<String, String>,
-    name: &'static str,
-    target: &mut T,
-) -> Result<(), ConfigError> {
-    if let Some(value) = environment.get(name) {
-        *target = value.trim().parse().map_err(|_| ConfigError::Env {
-            name,
-            value: value.clone(),
-            reason: "expected a whole number",
-        })?;
-    }
-    Ok(())
+/// `name:token:scope+scope,...` into `[[grpc.tokens]]` tables.
+fn parse_tokens(value: &str) -> Result<Vec<toml::Value>, String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            let mut parts = item.splitn(3, ':');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some(name), Some(token), Some(scopes)) => {
+                    let mut table = toml::Table::new();
+                    table.insert("name".to_owned(), toml::Value::String(name.to_owned()));
+                    table.insert("token".to_owned(), toml::Value::String(token.to_owned()));
+                    let scopes = scopes.split('+').map(|scope| toml::Value::String(scope.to_owned())).collect();
+                    table.insert("scopes".to_owned(), toml::Value::Array(scopes));
+                    Ok(toml::Value::Table(table))
+                }
+                _ => Err("expected name:token:scope+scope, comma-separated".to_owned()),
+            }
+        })
+        .collect()
+}
+
+/// `id:email:role+role,...` into `[[agents]]` tables (roles optional).
+fn parse_agents(value: &str) -> Result<Vec<toml::Value>, String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            let mut parts = item.splitn(3, ':');
+            match (parts.next(), parts.next()) {
+                (Some(id), Some(email)) => {
+                    let mut table = toml::Table::new();
+                    table.insert("id".to_owned(), toml::Value::String(id.to_owned()));
+                    table.insert("email".to_owned(), toml::Value::String(email.to_owned()));
+                    let roles = parts.next().map_or_else(Vec::new, |roles| {
+                        roles.split('+').map(|role| toml::Value::String(role.to_owned())).collect()
+                    });
+                    table.insert("roles".to_owned(), toml::Value::Array(roles));
+                    Ok(toml::Value::Table(table))
+                }
+                _ => Err("expected id:email:role+role, comma-separated".to_owned()),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -577,6 +635,47 @@ mod tests {
         assert!(config.validate().unwrap_err().to_string().contains("listed twice"));
         let config = Config::from_toml("[[agents]]\nid = \"\"\nemail = \"x@example.com\"\n").unwrap();
         assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn every_setting_comes_from_the_environment_too() {
+        let config = Config::load(
+            None,
+            &environment(&[
+                ("SWITCHBOARD_PBX_RECONNECT_MAX_MS", "9000"),
+                ("SWITCHBOARD_PBX_CLIENT_NAME", "gw-7"),
+                ("SWITCHBOARD_CALLS_SKIP_MISSED_QUEUE_RECORDS", "true"),
+                ("SWITCHBOARD_GRPC_RATE_LIMIT_BURST", "50"),
+                ("SWITCHBOARD_GRPC_TLS_CERT", "/etc/switchboard/server.pem"),
+                ("SWITCHBOARD_GRPC_TLS_KEY", "/etc/switchboard/server.key"),
+                ("SWITCHBOARD_GRPC_TOKENS", "desktop:0123456789abcdef0123:calls:control"),
+                ("SWITCHBOARD_AGENTS", "4711:anna@example.com:agent+operator, 4712:bo@example.com"),
+                ("SWITCHBOARD_METRICS_LISTEN", "0.0.0.0:9000"),
+                // Not a setting: other tools' variables share the prefix.
+                ("SWITCHBOARD_PYTHON", "/usr/bin/python3"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.pbx.reconnect_max_ms, 9000);
+        assert_eq!(config.pbx.client_name, "gw-7");
+        assert!(config.calls.skip_missed_queue_records);
+        assert_eq!(config.grpc.rate_limit_burst, 50);
+        assert_eq!(config.grpc.tls_cert, Some(PathBuf::from("/etc/switchboard/server.pem")));
+        assert_eq!(config.grpc.tokens.len(), 1);
+        assert_eq!(config.grpc.tokens[0].scopes, vec!["calls:control"]);
+        assert_eq!(config.agents.len(), 2);
+        assert_eq!(config.agents[0].roles, vec!["agent", "operator"]);
+        assert!(config.agents[1].roles.is_empty());
+        assert_eq!(config.metrics.listen, "0.0.0.0:9000");
+    }
+
+    #[test]
+    fn an_environment_variable_naming_no_setting_is_refused() {
+        let error = Config::load(None, &environment(&[("SWITCHBOARD_PBX_ADRESS", "x:1")])).unwrap_err();
+        assert_eq!(error.to_string(), "environment variable SWITCHBOARD_PBX_ADRESS=\"x:1\": no setting pbx.adress");
+        let error =
+            Config::load(None, &environment(&[("SWITCHBOARD_CALLS_SKIP_MISSED_QUEUE_RECORDS", "yes")])).unwrap_err();
+        assert!(error.to_string().ends_with("expected true or false"), "{error}");
     }
 
     #[test]
