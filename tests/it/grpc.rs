@@ -333,6 +333,24 @@ async fn tokens_and_scopes_guard_every_call_and_health_needs_none() {
         .unwrap()
         .into_inner();
     assert_eq!(serving.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+
+    // Reflection lists the API's services, so grpcurl-style tools need no .proto files.
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let mut reflection = ServerReflectionClient::new(api.channel.clone());
+    let ask = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = reflection.server_reflection_info(tokio_stream::iter(vec![ask])).await.unwrap().into_inner();
+    let answer = within(answers.message()).await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(listed)) = answer.message_response else { panic!("{answer:?}") };
+    let names: Vec<String> = listed.service.into_iter().map(|service| service.name).collect();
+    for service in ["switchboard.v1.CallControl", "switchboard.v1.Agents", "switchboard.v1.Events"] {
+        assert!(names.iter().any(|name| name == service), "{service} not in {names:?}");
+    }
     api.stop().await;
 }
 
