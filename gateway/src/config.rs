@@ -472,52 +472,41 @@ impl Config {
     }
 }
 
-/// `name:token:scope+scope,...` into `[[grpc.tokens]]` tables.
-fn parse_tokens(value: &str) -> Result<Vec<toml::Value>, String> {
+/// A comma-separated list of `a:b:c+d` items into tables: `fields` names the parts in order, the
+/// last part (split at `+`) is a list and may be missing when `last_optional`.
+fn parse_items(value: &str, fields: [&str; 3], last_optional: bool, form: &str) -> Result<Vec<toml::Value>, String> {
+    let string = |text: &str| toml::Value::String(text.to_owned());
     value
         .split(',')
         .map(str::trim)
         .filter(|item| !item.is_empty())
         .map(|item| {
             let mut parts = item.splitn(3, ':');
-            match (parts.next(), parts.next(), parts.next()) {
-                (Some(name), Some(token), Some(scopes)) => {
-                    let mut table = toml::Table::new();
-                    table.insert("name".to_owned(), toml::Value::String(name.to_owned()));
-                    table.insert("token".to_owned(), toml::Value::String(token.to_owned()));
-                    let scopes = scopes.split('+').map(|scope| toml::Value::String(scope.to_owned())).collect();
-                    table.insert("scopes".to_owned(), toml::Value::Array(scopes));
-                    Ok(toml::Value::Table(table))
-                }
-                _ => Err("expected name:token:scope+scope, comma-separated".to_owned()),
-            }
+            let (Some(first), Some(second)) = (parts.next(), parts.next()) else {
+                return Err(format!("expected {form}, comma-separated"));
+            };
+            let list = match (parts.next(), last_optional) {
+                (Some(list), _) => list.split('+').map(string).collect(),
+                (None, true) => Vec::new(),
+                (None, false) => return Err(format!("expected {form}, comma-separated")),
+            };
+            let mut table = toml::Table::new();
+            table.insert(fields[0].to_owned(), string(first));
+            table.insert(fields[1].to_owned(), string(second));
+            table.insert(fields[2].to_owned(), toml::Value::Array(list));
+            Ok(toml::Value::Table(table))
         })
         .collect()
 }
 
+/// `name:token:scope+scope,...` into `[[grpc.tokens]]` tables.
+fn parse_tokens(value: &str) -> Result<Vec<toml::Value>, String> {
+    parse_items(value, ["name", "token", "scopes"], false, "name:token:scope+scope")
+}
+
 /// `id:email:role+role,...` into `[[agents]]` tables (roles optional).
 fn parse_agents(value: &str) -> Result<Vec<toml::Value>, String> {
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|item| !item.is_empty())
-        .map(|item| {
-            let mut parts = item.splitn(3, ':');
-            match (parts.next(), parts.next()) {
-                (Some(id), Some(email)) => {
-                    let mut table = toml::Table::new();
-                    table.insert("id".to_owned(), toml::Value::String(id.to_owned()));
-                    table.insert("email".to_owned(), toml::Value::String(email.to_owned()));
-                    let roles = parts.next().map_or_else(Vec::new, |roles| {
-                        roles.split('+').map(|role| toml::Value::String(role.to_owned())).collect()
-                    });
-                    table.insert("roles".to_owned(), toml::Value::Array(roles));
-                    Ok(toml::Value::Table(table))
-                }
-                _ => Err("expected id:email:role+role, comma-separated".to_owned()),
-            }
-        })
-        .collect()
+    parse_items(value, ["id", "email", "roles"], true, "id:email:role+role")
 }
 
 #[cfg(test)]
@@ -676,6 +665,8 @@ mod tests {
         let error =
             Config::load(None, &environment(&[("SWITCHBOARD_CALLS_SKIP_MISSED_QUEUE_RECORDS", "yes")])).unwrap_err();
         assert!(error.to_string().ends_with("expected true or false"), "{error}");
+        let error = Config::load(None, &environment(&[("SWITCHBOARD_GRPC_TOKENS", "desktop")])).unwrap_err();
+        assert!(error.to_string().ends_with("expected name:token:scope+scope, comma-separated"), "{error}");
     }
 
     #[test]
