@@ -241,7 +241,7 @@ impl Leg {
 }
 
 /// The call log record of one agent leg, made when the call ends.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CallLogRecord {
     /// The call's first id: the same for every record of one customer call.
     pub root_call_id: CallId,

@@ -66,7 +66,8 @@ pub enum DeviceKind {
 }
 
 /// Which way a call goes, from the contact center's point of view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Direction {
     /// An outside number called in.
     Inbound,
@@ -138,7 +139,8 @@ impl Presence {
 }
 
 /// How an agent's leg of a call ended, for the call log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LegOutcome {
     /// The agent talked with the caller, and the call ended.
     Answered,

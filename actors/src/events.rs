@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 
 use crate::call::{CallLogRecord, CallState, Party};
+use crate::crm::port::CrmRecord;
 use crate::domain::{CallId, ConnState, DeviceId, Direction, Millis, Presence};
 use crate::line::{Agent, LineState};
 
@@ -104,6 +105,46 @@ pub enum ModelEvent {
     },
     /// An agent leg's call log record, made when the call ended.
     CallLog(CallLogRecord),
+    /// Whom a call is with, from the CRM, for the agent's screen.
+    ScreenPop(ScreenPop),
+}
+
+/// What the CRM knows of a call's outside party, for one agent's screen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScreenPop {
+    /// The call.
+    pub call: CallId,
+    /// The agent line whose screen pops.
+    pub device: DeviceId,
+    /// The outside number as the PBX gave it.
+    pub number: String,
+    /// What the CRM found.
+    pub result: PopResult,
+}
+
+/// What a screen pop shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PopResult {
+    /// One record: open it.
+    Single(CrmRecord),
+    /// Several: list them.
+    Multiple(Vec<CrmRecord>),
+    /// None: offer a new Contact or Lead.
+    NoMatch,
+    /// The CRM could not be asked (why, in words).
+    Failed(String),
+}
+
+impl PopResult {
+    /// The result in words (a metric label value).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Single(_) => "single",
+            Self::Multiple(_) => "multiple",
+            Self::NoMatch => "none",
+            Self::Failed(_) => "failed",
+        }
+    }
 }
 
 /// A model event with its place in the one sequence.

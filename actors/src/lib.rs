@@ -8,6 +8,7 @@
 //!   command must pass before it is sent to the PBX. Pure.
 //! - [`events`]: the numbered, fanned-out stream of model changes, with history for resuming.
 //! - [`port`]: [`port::PbxPort`], the trait through which the model asks things of the PBX.
+//! - [`crm`]: the Salesforce budget actor: screen pops and call logs on a small API budget.
 //! - [`runtime`]: the actors (one per line, one per call), their supervisor, the router that feeds
 //!   them, and the [`runtime::Model`] handle for commands and queries.
 //!
@@ -15,6 +16,7 @@
 //! link's events into [`runtime::ModelInput`]s and implements [`port::PbxPort`].
 
 pub mod call;
+pub mod crm;
 pub mod domain;
 pub mod events;
 pub mod line;
