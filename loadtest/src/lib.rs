@@ -1,5 +1,5 @@
 //! Switchboard's test peers and load tools. Today: the PBX simulator, the reference model of a phone
-//! system that the gateway's tests and demo run against.
+//! system that the gateway's tests and demo run against, and the Salesforce sandbox.
 //!
 //! # Layout
 //! - [`sim::model`]: the phone system itself, pure: devices, calls, connections, ACD queue, park orbits.
@@ -7,5 +7,7 @@
 //! - [`sim::traffic`]: the seeded contact-center day that drives it.
 //! - [`sim::faults`]: the link faults the simulator can inject.
 //! - [`sim::inspect`]: the comparable picture of its state that tests and `pbx-sim` expose.
+//! - [`salesforce`]: the Salesforce sandbox (REST API peer with a seeded org, limits and faults).
 
+pub mod salesforce;
 pub mod sim;
