@@ -320,7 +320,7 @@ fn create_needs_the_required_fields_and_makes_records_searchable() {
     let id = reply.body["id"].as_str().unwrap().to_owned();
     assert!(ids::is_valid_id(ids::LEAD_PREFIX, &id));
     assert_eq!(reply.body, json!({"id": id, "success": true, "errors": []}));
-    assert_eq!(found_ids(&search(&mut org, &auth, &find(&[&number]))), [id.clone()]);
+    assert_eq!(found_ids(&search(&mut org, &auth, &find(&[&number]))), std::slice::from_ref(&id));
     assert_eq!(org.record(&id).unwrap().get("Name"), Some("Ada Lovelace"));
     assert_eq!(org.stats().create_requests, 4);
 }
