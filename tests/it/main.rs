@@ -4,6 +4,8 @@
 //! - `link`: the gateway's PBX link client against the simulator: resync, reconnect, heartbeats,
 //!   deadlines, congestion, event faults.
 //! - `model`: the whole gateway mirroring the simulator through faults; commands through the model.
+//! - `salesforce_sandbox`: the Salesforce sandbox over HTTP: OAuth, search, upserts, sessions, the
+//!   allocation and injected faults.
 //! - `sim_link`: the simulator's link server against a raw client: registration, malformed and
 //!   oversized frames, every service over the wire.
 //! - `tidy`: house rules on the source tree.
@@ -11,6 +13,7 @@
 mod grpc;
 mod link;
 mod model;
+mod salesforce_sandbox;
 mod sim_link;
 mod support;
 mod tidy;
