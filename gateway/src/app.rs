@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bridge::{Directory, LinkPort, Translator};
 use crate::config::Config;
 use crate::pbx::{self, LinkEvent, LinkHandle};
+use crate::salesforce::{Salesforce, SalesforceError};
 
 /// What the gateway has seen of the phone system, for the status line and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -35,6 +36,9 @@ pub enum StartError {
     /// The model's actors could not be spawned.
     #[error("starting the model of lines and calls: {0}")]
     Model(#[from] ractor::SpawnErr),
+    /// The Salesforce side could not start.
+    #[error("starting salesforce: {0}")]
+    Salesforce(#[from] SalesforceError),
 }
 
 /// A running gateway.
@@ -47,6 +51,7 @@ pub struct Gateway {
     log_task: JoinHandle<()>,
     stop_logs: CancellationToken,
     progress: watch::Receiver<Progress>,
+    salesforce: Option<Arc<Salesforce>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -65,11 +70,16 @@ impl Gateway {
         let port = Arc::new(LinkPort::new(link.clone(), directory.clone()));
         let (logs_tx, logs) = mpsc::channel(4_096);
         let (model, router) = runtime::start(config.calls.model(), port, logs_tx).await?;
+        let salesforce = if config.salesforce.enabled {
+            Some(Arc::new(Salesforce::start(&config.salesforce, model.publisher().clone()).await?))
+        } else {
+            None
+        };
         let (progress_tx, progress) = watch::channel(Progress::default());
         let feed_task = tokio::spawn(feed(events, Translator::new(directory), router, progress_tx.clone()));
         let stop_logs = CancellationToken::new();
-        let log_task = tokio::spawn(write_call_logs(logs, progress_tx, stop_logs.clone()));
-        Ok(Self { link, model, shutdown, link_task, feed_task, log_task, stop_logs, progress })
+        let log_task = tokio::spawn(write_call_logs(logs, salesforce.clone(), progress_tx, stop_logs.clone()));
+        Ok(Self { link, model, shutdown, link_task, feed_task, log_task, stop_logs, progress, salesforce })
     }
 
     /// The PBX link, for sending requests and watching its status.
@@ -87,6 +97,11 @@ impl Gateway {
         let mut progress = self.progress.clone();
         // The sender lives as long as the feed; if it is gone, there is nothing left to wait for.
         let _ = progress.wait_for(|progress| progress.resyncs >= 1).await;
+    }
+
+    /// The Salesforce side, when enabled.
+    pub fn salesforce(&self) -> Option<&Arc<Salesforce>> {
+        self.salesforce.as_ref()
     }
 
     /// What the gateway has seen so far.
@@ -114,6 +129,11 @@ impl Gateway {
         self.stop_logs.cancel();
         if tokio::time::timeout(grace, self.log_task).await.is_err() {
             tracing::warn!("call log sink did not drain in time");
+        }
+        // Every call log is in the outbox now; what the budget actor has not delivered waits there
+        // for the next start.
+        if let Some(salesforce) = &self.salesforce {
+            salesforce.shutdown().await;
         }
     }
 }
@@ -170,15 +190,19 @@ fn note(seen: &mut Progress, event: &LinkEvent) {
     }
 }
 
-/// Where call log records go until the Salesforce outbox takes them: the log, and a count. When
-/// told to stop, it takes no new record but writes every one already given.
+/// Where call log records go: the outbox when Salesforce is on (committed in batches, one disk
+/// sync for many logs), the log in any case. When told to stop, it takes no new record but stores
+/// every one already given.
 async fn write_call_logs(
     mut logs: mpsc::Receiver<CallLogRecord>,
+    salesforce: Option<Arc<Salesforce>>,
     progress: watch::Sender<Progress>,
     stop: CancellationToken,
 ) {
+    // Storing is given up only if the process must stop and the disk still refuses the logs.
+    let abandon = CancellationToken::new();
     loop {
-        let record = tokio::select! {
+        let first = tokio::select! {
             () = stop.cancelled(), if !logs.is_closed() => {
                 logs.close();
                 continue;
@@ -188,15 +212,31 @@ async fn write_call_logs(
                 None => break,
             },
         };
-        tracing::info!(
-            call = record.root_call_id,
-            line = record.device,
-            agent = record.agent_id.as_deref().unwrap_or(""),
-            outcome = record.outcome.as_str(),
-            direction = record.direction.as_str(),
-            talk_seconds = record.talk_seconds,
-            "call log"
-        );
-        progress.send_modify(|progress| progress.call_logs += 1);
+        let mut batch = vec![first];
+        while batch.len() < LOG_BATCH {
+            match logs.try_recv() {
+                Ok(record) => batch.push(record),
+                Err(_) => break,
+            }
+        }
+        for record in &batch {
+            tracing::debug!(
+                call = record.root_call_id,
+                line = record.device,
+                agent = record.agent_id.as_deref().unwrap_or(""),
+                outcome = record.outcome.as_str(),
+                direction = record.direction.as_str(),
+                talk_seconds = record.talk_seconds,
+                "call log"
+            );
+        }
+        let count = batch.len() as u64;
+        if let Some(salesforce) = &salesforce {
+            salesforce.store(batch, &abandon).await;
+        }
+        progress.send_modify(|progress| progress.call_logs += count);
     }
 }
+
+/// Call logs committed to the outbox together at most.
+const LOG_BATCH: usize = 512;

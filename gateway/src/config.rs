@@ -107,6 +107,277 @@ pub struct Config {
     pub agents: Vec<AgentConfig>,
     /// The Prometheus endpoint.
     pub metrics: MetricsConfig,
+    /// Screen pops and call logs in Salesforce.
+    pub salesforce: SalesforceConfig,
+}
+
+/// Salesforce: where, as whom, and how much of the org's API allocation to spend.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SalesforceConfig {
+    /// Off: no screen pops and no call logs in Salesforce.
+    pub enabled: bool,
+    /// Where tokens are minted: the org's My Domain, `https://<domain>.my.salesforce.com`.
+    pub login_url: String,
+    /// The REST API version, `62.0`.
+    pub api_version: String,
+    /// `client_credentials` or `jwt_bearer`.
+    pub auth_flow: String,
+    /// The connected app's consumer key.
+    pub client_id: String,
+    /// The connected app's consumer secret (client credentials flow).
+    pub client_secret: Secret,
+    /// The integration user (JWT bearer flow).
+    pub username: String,
+    /// The RSA private key (PEM) that signs JWT assertions.
+    pub private_key_file: String,
+    /// The JWT assertion's audience: `https://login.salesforce.com` or `https://test.salesforce.com`.
+    pub audience: String,
+    /// A session is re-minted after this many seconds even if Salesforce still takes it.
+    pub session_max_age_secs: u64,
+    /// The Task field (External ID) holding our call log key.
+    pub external_id_field: String,
+    /// Phone fields searched and shown, as `Object.Field`; the objects named are searched.
+    pub phone_fields: Vec<String>,
+    /// A request's deadline (Salesforce counts requests over 20 s against a small concurrency cap).
+    pub request_timeout_ms: u64,
+    /// The durable call log outbox (SQLite).
+    pub outbox_path: String,
+    /// The org's daily API allocation, until Salesforce reports it.
+    pub daily_allocation: u64,
+    /// The share of the allocation this gateway may spend, in percent.
+    pub budget_share_percent: u32,
+    /// From this share of the allocation used, the pace halves.
+    pub throttle_at_percent: u32,
+    /// From this share used, only screen-pop searches go out; call logs wait.
+    pub reads_only_at_percent: u32,
+    /// Requests that may go out at once after a quiet spell.
+    pub burst: u32,
+    /// Requests in flight at most.
+    pub max_in_flight: usize,
+    /// A ringing call's search goes out within this many milliseconds.
+    pub urgent_window_ms: u64,
+    /// A lookup made ahead of the ring waits at most this long for company.
+    pub lookup_window_ms: u64,
+    /// Numbers in one search at most.
+    pub search_batch_max: usize,
+    /// Call logs in one write at most (200 is Salesforce's maximum).
+    pub log_batch_max: usize,
+    /// A call log waits at most this long for company.
+    pub log_batch_age_ms: u64,
+    /// How long a found number is cached.
+    pub cache_found_ttl_secs: u64,
+    /// How long a number no record carries is cached.
+    pub cache_not_found_ttl_secs: u64,
+    /// Numbers cached at most.
+    pub cache_capacity: usize,
+    /// How often to ask whether an exhausted allocation has room again.
+    pub probe_interval_secs: u64,
+    /// When screens pop: `ringing`, `answered` or `ended`.
+    pub pop_trigger: String,
+    /// The call log Task's subject (variables in braces: `{status}`, `{from}`, ...).
+    pub subject_template: String,
+    /// The call log Task's description.
+    pub description_template: String,
+    /// Create a `contact` or `lead` for an unknown caller; empty for none.
+    pub auto_create_inbound: String,
+    /// Create a `contact` or `lead` for an unknown number an agent calls; empty for none.
+    pub auto_create_outbound: String,
+    /// Numbers of at most this many digits are extensions, never searched.
+    pub internal_max_digits: usize,
+}
+
+impl Default for SalesforceConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            login_url: "https://login.salesforce.com".to_owned(),
+            api_version: "62.0".to_owned(),
+            auth_flow: "client_credentials".to_owned(),
+            client_id: String::new(),
+            client_secret: Secret::default(),
+            username: String::new(),
+            private_key_file: String::new(),
+            audience: "https://login.salesforce.com".to_owned(),
+            session_max_age_secs: 3_600,
+            external_id_field: "Gw_Call_Id__c".to_owned(),
+            phone_fields: ["Contact.Phone", "Contact.MobilePhone", "Lead.Phone", "Lead.MobilePhone", "Account.Phone"]
+                .map(str::to_owned)
+                .to_vec(),
+            request_timeout_ms: 15_000,
+            outbox_path: "switchboard-outbox.sqlite3".to_owned(),
+            daily_allocation: 100_000,
+            budget_share_percent: 25,
+            throttle_at_percent: 80,
+            reads_only_at_percent: 95,
+            burst: 20,
+            max_in_flight: 4,
+            urgent_window_ms: 50,
+            lookup_window_ms: 1_000,
+            search_batch_max: 100,
+            log_batch_max: 200,
+            log_batch_age_ms: 2_000,
+            cache_found_ttl_secs: 600,
+            cache_not_found_ttl_secs: 120,
+            cache_capacity: 100_000,
+            probe_interval_secs: 60,
+            pop_trigger: "ringing".to_owned(),
+            subject_template: actors::crm::task::DEFAULT_SUBJECT.to_owned(),
+            description_template: actors::crm::task::DEFAULT_DESCRIPTION.to_owned(),
+            auto_create_inbound: String::new(),
+            auto_create_outbound: String::new(),
+            internal_max_digits: 6,
+        }
+    }
+}
+
+impl SalesforceConfig {
+    /// The phone fields to search, by object.
+    pub fn phone_fields_by_object(&self) -> std::collections::BTreeMap<actors::crm::port::RecordKind, Vec<String>> {
+        let mut by_object = std::collections::BTreeMap::<_, Vec<String>>::new();
+        for entry in &self.phone_fields {
+            if let Some((object, field)) = entry.split_once('.')
+                && let Some(kind) = record_kind(object)
+            {
+                by_object.entry(kind).or_default().push(field.to_owned());
+            }
+        }
+        by_object
+    }
+
+    /// The settings an administrator may change at run time, from this configuration.
+    pub fn settings(&self) -> Result<actors::crm::engine::CrmSettings, ConfigError> {
+        use actors::crm::engine::{AutoCreate, CrmSettings, PopTrigger};
+        use actors::crm::task::{TaskTemplates, Template};
+        let invalid = |setting, reason: String| ConfigError::Invalid { setting, reason };
+        let pop_trigger = match self.pop_trigger.as_str() {
+            "ringing" => PopTrigger::Ringing,
+            "answered" => PopTrigger::Answered,
+            "ended" => PopTrigger::Ended,
+            other => {
+                return Err(invalid("salesforce.pop_trigger", format!("{other:?} is not ringing, answered or ended")));
+            }
+        };
+        let auto = |setting, value: &str| match value {
+            "" => Ok(None),
+            "contact" => Ok(Some(actors::crm::port::RecordKind::Contact)),
+            "lead" => Ok(Some(actors::crm::port::RecordKind::Lead)),
+            other => Err(invalid(setting, format!("{other:?} is not contact, lead or empty"))),
+        };
+        Ok(CrmSettings {
+            enabled: self.enabled,
+            pop_trigger,
+            templates: TaskTemplates {
+                subject: Template::parse(&self.subject_template)
+                    .map_err(|error| invalid("salesforce.subject_template", error.to_string()))?,
+                description: Template::parse(&self.description_template)
+                    .map_err(|error| invalid("salesforce.description_template", error.to_string()))?,
+            },
+            auto_create: AutoCreate {
+                inbound: auto("salesforce.auto_create_inbound", &self.auto_create_inbound)?,
+                outbound: auto("salesforce.auto_create_outbound", &self.auto_create_outbound)?,
+            },
+        })
+    }
+
+    /// The budget actor's settings.
+    pub fn crm(&self) -> Result<actors::crm::engine::CrmConfig, ConfigError> {
+        use actors::crm::budget::BudgetConfig;
+        use actors::crm::lookup::CacheConfig;
+        Ok(actors::crm::engine::CrmConfig {
+            settings: self.settings()?,
+            budget: BudgetConfig {
+                daily_allocation: self.daily_allocation,
+                share: f64::from(self.budget_share_percent) / 100.0,
+                throttle_at: f64::from(self.throttle_at_percent) / 100.0,
+                reads_only_at: f64::from(self.reads_only_at_percent) / 100.0,
+                burst: self.burst,
+                probe_interval: Duration::from_secs(self.probe_interval_secs),
+            },
+            cache: CacheConfig {
+                found_ttl: Duration::from_secs(self.cache_found_ttl_secs),
+                not_found_ttl: Duration::from_secs(self.cache_not_found_ttl_secs),
+                capacity: self.cache_capacity,
+            },
+            urgent_window: Duration::from_millis(self.urgent_window_ms),
+            lookup_window: Duration::from_millis(self.lookup_window_ms),
+            search_batch_max: self.search_batch_max,
+            log_batch_max: self.log_batch_max,
+            log_batch_age: Duration::from_millis(self.log_batch_age_ms),
+            max_in_flight: self.max_in_flight,
+            internal_max_digits: self.internal_max_digits,
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+        })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |setting, reason: &str| Err(ConfigError::Invalid { setting, reason: reason.to_owned() });
+        self.settings()?;
+        if !(self.login_url.starts_with("https://") || self.login_url.starts_with("http://")) {
+            return invalid("salesforce.login_url", "must be an http(s) URL");
+        }
+        if !matches!(self.auth_flow.as_str(), "client_credentials" | "jwt_bearer") {
+            return invalid("salesforce.auth_flow", "must be client_credentials or jwt_bearer");
+        }
+        if self.enabled && self.client_id.is_empty() {
+            return invalid("salesforce.client_id", "the connected app's consumer key is needed");
+        }
+        if self.enabled
+            && self.auth_flow == "jwt_bearer"
+            && (self.private_key_file.is_empty() || self.username.is_empty())
+        {
+            return invalid("salesforce.private_key_file", "the jwt bearer flow needs private_key_file and username");
+        }
+        if self.enabled && self.auth_flow == "client_credentials" && self.client_secret.expose().is_empty() {
+            return invalid("salesforce.client_secret", "the client credentials flow needs the consumer secret");
+        }
+        if self.external_id_field.is_empty() || self.external_id_field.contains('/') {
+            return invalid("salesforce.external_id_field", "must name a Task field");
+        }
+        if self.phone_fields_by_object().is_empty()
+            || self
+                .phone_fields
+                .iter()
+                .any(|entry| entry.split_once('.').and_then(|(object, _)| record_kind(object)).is_none())
+        {
+            return invalid("salesforce.phone_fields", "entries are Contact.<Field>, Lead.<Field> or Account.<Field>");
+        }
+        if self.budget_share_percent == 0 || self.budget_share_percent > 100 {
+            return invalid("salesforce.budget_share_percent", "must be 1 to 100");
+        }
+        if self.throttle_at_percent > self.reads_only_at_percent || self.reads_only_at_percent > 100 {
+            return invalid(
+                "salesforce.throttle_at_percent",
+                "must be at most reads_only_at_percent, which is at most 100",
+            );
+        }
+        if self.daily_allocation == 0 || self.burst == 0 || self.max_in_flight == 0 {
+            return invalid("salesforce.daily_allocation", "allocation, burst and max_in_flight must be above zero");
+        }
+        // A SOSL query over 4,000 characters loses its ORs: about 150 numbers fit.
+        if self.search_batch_max == 0 || self.search_batch_max > 150 {
+            return invalid("salesforce.search_batch_max", "must be 1 to 150");
+        }
+        if self.log_batch_max == 0 || self.log_batch_max > 200 {
+            return invalid("salesforce.log_batch_max", "must be 1 to 200 (sObject Collections take 200)");
+        }
+        if self.request_timeout_ms == 0 || self.request_timeout_ms > 20_000 {
+            return invalid(
+                "salesforce.request_timeout_ms",
+                "must be 1 to 20000: longer requests count against a cap of 25",
+            );
+        }
+        if self.outbox_path.is_empty() {
+            return invalid("salesforce.outbox_path", "the outbox needs a file");
+        }
+        Ok(())
+    }
+}
+
+fn record_kind(object: &str) -> Option<actors::crm::port::RecordKind> {
+    use actors::crm::port::RecordKind;
+    [RecordKind::Contact, RecordKind::Lead, RecordKind::Account].into_iter().find(|kind| kind.as_str() == object)
 }
 
 /// The Prometheus endpoint.
@@ -450,6 +721,7 @@ impl Config {
                 });
             }
         }
+        self.salesforce.validate()?;
         let mut names = std::collections::HashSet::new();
         for token in &grpc.tokens {
             if token.name.trim().is_empty() || !names.insert(token.name.as_str()) {
@@ -656,6 +928,51 @@ mod tests {
         assert_eq!(config.agents[0].roles, vec!["agent", "operator"]);
         assert!(config.agents[1].roles.is_empty());
         assert_eq!(config.metrics.listen, "0.0.0.0:9000");
+    }
+
+    #[test]
+    fn salesforce_settings_come_from_the_environment_and_are_checked() {
+        let config = Config::load(
+            None,
+            &environment(&[
+                ("SWITCHBOARD_SALESFORCE_ENABLED", "true"),
+                ("SWITCHBOARD_SALESFORCE_CLIENT_ID", "3MVG9-key"),
+                ("SWITCHBOARD_SALESFORCE_CLIENT_SECRET", "s3cret-value"),
+                ("SWITCHBOARD_SALESFORCE_PHONE_FIELDS", "Contact.Phone, Contact.HomePhone,Account.Phone"),
+                ("SWITCHBOARD_SALESFORCE_POP_TRIGGER", "answered"),
+                ("SWITCHBOARD_SALESFORCE_AUTO_CREATE_INBOUND", "lead"),
+            ]),
+        )
+        .unwrap();
+        let salesforce = &config.salesforce;
+        assert!(salesforce.enabled);
+        assert!(!format!("{salesforce:?}").contains("s3cret-value"), "the secret never prints");
+        let fields = salesforce.phone_fields_by_object();
+        assert_eq!(fields[&actors::crm::port::RecordKind::Contact], ["Phone", "HomePhone"]);
+        assert!(!fields.contains_key(&actors::crm::port::RecordKind::Lead), "leads are not searched");
+        let crm = salesforce.crm().unwrap();
+        assert_eq!(crm.settings.pop_trigger, actors::crm::engine::PopTrigger::Answered);
+        assert_eq!(crm.settings.auto_create.inbound, Some(actors::crm::port::RecordKind::Lead));
+        assert!((crm.budget.share - 0.25).abs() < 1e-9);
+
+        let refused = |pairs: &[(&str, &str)], setting: &str| {
+            let error = Config::load(None, &environment(pairs)).unwrap_err().to_string();
+            assert!(error.contains(setting), "{pairs:?}: {error}");
+        };
+        refused(&[("SWITCHBOARD_SALESFORCE_SUBJECT_TEMPLATE", "{nope}")], "salesforce.subject_template");
+        refused(&[("SWITCHBOARD_SALESFORCE_POP_TRIGGER", "later")], "salesforce.pop_trigger");
+        refused(&[("SWITCHBOARD_SALESFORCE_PHONE_FIELDS", "Case.Phone")], "salesforce.phone_fields");
+        refused(&[("SWITCHBOARD_SALESFORCE_ENABLED", "true")], "salesforce.client_id");
+        refused(
+            &[
+                ("SWITCHBOARD_SALESFORCE_ENABLED", "true"),
+                ("SWITCHBOARD_SALESFORCE_CLIENT_ID", "k"),
+                ("SWITCHBOARD_SALESFORCE_AUTH_FLOW", "jwt_bearer"),
+            ],
+            "salesforce.private_key_file",
+        );
+        refused(&[("SWITCHBOARD_SALESFORCE_SEARCH_BATCH_MAX", "500")], "salesforce.search_batch_max");
+        refused(&[("SWITCHBOARD_SALESFORCE_REQUEST_TIMEOUT_MS", "30000")], "salesforce.request_timeout_ms");
     }
 
     #[test]

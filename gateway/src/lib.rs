@@ -17,3 +17,4 @@ pub mod config;
 pub mod grpc;
 pub mod metrics;
 pub mod pbx;
+pub mod salesforce;

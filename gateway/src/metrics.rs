@@ -152,3 +152,38 @@ fn publish(link: &LinkHandle, model: &Model<LinkPort>) {
         counter!(name).absolute(ModelStats::get(value));
     }
 }
+
+/// Salesforce requests, by operation and outcome.
+pub const SALESFORCE_REQUESTS: &str = "switchboard_salesforce_requests_total";
+/// Salesforce request latency, by operation.
+pub const SALESFORCE_REQUEST_DURATION: &str = "switchboard_salesforce_request_duration_seconds";
+/// Numbers per search and records per write, by operation.
+pub const SALESFORCE_BATCH_SIZE: &str = "switchboard_salesforce_batch_size";
+/// Number lookups answered from the cache (`hit`) or sent to Salesforce (`miss`).
+pub const SALESFORCE_CACHE_LOOKUPS: &str = "switchboard_salesforce_cache_lookups_total";
+/// Lookups that shared another's pending or running search.
+pub const SALESFORCE_COALESCED_LOOKUPS: &str = "switchboard_salesforce_coalesced_lookups_total";
+/// Requests counted in the org's rolling 24 hours, as last reported.
+pub const SALESFORCE_API_USAGE: &str = "switchboard_salesforce_api_usage_requests";
+/// The org's daily allocation, as last reported.
+pub const SALESFORCE_API_LIMIT: &str = "switchboard_salesforce_api_limit_requests";
+/// 1 on the budget's current state.
+pub const SALESFORCE_BUDGET_STATE: &str = "switchboard_salesforce_budget_state";
+/// Ring (or the configured trigger) to screen pop.
+pub const SALESFORCE_SCREEN_POP_SECONDS: &str = "switchboard_salesforce_screen_pop_seconds";
+/// Screen pops, by result.
+pub const SALESFORCE_SCREEN_POPS: &str = "switchboard_salesforce_screen_pops_total";
+/// Records created for unknown numbers, by object.
+pub const SALESFORCE_RECORDS_CREATED: &str = "switchboard_salesforce_records_created_total";
+/// Call logs held until Salesforce accepts them.
+pub const OUTBOX_DEPTH: &str = "switchboard_outbox_depth";
+/// Age of the oldest call log held.
+pub const OUTBOX_OLDEST_AGE: &str = "switchboard_outbox_oldest_age_seconds";
+/// Call logs refused for good and kept aside.
+pub const OUTBOX_DEAD_LETTERS: &str = "switchboard_outbox_dead_letters";
+/// Call logs Salesforce accepted.
+pub const OUTBOX_DELIVERED: &str = "switchboard_outbox_delivered_total";
+/// Call log deliveries tried again.
+pub const OUTBOX_RETRIES: &str = "switchboard_outbox_retries_total";
+/// Call logs dead-lettered.
+pub const OUTBOX_DEAD_LETTERED: &str = "switchboard_outbox_dead_lettered_total";

@@ -13,6 +13,7 @@
 mod grpc;
 mod link;
 mod model;
+mod salesforce;
 mod salesforce_sandbox;
 mod sim_link;
 mod support;

@@ -124,8 +124,13 @@ impl<C: CrmPort, O: Outbox, M: CrmObserver> Actor for CrmActor<C, O, M> {
         myself: ActorRef<CrmMsg>,
         (config, parts): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let mut state =
-            CrmActorState { engine: Engine::new(config), parts, origin: Instant::now(), wake_at: None, last_state: None };
+        let mut state = CrmActorState {
+            engine: Engine::new(config),
+            parts,
+            origin: Instant::now(),
+            wake_at: None,
+            last_state: None,
+        };
         // What a previous run left undelivered goes first.
         let outbox = state.parts.outbox.clone();
         let pending = tokio::task::spawn_blocking(move || outbox.pending()).await??;
@@ -212,7 +217,8 @@ impl<C: CrmPort, O: Outbox, M: CrmObserver> CrmActorState<C, O, M> {
         let wall_now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
-        let oldest = self.engine.oldest_log_ended_at().map(|ended| Duration::from_millis(wall_now.saturating_sub(ended)));
+        let oldest =
+            self.engine.oldest_log_ended_at().map(|ended| Duration::from_millis(wall_now.saturating_sub(ended)));
         observer.backlog(self.engine.logs_held(), oldest);
         if let Some(at) = wake
             && self.wake_at.is_none_or(|scheduled| at < scheduled)
@@ -279,8 +285,7 @@ impl<C: CrmPort, O: Outbox, M: CrmObserver> CrmActorState<C, O, M> {
 /// The running budget actor.
 pub struct CrmHandle {
     actor: ActorRef<CrmMsg>,
-    actor_task: JoinHandle<()>,
-    forwarder: JoinHandle<()>,
+    tasks: std::sync::Mutex<Option<(JoinHandle<()>, JoinHandle<()>)>>,
 }
 
 impl std::fmt::Debug for CrmHandle {
@@ -305,11 +310,15 @@ impl CrmHandle {
         ractor::call_t!(self.actor, CrmMsg::Status, 5_000).ok()
     }
 
-    /// Stops the actor. Logs not yet accepted stay in the outbox for the next start.
-    pub async fn shutdown(self) {
-        self.forwarder.abort();
-        self.actor.stop(None);
-        let _ = self.actor_task.await;
+    /// Stops the actor (once; later calls return at once). Logs not yet accepted stay in the
+    /// outbox for the next start.
+    pub async fn shutdown(&self) {
+        let tasks = self.tasks.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        if let Some((actor_task, forwarder)) = tasks {
+            forwarder.abort();
+            self.actor.stop(None);
+            let _ = actor_task.await;
+        }
     }
 }
 
@@ -340,5 +349,5 @@ pub async fn start<C: CrmPort, O: Outbox, M: CrmObserver>(
             }
         }
     });
-    Ok(CrmHandle { actor, actor_task, forwarder })
+    Ok(CrmHandle { actor, tasks: std::sync::Mutex::new(Some((actor_task, forwarder))) })
 }

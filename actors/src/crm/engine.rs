@@ -232,6 +232,9 @@ pub struct Engine {
     budget: Budget,
     cache: LookupCache,
     calls: HashMap<CallId, FollowedCall>,
+    /// What the lines last said of each call (a line may show a call before the call's own event
+    /// says who is calling).
+    line_states: HashMap<CallId, BTreeMap<DeviceId, ConnState>>,
     /// Numbers to search, by number.
     pending: BTreeMap<String, PendingLookup>,
     /// Numbers being searched, by request.
@@ -267,6 +270,7 @@ impl Engine {
             cache: LookupCache::new(config.cache),
             config,
             calls: HashMap::new(),
+            line_states: HashMap::new(),
             pending: BTreeMap::new(),
             searching: HashMap::new(),
             waiters: HashMap::new(),
@@ -334,6 +338,9 @@ impl Engine {
                     if let Some(call) = self.calls.remove(id) {
                         self.calls.entry(new.clone()).or_insert(call);
                     }
+                    if let Some(states) = self.line_states.remove(id) {
+                        self.line_states.entry(new.clone()).or_default().extend(states);
+                    }
                     for waiters in self.waiters.values_mut() {
                         for waiter in waiters.iter_mut().filter(|waiter| &waiter.call == id) {
                             waiter.call = new.clone();
@@ -347,6 +354,7 @@ impl Engine {
 
     fn on_call(&mut self, call: &CallView, now: Duration, out: &mut Outputs) {
         if call.ended_at.is_some() {
+            self.line_states.remove(&call.id);
             if let Some(followed) = self.calls.remove(&call.id) {
                 if self.config.settings.pop_trigger == PopTrigger::Ended {
                     let mut lines: Vec<_> = followed.lines.iter().cloned().collect();
@@ -379,14 +387,35 @@ impl Engine {
             call.id.clone(),
             FollowedCall { raw_number, caller, direction, popped: HashSet::new(), lines: HashSet::new() },
         );
+        // Lines that showed the call before it was known.
+        let states: Vec<(DeviceId, ConnState)> = self
+            .line_states
+            .get(&call.id)
+            .map(|states| states.iter().map(|(device, state)| (device.clone(), *state)).collect())
+            .unwrap_or_default();
+        for (device, state) in states {
+            self.line_changed(&call.id, &device, state, now, out);
+        }
     }
 
     fn on_line(&mut self, line: &LineView, now: Duration, out: &mut Outputs) {
+        for states in self.line_states.values_mut() {
+            states.remove(&line.device);
+        }
+        self.line_states.retain(|_, states| !states.is_empty());
         for (call_id, state) in &line.calls {
-            let Some(call) = self.calls.get_mut(call_id) else { continue };
-            call.lines.insert(line.device.clone());
-            if call.popped.contains(&line.device) {
-                continue;
+            self.line_states.entry(call_id.clone()).or_default().insert(line.device.clone(), *state);
+            self.line_changed(call_id, &line.device, *state, now, out);
+        }
+    }
+
+    /// A line shows `call_id` in `state`: pop its screen if the trigger fires.
+    fn line_changed(&mut self, call_id: &CallId, device: &DeviceId, state: ConnState, now: Duration, out: &mut Outputs) {
+        {
+            let Some(call) = self.calls.get_mut(call_id) else { return };
+            call.lines.insert(device.clone());
+            if call.popped.contains(device) {
+                return;
             }
             let fires = match self.config.settings.pop_trigger {
                 PopTrigger::Ringing => match call.direction {
@@ -395,14 +424,15 @@ impl Engine {
                     }
                     _ => matches!(state, ConnState::Alerting | ConnState::Connected),
                 },
-                PopTrigger::Answered => *state == ConnState::Connected,
+                PopTrigger::Answered => state == ConnState::Connected,
                 PopTrigger::Ended => false,
             };
-            if fires {
-                let call = call.clone();
-                self.trigger(call_id, &call, line.device.clone(), now, out);
+            if !fires {
+                return;
             }
         }
+        let call = self.calls[call_id].clone();
+        self.trigger(call_id, &call, device.clone(), now, out);
     }
 
     /// Pops `device`'s screen for `call` now if the answer is known, or as soon as it is.
@@ -687,7 +717,8 @@ impl Engine {
         self.cache.put(number.to_owned(), lookup.clone(), now);
         for waiter in self.waiters.remove(number).unwrap_or_default() {
             let raw = self.calls.get(&waiter.call).map_or_else(|| number.to_owned(), |call| call.raw_number.clone());
-            out.pops.push(Pop { pop: pop(&waiter.call, &waiter.device, &raw, &lookup), triggered_at: waiter.triggered_at });
+            out.pops
+                .push(Pop { pop: pop(&waiter.call, &waiter.device, &raw, &lookup), triggered_at: waiter.triggered_at });
         }
         for mut ready in self.logs_awaiting.remove(number).unwrap_or_default() {
             ready.lookup = Some(lookup.clone());

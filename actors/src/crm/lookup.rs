@@ -142,11 +142,8 @@ mod tests {
 
     #[test]
     fn answers_expire_after_their_ttl() {
-        let config = CacheConfig {
-            found_ttl: Duration::from_secs(10),
-            not_found_ttl: Duration::from_secs(2),
-            capacity: 10,
-        };
+        let config =
+            CacheConfig { found_ttl: Duration::from_secs(10), not_found_ttl: Duration::from_secs(2), capacity: 10 };
         let mut cache = LookupCache::new(config);
         let found = Lookup::Found(vec![record(RecordKind::Contact, "003A", "1234567890")]);
         cache.put("1234567890".into(), found.clone(), Duration::ZERO);
@@ -160,7 +157,8 @@ mod tests {
 
     #[test]
     fn the_oldest_numbers_go_when_full_and_a_refresh_keeps_a_number() {
-        let config = CacheConfig { found_ttl: Duration::from_secs(100), not_found_ttl: Duration::from_secs(100), capacity: 2 };
+        let config =
+            CacheConfig { found_ttl: Duration::from_secs(100), not_found_ttl: Duration::from_secs(100), capacity: 2 };
         let mut cache = LookupCache::new(config);
         cache.put("1".into(), Lookup::NotFound, Duration::from_secs(0));
         cache.put("2".into(), Lookup::NotFound, Duration::from_secs(1));

@@ -167,8 +167,10 @@ pub trait CrmPort: Send + Sync + 'static {
     fn search(&self, numbers: &[String]) -> impl Future<Output = Result<Reply<Vec<CrmRecord>>, Failure>> + Send;
 
     /// Creates or updates `tasks` by their keys, in one request; one result per task, in order.
-    fn upsert_tasks(&self, tasks: &[TaskRecord])
-    -> impl Future<Output = Result<Reply<Vec<RecordResult>>, Failure>> + Send;
+    fn upsert_tasks(
+        &self,
+        tasks: &[TaskRecord],
+    ) -> impl Future<Output = Result<Reply<Vec<RecordResult>>, Failure>> + Send;
 
     /// Creates one record; its id.
     fn create(&self, record: &NewRecord) -> impl Future<Output = Result<Reply<String>, Failure>> + Send;

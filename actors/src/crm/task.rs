@@ -114,12 +114,13 @@ impl Template {
                     let rest = &source[at + 1..];
                     let end = rest.find('}').ok_or(TemplateError::Unclosed(at))?;
                     let name = rest[..end].trim();
-                    let variable = VARIABLES.iter().find(|(known, _)| *known == name).map(|(_, v)| *v).ok_or_else(|| {
-                        TemplateError::UnknownVariable {
-                            name: name.to_owned(),
-                            known: VARIABLES.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", "),
-                        }
-                    })?;
+                    let variable =
+                        VARIABLES.iter().find(|(known, _)| *known == name).map(|(_, v)| *v).ok_or_else(|| {
+                            TemplateError::UnknownVariable {
+                                name: name.to_owned(),
+                                known: VARIABLES.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", "),
+                            }
+                        })?;
                     if !text.is_empty() {
                         pieces.push(Piece::Text(std::mem::take(&mut text)));
                     }

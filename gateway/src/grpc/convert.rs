@@ -90,3 +90,21 @@ pub(crate) fn call_log(record: CallLogRecord) -> api::CallLog {
         recording_url: record.recording_url.unwrap_or_default(),
     }
 }
+
+/// A screen pop as the API shows it.
+pub(crate) fn screen_pop(pop: actors::events::ScreenPop) -> api::ScreenPop {
+    use actors::events::PopResult;
+    use api::screen_pop::Result as R;
+    let record = |record: actors::crm::port::CrmRecord| api::CrmRecord {
+        object: record.kind.as_str().to_owned(),
+        id: record.id,
+        name: record.name,
+    };
+    let (result, records, error) = match pop.result {
+        PopResult::Single(one) => (R::Single, vec![record(one)], String::new()),
+        PopResult::Multiple(many) => (R::Multiple, many.into_iter().map(record).collect(), String::new()),
+        PopResult::NoMatch => (R::NoMatch, Vec::new(), String::new()),
+        PopResult::Failed(why) => (R::Failed, Vec::new(), why),
+    };
+    api::ScreenPop { call_id: pop.call, line: pop.device, number: pop.number, result: result as i32, records, error }
+}

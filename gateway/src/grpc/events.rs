@@ -88,6 +88,7 @@ impl Filter {
             ModelEvent::Line(line) => self.lines.contains(&line.device),
             ModelEvent::Call(call) => call.parties.iter().any(|party| self.lines.contains(&party.device)),
             ModelEvent::CallLog(record) => self.lines.contains(&record.device),
+            ModelEvent::ScreenPop(pop) => self.lines.contains(&pop.device),
             // A renamed call may concern a line; the new call's own event follows and is filtered.
             ModelEvent::CallRenamed { .. } => true,
         }
@@ -123,6 +124,7 @@ fn to_api(sequenced: &Sequenced) -> api::Event {
             E::CallRenamed(api::CallRenamed { old_call_ids: old, new_call_id: new })
         }
         ModelEvent::CallLog(record) => E::CallLog(convert::call_log(record)),
+        ModelEvent::ScreenPop(pop) => E::ScreenPop(convert::screen_pop(pop)),
     };
     api::Event { sequence: sequenced.sequence, event: Some(event) }
 }

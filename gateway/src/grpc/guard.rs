@@ -15,6 +15,8 @@ pub(crate) enum Scope {
     Read,
     /// Driving calls and agents.
     Control,
+    /// Administering the gateway (Salesforce settings, dead letters).
+    Admin,
 }
 
 impl Scope {
@@ -22,6 +24,7 @@ impl Scope {
         match self {
             Self::Read => "calls:read",
             Self::Control => "calls:control",
+            Self::Admin => "admin",
         }
     }
 }

@@ -3,6 +3,7 @@
 //! ([`status`]); request ids make retries safe ([`idempotency`]); bearer tokens, scopes and rate
 //! limits guard every call ([`guard`]).
 
+mod admin;
 mod agents;
 mod calls;
 mod convert;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actors::runtime::Model;
+use proto::api::admin_server::AdminServer;
 use proto::api::agents_server::AgentsServer;
 use proto::api::call_control_server::CallControlServer;
 use proto::api::events_server::EventsServer;
@@ -81,6 +83,18 @@ impl GrpcServer {
         config: &GrpcConfig,
         agents: &[AgentConfig],
     ) -> Result<Self, StartError> {
+        Self::start_with(model, None, listener, config, agents).await
+    }
+
+    /// Starts the API with the Admin service over `salesforce` (which answers FAILED_PRECONDITION
+    /// when Salesforce is off).
+    pub async fn start_with(
+        model: Model<LinkPort>,
+        salesforce: Option<Arc<crate::salesforce::Salesforce>>,
+        listener: TcpListener,
+        config: &GrpcConfig,
+        agents: &[AgentConfig],
+    ) -> Result<Self, StartError> {
         let local_addr = listener.local_addr().map_err(StartError::Listen)?;
         let shutdown = CancellationToken::new();
         let guard = Arc::new(guard::Guard::new(config));
@@ -89,11 +103,13 @@ impl GrpcServer {
             calls::CallControlService { model: model.clone(), request_ids: request_ids.clone(), guard: guard.clone() };
         let directory = agents.iter().map(|agent| (agent.email.to_lowercase(), agent.clone())).collect();
         let agents = agents::AgentsService { model: model.clone(), request_ids, guard: guard.clone(), directory };
+        let admin = admin::AdminService { salesforce, guard: guard.clone() };
         let events = events::EventsService { model, shutdown: shutdown.child_token(), guard };
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<CallControlServer<calls::CallControlService>>().await;
         health.set_serving::<AgentsServer<agents::AgentsService>>().await;
         health.set_serving::<EventsServer<events::EventsService>>().await;
+        health.set_serving::<AdminServer<admin::AdminService>>().await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .build_v1()
@@ -111,6 +127,7 @@ impl GrpcServer {
                 .add_service(CallControlServer::new(calls))
                 .add_service(AgentsServer::new(agents))
                 .add_service(EventsServer::new(events))
+                .add_service(AdminServer::new(admin))
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned()),
         );
         let tls = match (&config.tls_cert, &config.tls_client_ca) {

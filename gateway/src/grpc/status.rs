@@ -20,6 +20,16 @@ pub(crate) fn command_status(error: CommandError) -> Status {
     Status::new(code, message)
 }
 
+/// The status for an admin request while the Salesforce integration is not configured.
+pub(crate) fn salesforce_off() -> Status {
+    Status::failed_precondition("salesforce is not configured on this gateway (salesforce.enabled = false)")
+}
+
+/// The status for an outbox that failed (its disk or database).
+pub(crate) fn outbox_status(error: actors::crm::port::OutboxError) -> Status {
+    Status::internal(error.to_string())
+}
+
 /// The status for a request field that is missing or malformed.
 pub(crate) fn invalid(field: &str, problem: &str) -> Status {
     Status::invalid_argument(format!("{field} {problem}"))

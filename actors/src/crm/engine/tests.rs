@@ -559,3 +559,17 @@ fn templates_changed_at_run_time_apply_to_logs_not_yet_written() {
     let [(_, tasks)] = upserts(&poll(&mut engine, ms(2_000)).0).try_into().unwrap();
     assert_eq!(tasks[0].subject, "answered call on 2001");
 }
+
+#[test]
+fn a_line_that_rings_before_its_call_is_known_still_pops() {
+    let mut engine = Engine::new(config());
+    let mut out = Outputs::default();
+    engine.on_event(&line("2001", &[("C1", ConnState::Alerting)]), ms(0), &mut out);
+    engine.on_event(&call("C1", Direction::Inbound, CALLER, "2001"), ms(5), &mut out);
+    let (out, _) = poll(&mut engine, ms(55));
+    let [(id, _)] = searches(&out).try_into().expect("searched as urgent");
+    let mut out = Outputs::default();
+    engine.on_search(id, ok(vec![]), ms(60), &mut out);
+    assert_eq!(out.pops.len(), 1);
+    assert_eq!(out.pops[0].triggered_at, ms(5));
+}

@@ -1,0 +1,142 @@
+//! Salesforce at the edge: the REST client ([`client`]), the durable call log outbox ([`outbox`]),
+//! how answers map to the error catalogue ([`errors`]), the metrics ([`observe`]), and
+//! [`Salesforce`], which starts the budget actor over them and feeds it the model's call logs.
+
+pub mod client;
+pub mod errors;
+pub mod observe;
+pub mod outbox;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actors::call::CallLogRecord;
+use actors::crm::actor::{self, CrmHandle, CrmParts, CrmStatus};
+use actors::crm::engine::CrmSettings;
+use actors::crm::port::{DeadLetter, OutboxError};
+use actors::events::Publisher;
+use tokio_util::sync::CancellationToken;
+
+pub use self::client::SalesforceClient;
+pub use self::observe::MetricsObserver;
+pub use self::outbox::SqliteOutbox;
+use crate::config::{ConfigError, SalesforceConfig};
+
+/// Why the Salesforce side could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SalesforceError {
+    /// A setting is wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The client could not be built.
+    #[error(transparent)]
+    Client(#[from] client::ClientError),
+    /// The outbox could not be opened or read.
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    /// The budget actor could not start.
+    #[error("starting the salesforce budget actor: {0}")]
+    Spawn(#[from] ractor::SpawnErr),
+}
+
+/// The running Salesforce side: the budget actor and the outbox it delivers from.
+pub struct Salesforce {
+    crm: CrmHandle,
+    outbox: Arc<SqliteOutbox>,
+}
+
+impl std::fmt::Debug for Salesforce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Salesforce").finish_non_exhaustive()
+    }
+}
+
+impl Salesforce {
+    /// Opens the outbox, builds the client and starts the budget actor, which first sends what a
+    /// previous run left in the outbox.
+    pub async fn start(config: &SalesforceConfig, publisher: Arc<Publisher>) -> Result<Self, SalesforceError> {
+        let crm_config = config.crm()?;
+        let client = Arc::new(SalesforceClient::new(config)?);
+        let path = config.outbox_path.clone();
+        let outbox = Arc::new(
+            tokio::task::spawn_blocking(move || SqliteOutbox::open(Path::new(&path)))
+                .await
+                .map_err(|error| OutboxError(error.to_string()))??,
+        );
+        let dead = outbox.dead_letter_count()?;
+        metrics::gauge!(crate::metrics::OUTBOX_DEAD_LETTERS).set(dead as f64);
+        let parts = CrmParts { port: client, outbox: outbox.clone(), observer: Arc::new(MetricsObserver), publisher };
+        let crm = actor::start(crm_config, parts).await?;
+        Ok(Self { crm, outbox })
+    }
+
+    /// Where the integration stands.
+    pub async fn status(&self) -> Option<(CrmStatus, u64)> {
+        let status = self.crm.status().await?;
+        let outbox = self.outbox.clone();
+        let dead = tokio::task::spawn_blocking(move || outbox.dead_letter_count()).await.ok()?.ok()?;
+        Some((status, dead))
+    }
+
+    /// Changes the settings at run time.
+    pub fn set_settings(&self, settings: CrmSettings) {
+        self.crm.set_settings(settings);
+    }
+
+    /// Dead letters, oldest first.
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, OutboxError> {
+        let outbox = self.outbox.clone();
+        tokio::task::spawn_blocking(move || outbox.dead_letters(limit))
+            .await
+            .map_err(|error| OutboxError(error.to_string()))?
+    }
+
+    /// Sends dead letters again (these keys, or all); how many.
+    pub async fn replay(&self, keys: Vec<String>) -> Result<usize, OutboxError> {
+        let outbox = self.outbox.clone();
+        let replayed = tokio::task::spawn_blocking(move || outbox.replay(&keys))
+            .await
+            .map_err(|error| OutboxError(error.to_string()))??;
+        let count = replayed.len();
+        let remaining = self.outbox.dead_letter_count()?;
+        metrics::gauge!(crate::metrics::OUTBOX_DEAD_LETTERS).set(remaining as f64);
+        self.crm.logs(replayed);
+        Ok(count)
+    }
+
+    /// Commits call logs to the outbox (retrying until the disk takes them: a log is never
+    /// dropped), then hands them to the budget actor.
+    pub async fn store(&self, records: Vec<CallLogRecord>, stop: &CancellationToken) {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let outbox = self.outbox.clone();
+            let batch = records.clone();
+            match tokio::task::spawn_blocking(move || outbox.append(&batch)).await {
+                Ok(Ok(added)) => {
+                    self.crm.logs(added);
+                    return;
+                }
+                Ok(Err(error)) => {
+                    tracing::error!(%error, logs = records.len(), "writing call logs to the outbox; retrying")
+                }
+                Err(error) => tracing::error!(%error, "the outbox writer failed; retrying"),
+            }
+            // Waiting here holds the model's call log channel, which holds the call actors: the
+            // back-pressure a full disk should cause. Stopping gives up only on a shutdown.
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = stop.cancelled() => {
+                    tracing::error!(logs = records.len(), "shutting down with call logs the outbox could not take");
+                    return;
+                }
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Stops the budget actor; what it had not delivered stays in the outbox for the next start.
+    pub async fn shutdown(&self) {
+        self.crm.shutdown().await;
+    }
+}
