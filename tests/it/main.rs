@@ -1,5 +1,6 @@
 //! Switchboard's end-to-end tests, one binary: real servers on loopback, port 0.
 //!
+//! - `dashboards`: the Grafana dashboards' conventions; promtool checks and unit-tests the rules.
 //! - `grpc`: the gRPC API over real sockets: call control, agents, events, status codes.
 //! - `link`: the gateway's PBX link client against the simulator: resync, reconnect, heartbeats,
 //!   deadlines, congestion, event faults.
@@ -10,6 +11,7 @@
 //!   oversized frames, every service over the wire.
 //! - `tidy`: house rules on the source tree.
 
+mod dashboards;
 mod grpc;
 mod link;
 mod model;

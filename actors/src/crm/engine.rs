@@ -410,7 +410,14 @@ impl Engine {
     }
 
     /// A line shows `call_id` in `state`: pop its screen if the trigger fires.
-    fn line_changed(&mut self, call_id: &CallId, device: &DeviceId, state: ConnState, now: Duration, out: &mut Outputs) {
+    fn line_changed(
+        &mut self,
+        call_id: &CallId,
+        device: &DeviceId,
+        state: ConnState,
+        now: Duration,
+        out: &mut Outputs,
+    ) {
         {
             let Some(call) = self.calls.get_mut(call_id) else { return };
             call.lines.insert(device.clone());

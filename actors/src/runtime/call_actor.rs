@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use super::{Context, Shared, bump, lock};
+use super::{CallOutcome, Context, Shared, bump, lock};
 use crate::call::{CallInput, CallLogRecord, CallState, Party};
 use crate::domain::{Cause, LegOutcome, Millis};
 use crate::events::{CallView, ModelEvent};
@@ -148,6 +148,8 @@ async fn finish_if_ended<P: PbxPort>(myself: &ActorRef<CallMsg>, state: &CallAct
         call.log_records()
     };
     forget(myself, state);
+    // Every leg counts towards the outcome, including the records left out below.
+    let outcome = CallOutcome::of(records.iter().map(|record| record.outcome));
     let skip_missed = state.context.config.skip_missed_queue_records;
     for mut record in records {
         if skip_missed && record.via_queue && record.outcome == LegOutcome::Missed {
@@ -160,6 +162,6 @@ async fn finish_if_ended<P: PbxPort>(myself: &ActorRef<CallMsg>, state: &CallAct
             tracing::error!("the call log sink is gone; a record could not be written");
         }
     }
-    bump(&state.context.stats.calls_ended);
+    state.context.stats.call_ended(outcome);
     myself.stop(None);
 }

@@ -137,6 +137,8 @@ pub struct ModelStats {
     pub calls_started: AtomicU64,
     /// Calls ended (their records written).
     pub calls_ended: AtomicU64,
+    /// Calls ended, by outcome, in the order of [`CallOutcome::ALL`].
+    pub calls_ended_by_outcome: [AtomicU64; CallOutcome::ALL.len()],
     /// Call log records produced.
     pub records: AtomicU64,
     /// Actors restarted after a crash.
@@ -147,10 +149,60 @@ pub struct ModelStats {
     pub inputs: AtomicU64,
 }
 
+/// How a call ended, as a whole: bounded, for counting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallOutcome {
+    /// An agent talked with the caller.
+    Answered,
+    /// The caller hung up while an agent's line rang, and no agent answered.
+    Abandoned,
+    /// No agent answered, and none was ringing when it ended (missed, or no agent leg at all).
+    Unanswered,
+}
+
+impl CallOutcome {
+    /// Every outcome, to register metric labels at zero.
+    pub const ALL: [CallOutcome; 3] = [Self::Answered, Self::Abandoned, Self::Unanswered];
+
+    /// The outcome in words.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Answered => "answered",
+            Self::Abandoned => "abandoned",
+            Self::Unanswered => "unanswered",
+        }
+    }
+
+    /// The call's outcome from its agent legs' outcomes.
+    pub fn of(legs: impl IntoIterator<Item = crate::domain::LegOutcome>) -> Self {
+        use crate::domain::LegOutcome;
+        let mut outcome = Self::Unanswered;
+        for leg in legs {
+            match leg {
+                LegOutcome::Answered | LegOutcome::Transferred => return Self::Answered,
+                LegOutcome::Abandoned => outcome = Self::Abandoned,
+                LegOutcome::Missed => {}
+            }
+        }
+        outcome
+    }
+
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|outcome| *outcome == self).unwrap_or(0)
+    }
+}
+
 impl ModelStats {
     /// Reads one counter.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+}
+
+impl ModelStats {
+    pub(crate) fn call_ended(&self, outcome: CallOutcome) {
+        bump(&self.calls_ended);
+        bump(&self.calls_ended_by_outcome[outcome.index()]);
     }
 }
 

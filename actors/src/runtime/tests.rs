@@ -351,3 +351,14 @@ async fn missed_queue_records_can_be_left_out() {
         fixture.model.shutdown().await;
     }
 }
+
+#[test]
+fn a_call_is_answered_when_any_agent_talked_and_abandoned_when_the_caller_gave_up_ringing() {
+    use crate::domain::LegOutcome::{Abandoned, Answered, Missed, Transferred};
+    use crate::runtime::CallOutcome;
+    assert_eq!(CallOutcome::of([Missed, Answered]), CallOutcome::Answered);
+    assert_eq!(CallOutcome::of([Transferred]), CallOutcome::Answered);
+    assert_eq!(CallOutcome::of([Missed, Abandoned]), CallOutcome::Abandoned);
+    assert_eq!(CallOutcome::of([Missed]), CallOutcome::Unanswered);
+    assert_eq!(CallOutcome::of([]), CallOutcome::Unanswered);
+}

@@ -10,6 +10,7 @@ mod convert;
 mod events;
 mod guard;
 mod idempotency;
+mod metrics;
 mod status;
 
 use std::net::SocketAddr;
@@ -29,7 +30,11 @@ use tokio_util::sync::CancellationToken;
 use crate::bridge::LinkPort;
 use crate::config::{AgentConfig, GrpcConfig};
 
-/// A running gRPC server.
+/// Registers every gRPC series at zero; [`crate::metrics::register`] calls it.
+pub(crate) fn register_metrics() {
+    metrics::register();
+}
+
 /// Why the API could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -122,6 +127,7 @@ impl GrpcServer {
         let task = tokio::spawn(
             builder
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .layer(metrics::MetricsLayer::new())
                 .add_service(health_service)
                 .add_service(reflection)
                 .add_service(CallControlServer::new(calls))

@@ -163,6 +163,62 @@ pub struct LinkStats {
     pub frames_in: AtomicU64,
     /// Frames sent.
     pub frames_out: AtomicU64,
+    /// Decode errors by kind, in the order of [`FrameError::KINDS`].
+    pub decode_errors_by_kind: [AtomicU64; FrameError::KINDS.len()],
+    /// Reconnects by why the link was lost or not established, in the order of
+    /// [`ReconnectReason::ALL`].
+    pub reconnects: [AtomicU64; ReconnectReason::ALL.len()],
+    /// When the last frame came from the PBX, in milliseconds since the Unix epoch; 0 before any.
+    pub last_frame_unix_ms: AtomicU64,
+}
+
+/// Why the link task is about to reconnect: a fixed set, so it can label a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReconnectReason {
+    /// No TCP connection, or no registration answer within the connect timeout.
+    ConnectFailed,
+    /// The PBX refused the registration (credentials, version).
+    RegistrationRefused,
+    /// The PBX closed the connection.
+    ClosedByPbx,
+    /// Nothing came from the PBX for three heartbeat intervals.
+    HeartbeatTimeout,
+    /// A frame from the PBX could not be decoded.
+    DecodeError,
+    /// The socket failed while writing.
+    WriteFailed,
+    /// The PBX broke the protocol (an unexpected answer, or a link-level error it reported).
+    ProtocolError,
+}
+
+impl ReconnectReason {
+    /// Every reason, to register metric labels at zero.
+    pub const ALL: [ReconnectReason; 7] = [
+        Self::ConnectFailed,
+        Self::RegistrationRefused,
+        Self::ClosedByPbx,
+        Self::HeartbeatTimeout,
+        Self::DecodeError,
+        Self::WriteFailed,
+        Self::ProtocolError,
+    ];
+
+    /// The reason as a metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ConnectFailed => "connect_failed",
+            Self::RegistrationRefused => "registration_refused",
+            Self::ClosedByPbx => "closed_by_pbx",
+            Self::HeartbeatTimeout => "heartbeat_timeout",
+            Self::DecodeError => "decode_error",
+            Self::WriteFailed => "write_failed",
+            Self::ProtocolError => "protocol_error",
+        }
+    }
+
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|reason| *reason == self).unwrap_or(0)
+    }
 }
 
 fn bump(counter: &AtomicU64) {
@@ -173,6 +229,12 @@ impl LinkStats {
     /// Reads one counter.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    fn decode_error(&self, error: &FrameError) {
+        bump(&self.decode_errors);
+        let kind = FrameError::KINDS.iter().position(|kind| *kind == error.kind()).unwrap_or(0);
+        bump(&self.decode_errors_by_kind[kind]);
     }
 }
 
@@ -189,6 +251,8 @@ pub struct LinkHandle {
     status: watch::Receiver<LinkStatus>,
     stats: Arc<LinkStats>,
     default_timeout: Duration,
+    /// Time from sending a caller's request to its outcome; a handle, so recording costs no lookup.
+    latency: metrics::Histogram,
 }
 
 impl std::fmt::Debug for LinkHandle {
@@ -224,11 +288,14 @@ impl LinkHandle {
             mpsc::error::TrySendError::Full(_) => LinkError::Congested("the outbound queue is full"),
             mpsc::error::TrySendError::Closed(_) => LinkError::ShuttingDown,
         })?;
-        match tokio::time::timeout_at(deadline, answer).await {
+        let sent = Instant::now();
+        let outcome = match tokio::time::timeout_at(deadline, answer).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Err(LinkError::ShuttingDown),
             Err(_) => Err(LinkError::DeadlineExceeded(timeout)),
-        }
+        };
+        self.latency.record(sent.elapsed().as_secs_f64());
+        outcome
     }
 
     /// The link's status now.
@@ -269,8 +336,13 @@ pub fn start(
     let (commands_tx, commands) = mpsc::channel(config.outbound_queue);
     let (status_tx, status) = watch::channel(LinkStatus::Connecting { attempt: 0, last_error: None });
     let stats = Arc::new(LinkStats::default());
-    let handle =
-        LinkHandle { commands: commands_tx, status, stats: stats.clone(), default_timeout: config.request_timeout() };
+    let handle = LinkHandle {
+        commands: commands_tx,
+        status,
+        stats: stats.clone(),
+        default_timeout: config.request_timeout(),
+        latency: metrics::histogram!(crate::metrics::PBX_REQUEST_DURATION),
+    };
     let task = tokio::spawn(run(config, commands, status_tx, events, stats, shutdown));
     (handle, task)
 }
@@ -291,7 +363,7 @@ async fn run(
     let mut attempt = 0;
     while !shutdown.is_cancelled() {
         attempt += 1;
-        let last_error = match establish(&config, &stats, &shutdown).await {
+        let (reason, last_error) = match establish(&config, &stats, &shutdown).await {
             Ok(mut session) => {
                 session_number += 1;
                 attempt = 0;
@@ -304,16 +376,17 @@ async fn run(
                 tracing::warn!(session = session_number, %reason, "pbx link down");
                 session.fail_pending(&reason);
                 let _ = events.send(LinkEvent::Down { session: session_number, reason: reason.clone() }).await;
-                reason
+                (session.end_reason.unwrap_or(ReconnectReason::ProtocolError), reason)
             }
-            Err(error) => {
+            Err((reason, error)) => {
                 tracing::warn!(attempt, %error, "pbx link not established");
-                error
+                (reason, error)
             }
         };
         if shutdown.is_cancelled() {
             break;
         }
+        bump(&stats.reconnects[reason.index()]);
         status.send_replace(LinkStatus::Connecting { attempt, last_error: Some(last_error.clone()) });
         // While waiting to reconnect, callers get a clear "down" at once instead of waiting.
         let wake = Instant::now() + backoff.next_delay();
@@ -368,6 +441,8 @@ struct Session {
     resynced: bool,
     gap_open_since: Option<Instant>,
     last_frame_at: Instant,
+    /// Why the session ended, when it ended for a cause worth counting apart.
+    end_reason: Option<ReconnectReason>,
 }
 
 /// Connects and registers, within the connect timeout.
@@ -375,11 +450,12 @@ async fn establish(
     config: &PbxConfig,
     stats: &Arc<LinkStats>,
     shutdown: &CancellationToken,
-) -> Result<Session, String> {
+) -> Result<Session, (ReconnectReason, String)> {
+    use ReconnectReason::{ConnectFailed, ProtocolError, RegistrationRefused};
     let attempt = async {
         let stream = TcpStream::connect(&config.address)
             .await
-            .map_err(|error| format!("cannot connect to the pbx at {}: {error}", config.address))?;
+            .map_err(|error| (ConnectFailed, format!("cannot connect to the pbx at {}: {error}", config.address)))?;
         let _ = stream.set_nodelay(true);
         let (read_half, write_half) = stream.into_split();
         let mut reader = FramedRead::new(read_half, LinkCodec::new(config.max_frame_length));
@@ -395,25 +471,27 @@ async fn establish(
             invoke_id: 1,
             body: pbx::Request { service: Some(request::Service::Register(register)) },
         };
-        writer.send(request).await.map_err(|error| format!("cannot send registration: {error}"))?;
+        writer.send(request).await.map_err(|error| (ConnectFailed, format!("cannot send registration: {error}")))?;
         loop {
             match reader.next().await {
-                None => return Err("the pbx closed the link during registration".to_owned()),
+                None => return Err((ConnectFailed, "the pbx closed the link during registration".to_owned())),
                 Some(Err(error)) => {
-                    bump(&stats.decode_errors);
-                    return Err(format!("undecodable frame from the pbx during registration: {error}"));
+                    stats.decode_error(&error);
+                    let message = format!("undecodable frame from the pbx during registration: {error}");
+                    return Err((ReconnectReason::DecodeError, message));
                 }
                 Some(Ok(LinkMessage::Result { invoke_id: 1, body })) => match body.result {
                     Some(response::Result::Register(result)) => return Ok((reader, writer, result)),
                     other => {
                         let received = other.as_ref().map_or("empty", response::Result::name);
-                        return Err(format!("the pbx answered registration with a {received} result"));
+                        return Err((ProtocolError, format!("the pbx answered registration with a {received} result")));
                     }
                 },
                 Some(Ok(LinkMessage::Error { body, .. })) => {
                     bump(&stats.registrations_refused);
                     let cause = ErrorCause::try_from(body.cause).unwrap_or(ErrorCause::Unspecified);
-                    return Err(format!("registration refused ({}): {}", cause.as_str_name(), body.message));
+                    let message = format!("registration refused ({}): {}", cause.as_str_name(), body.message);
+                    return Err((RegistrationRefused, message));
                 }
                 // Nothing else is expected before registration; skip it rather than guess.
                 Some(Ok(other)) => tracing::debug!(class = %other.class(), "frame before registration ignored"),
@@ -421,10 +499,10 @@ async fn establish(
         }
     };
     let (reader, writer, registered) = tokio::select! {
-        () = shutdown.cancelled() => return Err("shutting down".to_owned()),
+        () = shutdown.cancelled() => return Err((ConnectFailed, "shutting down".to_owned())),
         outcome = tokio::time::timeout(config.connect_timeout(), attempt) => match outcome {
             Ok(outcome) => outcome?,
-            Err(_) => return Err(format!("no registration with the pbx at {} within {:?}", config.address, config.connect_timeout())),
+            Err(_) => return Err((ConnectFailed, format!("no registration with the pbx at {} within {:?}", config.address, config.connect_timeout()))),
         },
     };
     bump(&stats.registrations);
@@ -447,6 +525,7 @@ async fn establish(
         resynced: false,
         gap_open_since: None,
         last_frame_at: Instant::now(),
+        end_reason: None,
     };
     if config.devices.is_empty() {
         session.internal.push_back(Pending::ListDevices);
@@ -486,7 +565,10 @@ impl Session {
                 biased;
                 () = shutdown.cancelled() => return "the gateway is shutting down".to_owned(),
                 frame = self.reader.next() => match frame {
-                    None => Err("the pbx closed the link".to_owned()),
+                    None => {
+                        self.end_reason = Some(ReconnectReason::ClosedByPbx);
+                        Err("the pbx closed the link".to_owned())
+                    }
                     Some(Err(error)) => Err(self.decode_failure(&error)),
                     Some(Ok(message)) => self.on_message(session, message, events).await,
                 },
@@ -498,6 +580,7 @@ impl Session {
                 _ = heartbeats.tick() => {
                     if self.last_frame_at.elapsed() > silence_limit {
                         bump(&self.stats.heartbeat_timeouts);
+                        self.end_reason = Some(ReconnectReason::HeartbeatTimeout);
                         Err(format!("no frame from the pbx for {:?} (heartbeats missed)", self.last_frame_at.elapsed()))
                     } else {
                         self.send_request(Pending::Heartbeat, request::Service::Heartbeat(pbx::HeartbeatRequest {})).await
@@ -529,8 +612,9 @@ impl Session {
         });
     }
 
-    fn decode_failure(&self, error: &FrameError) -> String {
-        bump(&self.stats.decode_errors);
+    fn decode_failure(&mut self, error: &FrameError) -> String {
+        self.stats.decode_error(error);
+        self.end_reason = Some(ReconnectReason::DecodeError);
         tracing::error!(%error, kind = error.kind(), "undecodable frame from the pbx; closing the link");
         format!("undecodable frame from the pbx: {error}")
     }
@@ -561,7 +645,10 @@ impl Session {
                 }
                 Ok(())
             }
-            Err(error) => Err(format!("cannot write to the pbx: {error}")),
+            Err(error) => {
+                self.end_reason = Some(ReconnectReason::WriteFailed);
+                Err(format!("cannot write to the pbx: {error}"))
+            }
         }
     }
 
@@ -609,6 +696,7 @@ impl Session {
         events: &mpsc::Sender<LinkEvent>,
     ) -> Result<(), String> {
         self.last_frame_at = Instant::now();
+        self.stats.last_frame_unix_ms.store(unix_time_ms(), Ordering::Relaxed);
         bump(&self.stats.frames_in);
         if !matches!(message, LinkMessage::Event(_)) && self.sequencer.has_gap() {
             // Events never cross results on a conforming link, so a result arriving while a gap is

@@ -44,6 +44,7 @@ pub enum SalesforceError {
 pub struct Salesforce {
     crm: CrmHandle,
     outbox: Arc<SqliteOutbox>,
+    observer: Arc<MetricsObserver>,
 }
 
 impl std::fmt::Debug for Salesforce {
@@ -64,11 +65,10 @@ impl Salesforce {
                 .await
                 .map_err(|error| OutboxError(error.to_string()))??,
         );
-        let dead = outbox.dead_letter_count()?;
-        metrics::gauge!(crate::metrics::OUTBOX_DEAD_LETTERS).set(dead as f64);
-        let parts = CrmParts { port: client, outbox: outbox.clone(), observer: Arc::new(MetricsObserver), publisher };
+        let observer = Arc::new(MetricsObserver::new(outbox.dead_letter_count()?));
+        let parts = CrmParts { port: client, outbox: outbox.clone(), observer: observer.clone(), publisher };
         let crm = actor::start(crm_config, parts).await?;
-        Ok(Self { crm, outbox })
+        Ok(Self { crm, outbox, observer })
     }
 
     /// Where the integration stands.
@@ -99,8 +99,7 @@ impl Salesforce {
             .await
             .map_err(|error| OutboxError(error.to_string()))??;
         let count = replayed.len();
-        let remaining = self.outbox.dead_letter_count()?;
-        metrics::gauge!(crate::metrics::OUTBOX_DEAD_LETTERS).set(remaining as f64);
+        self.observer.set_dead_letters(self.outbox.dead_letter_count()?);
         self.crm.logs(replayed);
         Ok(count)
     }
