@@ -10,9 +10,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gateway::app::{Gateway, Progress};
 use gateway::bridge::LinkPort;
-use gateway::config::{Config, Secret, TokenConfig};
+use gateway::config::{Config, SalesforceConfig, Secret, TokenConfig};
 use gateway::grpc::GrpcServer;
 use gateway::pbx::LinkStatus;
+use loadtest::salesforce::{Sandbox, SandboxConfig};
 use loadtest::sim::{Layout, SimConfig, Simulator, TrafficConfig};
 use tokio::sync::watch;
 
@@ -119,9 +120,15 @@ async fn run(config: Config, stop: impl std::future::Future<Output = ()>, ready:
         tracing::warn!("no grpc.tokens configured: every api request will be refused as unauthenticated");
     }
     let gateway = Gateway::start(&config).await.context("starting the gateway")?;
-    let api = GrpcServer::start(gateway.model().clone(), listener, &config.grpc, &config.agents)
-        .await
-        .context("starting the grpc api")?;
+    let api = GrpcServer::start_with(
+        gateway.model().clone(),
+        gateway.salesforce().cloned(),
+        listener,
+        &config.grpc,
+        &config.agents,
+    )
+    .await
+    .context("starting the grpc api")?;
     if let Some(ready) = ready {
         ready(api.local_addr(), metrics_addr);
     }
@@ -205,8 +212,26 @@ async fn demo(
         token: Secret::new(token.clone()),
         scopes: vec!["admin".to_owned()],
     }];
+    // The bundled Salesforce sandbox, seeded with Contacts, Leads and Accounts, stands in for an org.
+    let sandbox_listener =
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding the salesforce sandbox")?;
+    let sandbox_config = SandboxConfig { allocation: 5_000_000, ..SandboxConfig::default() };
+    config.salesforce = SalesforceConfig {
+        enabled: true,
+        client_id: sandbox_config.consumer_key.clone(),
+        client_secret: Secret::new(sandbox_config.consumer_secret.clone()),
+        daily_allocation: sandbox_config.allocation,
+        outbox_path: std::env::temp_dir()
+            .join(format!("switchboard-demo-outbox-{}.sqlite3", std::process::id()))
+            .display()
+            .to_string(),
+        ..SalesforceConfig::default()
+    };
+    let sandbox = Sandbox::start(sandbox_config, sandbox_listener).context("starting the salesforce sandbox")?;
+    config.salesforce.login_url = sandbox.base_url().to_owned();
+    let outbox = config.salesforce.outbox_path.clone();
     config.validate().context("checking the demo's configuration")?;
-    tracing::info!(pbx = %simulator.local_addr(), agents, calls_per_sec, "demo: simulated pbx running");
+    tracing::info!(pbx = %simulator.local_addr(), salesforce = sandbox.base_url(), agents, calls_per_sec, "demo: simulated pbx and salesforce sandbox running");
     let ready: Ready = Box::new(move |grpc, metrics| announce(grpc, metrics, &token));
     let stop = async move {
         match duration_secs {
@@ -220,7 +245,20 @@ async fn demo(
         }
     };
     let outcome = run(config, stop, Some(ready)).await;
+    let stats = sandbox.stats();
+    tracing::info!(
+        tasks = sandbox.tasks().len(),
+        api_requests = stats.api_requests,
+        searches = stats.search_requests,
+        upserts = stats.upsert_requests,
+        "demo: what salesforce saw"
+    );
+    sandbox.shutdown().await;
     simulator.shutdown().await;
+    // The demo's outbox lives as long as the demo.
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{outbox}{suffix}"));
+    }
     outcome
 }
 
@@ -228,7 +266,7 @@ async fn demo(
 fn announce(grpc: std::net::SocketAddr, metrics: std::net::SocketAddr, token: &str) {
     use std::io::Write;
     let text = format!(
-        "switchboard demo\n  grpc api:     {grpc} (health checking and reflection on; services switchboard.v1.CallControl, Agents, Events)\n  bearer token: {token}  (every scope; send \"authorization: Bearer <token>\")\n  metrics:      http://{metrics}/metrics\n  stop:         Ctrl-C\n"
+        "switchboard demo\n  grpc api:     {grpc} (health checking and reflection on; services switchboard.v1.CallControl, Agents, Events)\n  bearer token: {token}  (every scope; send \"authorization: Bearer <token>\")\n  metrics:      http://{metrics}/metrics\n  salesforce:   the bundled sandbox (screen pops in the Events stream; call logs as Tasks)\n  stop:         Ctrl-C\n"
     );
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
