@@ -185,6 +185,9 @@ pub struct SalesforceConfig {
     pub auto_create_outbound: String,
     /// Numbers of at most this many digits are extensions, never searched.
     pub internal_max_digits: usize,
+    /// `budget` (batched, coalesced, cached) or `naive`: one request per lookup and per call log,
+    /// no cache, as vendors' connectors do; kept only to measure against.
+    pub mode: String,
 }
 
 impl Default for SalesforceConfig {
@@ -227,6 +230,7 @@ impl Default for SalesforceConfig {
             auto_create_inbound: String::new(),
             auto_create_outbound: String::new(),
             internal_max_digits: 6,
+            mode: "budget".to_owned(),
         }
     }
 }
@@ -308,7 +312,8 @@ impl SalesforceConfig {
             internal_max_digits: self.internal_max_digits,
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
-        })
+        }
+        .with_mode(self.mode == "naive"))
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -370,6 +375,9 @@ impl SalesforceConfig {
         }
         if self.outbox_path.is_empty() {
             return invalid("salesforce.outbox_path", "the outbox needs a file");
+        }
+        if !matches!(self.mode.as_str(), "budget" | "naive") {
+            return invalid("salesforce.mode", "must be budget or naive");
         }
         Ok(())
     }

@@ -114,6 +114,23 @@ impl Default for CrmConfig {
     }
 }
 
+impl CrmConfig {
+    /// With `naive`, the settings of a connector that spends one request per operation, as
+    /// vendors' connectors do: every lookup its own search, every call log its own write, nothing
+    /// cached, nothing waited for. Kept to measure the budget mode against, never for production.
+    pub fn with_mode(mut self, naive: bool) -> Self {
+        if naive {
+            self.search_batch_max = 1;
+            self.log_batch_max = 1;
+            self.log_batch_age = Duration::ZERO;
+            self.lookup_window = Duration::ZERO;
+            self.urgent_window = Duration::ZERO;
+            self.cache.capacity = 0;
+        }
+        self
+    }
+}
+
 /// The key of a call log: the Task's external id, the same on every retry and after a restart.
 pub fn log_key(record: &crate::call::CallLogRecord) -> String {
     format!("{}:{}", record.root_call_id, record.device)

@@ -573,3 +573,24 @@ fn a_line_that_rings_before_its_call_is_known_still_pops() {
     assert_eq!(out.pops.len(), 1);
     assert_eq!(out.pops[0].triggered_at, ms(5));
 }
+
+#[test]
+fn the_naive_mode_spends_a_request_per_operation() {
+    let mut engine = Engine::new(config().with_mode(true));
+    let mut searched = 0;
+    for n in 0..2 {
+        let id = format!("C{n}");
+        let mut out = Outputs::default();
+        engine.on_event(&call(&id, Direction::Inbound, CALLER, "2001"), ms(n * 1_000), &mut out);
+        engine.on_event(&line("2001", &[(&id, ConnState::Alerting)]), ms(n * 1_000), &mut out);
+        let (out, _) = poll(&mut engine, ms(n * 1_000));
+        for (request, numbers) in searches(&out) {
+            assert_eq!(numbers.len(), 1);
+            searched += 1;
+            engine.on_search(request, ok(vec![]), ms(n * 1_000 + 10), &mut Outputs::default());
+        }
+    }
+    assert_eq!(searched, 2, "nothing cached: the same caller is searched again");
+    engine.on_logs(vec![log("C0", "2001", "2002"), log("C1", "2001", "2002")], ms(5_000), &mut Outputs::default());
+    assert_eq!(upserts(&poll(&mut engine, ms(5_000)).0).len(), 2, "one write per call log");
+}
