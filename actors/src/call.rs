@@ -283,6 +283,31 @@ pub struct CallLogRecord {
     pub recording_url: Option<String>,
 }
 
+impl CallLogRecord {
+    /// The record's key: the call's first id and the line, the same on every retry and after a
+    /// restart (Salesforce's external id for the Task).
+    pub fn key(&self) -> String {
+        format!("{}:{}", self.root_call_id, self.device)
+    }
+}
+
+/// What the model tells the durable path about agent legs, in the order it happens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LegNote {
+    /// A leg opened or changed (answered, or its call got a new id): what its record would say now.
+    Open(CallLogRecord),
+    /// These legs continue under another call (a merge); forget them by key.
+    Moved(Vec<String>),
+    /// The call ended: the leg's final record.
+    Closed(CallLogRecord),
+    /// The call ended, and the leg's record is left out by configuration (a queue agent's missed
+    /// offer): forget the leg.
+    Skipped(CallLogRecord),
+    /// The calls the model holds once the first resync after start is applied (sent by the feed,
+    /// so it is ordered with the notes of everything after it).
+    Present(Vec<CallId>),
+}
+
 /// One call as the gateway knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallState {
@@ -583,6 +608,16 @@ impl CallState {
     /// One record per agent leg; empty until the call has ended.
     pub fn log_records(&self) -> Vec<CallLogRecord> {
         let Some(ended_at) = self.ended_at else { return Vec::new() };
+        self.records_as_of(ended_at)
+    }
+
+    /// The records the legs would have if the call ended at `at`: what the durable journal keeps
+    /// while the call is up, so that a call that ends while the gateway is down is still logged.
+    pub fn provisional_records(&self, at: Millis) -> Vec<CallLogRecord> {
+        self.records_as_of(at)
+    }
+
+    fn records_as_of(&self, ended_at: Millis) -> Vec<CallLogRecord> {
         self.legs
             .iter()
             .map(|leg| CallLogRecord {
@@ -591,7 +626,11 @@ impl CallState {
                 device: leg.device.clone(),
                 agent_id: None,
                 direction: self.direction.unwrap_or(Direction::Internal),
-                outcome: leg.outcome.unwrap_or(LegOutcome::Missed),
+                outcome: leg.outcome.unwrap_or(if leg.answered_at.is_some() {
+                    LegOutcome::Answered
+                } else {
+                    LegOutcome::Missed
+                }),
                 via_queue: leg.via_queue,
                 queue: self.queue.clone(),
                 calling: self.calling.clone(),

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actors::call::CallLogRecord;
-use actors::runtime::{self, Model};
+use actors::call::LegNote;
+use actors::runtime::{self, Model, ModelConfig};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -69,14 +69,20 @@ impl Gateway {
         let directory = Directory::default();
         let port = Arc::new(LinkPort::new(link.clone(), directory.clone()));
         let (logs_tx, logs) = mpsc::channel(4_096);
-        let (model, router) = runtime::start(config.calls.model(), port, logs_tx).await?;
+        // With Salesforce on, open legs are journaled too, so a call that ends while the gateway is
+        // down is still logged after a restart.
+        let model_config = ModelConfig { journal_legs: config.salesforce.enabled, ..config.calls.model() };
+        let present_tx = model_config.journal_legs.then(|| logs_tx.clone());
+        let (model, router) = runtime::start(model_config, port, logs_tx).await?;
         let salesforce = if config.salesforce.enabled {
             Some(Arc::new(Salesforce::start(&config.salesforce, model.publisher().clone()).await?))
         } else {
             None
         };
         let (progress_tx, progress) = watch::channel(Progress::default());
-        let feed_task = tokio::spawn(feed(events, Translator::new(directory), router, progress_tx.clone()));
+        let first_resync = present_tx.map(|notes| FirstResync { model: model.clone(), notes });
+        let feed_task =
+            tokio::spawn(feed(events, Translator::new(directory), router, progress_tx.clone(), first_resync));
         let stop_logs = CancellationToken::new();
         let log_task = tokio::spawn(write_call_logs(logs, salesforce.clone(), progress_tx, stop_logs.clone()));
         Ok(Self { link, model, shutdown, link_task, feed_task, log_task, stop_logs, progress, salesforce })
@@ -138,6 +144,13 @@ impl Gateway {
     }
 }
 
+/// Who to tell, once, which calls the model holds after the first resync since start: the durable
+/// journal then closes the legs of calls that ended while the gateway was down.
+struct FirstResync {
+    model: Model<LinkPort>,
+    notes: mpsc::Sender<LegNote>,
+}
+
 /// Translates link events and routes them into the model, in link order. Progress is counted once
 /// the model has the batch, so "resynced" means the model has every snapshot.
 async fn feed(
@@ -145,6 +158,7 @@ async fn feed(
     mut translator: Translator,
     mut router: runtime::Router<LinkPort>,
     progress: watch::Sender<Progress>,
+    mut first_resync: Option<FirstResync>,
 ) {
     let mut inputs = Vec::new();
     while let Some(first) = events.recv().await {
@@ -154,14 +168,24 @@ async fn feed(
         let mut event = Some(first);
         let mut batched = 0;
         while let Some(next) = event.take() {
+            let resynced = matches!(next, LinkEvent::ResyncComplete { .. });
             note(&mut seen, &next);
             translator.translate(next, &mut inputs);
             batched += 1;
-            if batched < FEED_BATCH {
+            // A batch ends at a resync, so the model can be read as the snapshot left it.
+            if batched < FEED_BATCH && !(resynced && first_resync.is_some()) {
                 event = events.try_recv().ok();
             }
         }
         router.route_all(&mut inputs).await;
+        if seen.resyncs > 0
+            && let Some(FirstResync { model, notes }) = first_resync.take()
+        {
+            // Sent on the actors' own channel, after everything they said about the snapshot and
+            // before anything they say about later events.
+            let calls = model.calls().into_iter().map(|call| call.id).collect();
+            let _ = notes.send(LegNote::Present(calls)).await;
+        }
         progress.send_modify(|progress| {
             progress.sessions += seen.sessions;
             progress.resyncs += seen.resyncs;
@@ -190,11 +214,11 @@ fn note(seen: &mut Progress, event: &LinkEvent) {
     }
 }
 
-/// Where call log records go: the outbox when Salesforce is on (committed in batches, one disk
-/// sync for many logs), the log in any case. When told to stop, it takes no new record but stores
-/// every one already given.
+/// Where the model's leg notes go: the outbox and its journal when Salesforce is on (committed in
+/// batches, one disk sync for many), the log in any case. When told to stop, it takes no new note
+/// but stores every one already given.
 async fn write_call_logs(
-    mut logs: mpsc::Receiver<CallLogRecord>,
+    mut logs: mpsc::Receiver<LegNote>,
     salesforce: Option<Arc<Salesforce>>,
     progress: watch::Sender<Progress>,
     stop: CancellationToken,
@@ -207,34 +231,37 @@ async fn write_call_logs(
                 logs.close();
                 continue;
             }
-            record = logs.recv() => match record {
-                Some(record) => record,
+            note = logs.recv() => match note {
+                Some(note) => note,
                 None => break,
             },
         };
         let mut batch = vec![first];
         while batch.len() < LOG_BATCH {
             match logs.try_recv() {
-                Ok(record) => batch.push(record),
+                Ok(note) => batch.push(note),
                 Err(_) => break,
             }
         }
-        for record in &batch {
-            tracing::debug!(
-                call = record.root_call_id,
-                line = record.device,
-                agent = record.agent_id.as_deref().unwrap_or(""),
-                outcome = record.outcome.as_str(),
-                direction = record.direction.as_str(),
-                talk_seconds = record.talk_seconds,
-                "call log"
-            );
+        let mut records = 0;
+        for note in &batch {
+            if let LegNote::Closed(record) = note {
+                records += 1;
+                tracing::debug!(
+                    call = record.root_call_id,
+                    line = record.device,
+                    agent = record.agent_id.as_deref().unwrap_or(""),
+                    outcome = record.outcome.as_str(),
+                    direction = record.direction.as_str(),
+                    talk_seconds = record.talk_seconds,
+                    "call log"
+                );
+            }
         }
-        let count = batch.len() as u64;
         if let Some(salesforce) = &salesforce {
-            salesforce.store(batch, &abandon).await;
+            salesforce.record(batch, &abandon).await;
         }
-        progress.send_modify(|progress| progress.call_logs += count);
+        progress.send_modify(|progress| progress.call_logs += records);
     }
 }
 

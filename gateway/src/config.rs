@@ -499,6 +499,7 @@ impl CallsConfig {
             event_buffer: self.event_buffer,
             event_history: self.event_history,
             skip_missed_queue_records: self.skip_missed_queue_records,
+            journal_legs: false,
             sweep_interval: Duration::from_secs(self.sweep_interval_secs),
             sweep_idle: Duration::from_secs(self.sweep_idle_secs),
         }

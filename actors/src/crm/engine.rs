@@ -133,7 +133,7 @@ impl CrmConfig {
 
 /// The key of a call log: the Task's external id, the same on every retry and after a restart.
 pub fn log_key(record: &crate::call::CallLogRecord) -> String {
-    format!("{}:{}", record.root_call_id, record.device)
+    record.key()
 }
 
 /// A request to make, numbered so its answer finds its way back.

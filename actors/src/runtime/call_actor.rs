@@ -6,7 +6,7 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::{CallOutcome, Context, Shared, bump, lock};
-use crate::call::{CallInput, CallLogRecord, CallState, Party};
+use crate::call::{CallInput, CallLogRecord, CallState, LegNote, Party};
 use crate::domain::{Cause, LegOutcome, Millis};
 use crate::events::{CallView, ModelEvent};
 use crate::port::{PbxCommand, PbxOutcome, PbxPort};
@@ -38,6 +38,9 @@ impl<P> CallActor<P> {
 pub(crate) struct CallActorState<P> {
     context: Arc<Context<P>>,
     call: Shared<CallState>,
+    /// What the durable journal was last told of each leg: line, answered, the call's id. A
+    /// restarted actor starts empty and tells it again, which the journal takes as an update.
+    journaled: Vec<(String, bool, String)>,
 }
 
 impl<P: PbxPort> Actor for CallActor<P> {
@@ -50,7 +53,13 @@ impl<P: PbxPort> Actor for CallActor<P> {
         _myself: ActorRef<CallMsg>,
         (context, call): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(CallActorState { context, call })
+        Ok(CallActorState { context, call, journaled: Vec::new() })
+    }
+
+    /// A call made from a snapshot (or restarted over its state) journals its legs at once.
+    async fn post_start(&self, _myself: ActorRef<CallMsg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        journal(state).await;
+        Ok(())
     }
 
     async fn handle(
@@ -74,6 +83,7 @@ impl<P: PbxPort> Actor for CallActor<P> {
                 }
                 if changed {
                     Box::pin(finish_if_ended(&myself, state)).await;
+                    journal(state).await;
                 }
             }
             CallMsg::Reconcile { parties, at } => {
@@ -84,10 +94,16 @@ impl<P: PbxPort> Actor for CallActor<P> {
                 if let Some(view) = view {
                     state.context.publisher.publish(ModelEvent::Call(view));
                 }
+                journal(state).await;
             }
             CallMsg::TakeState(reply) => {
                 let call = lock(&state.call).clone();
                 forget(&myself, state);
+                if state.context.config.journal_legs && !state.journaled.is_empty() {
+                    // The legs go on under the merged call, which journals them under its own key.
+                    let keys = call.provisional_records(call.created_at).iter().map(CallLogRecord::key).collect();
+                    let _ = state.context.logs.send(LegNote::Moved(keys)).await;
+                }
                 let _ = reply.send(call);
                 myself.stop(None);
             }
@@ -130,6 +146,43 @@ async fn resnapshot<P: PbxPort>(myself: &ActorRef<CallMsg>, state: &CallActorSta
     }
 }
 
+/// Tells the durable journal about legs that opened or changed since it was last told (answered, or
+/// the call got a new id), unless the call has ended (its final records said everything).
+async fn journal<P: PbxPort>(state: &mut CallActorState<P>) {
+    if !state.context.config.journal_legs {
+        return;
+    }
+    let changed: Vec<CallLogRecord> = {
+        let call = lock(&state.call);
+        if call.is_ended() {
+            return;
+        }
+        let signature: Vec<(String, bool, String)> =
+            call.legs.iter().map(|leg| (leg.device.clone(), leg.answered_at.is_some(), call.id.clone())).collect();
+        if signature == state.journaled {
+            return;
+        }
+        let at = call.timeline.last().map_or(call.created_at, |entry| entry.at);
+        let records = call
+            .provisional_records(at)
+            .into_iter()
+            .filter(|record| {
+                !state.journaled.iter().any(|(device, answered, id)| {
+                    *device == record.device && *answered == record.answered_at.is_some() && *id == call.id
+                })
+            })
+            .collect();
+        state.journaled = signature;
+        records
+    };
+    for mut record in changed {
+        record.agent_id = state.context.agent_on(&record.device);
+        if state.context.logs.send(LegNote::Open(record)).await.is_err() {
+            tracing::error!("the call log sink is gone; a leg could not be journaled");
+        }
+    }
+}
+
 /// Removes the call from the registry if the entry is still this actor's.
 fn forget<P>(myself: &ActorRef<CallMsg>, state: &CallActorState<P>) {
     let id = lock(&state.call).id.clone();
@@ -153,12 +206,15 @@ async fn finish_if_ended<P: PbxPort>(myself: &ActorRef<CallMsg>, state: &CallAct
     let skip_missed = state.context.config.skip_missed_queue_records;
     for mut record in records {
         if skip_missed && record.via_queue && record.outcome == LegOutcome::Missed {
+            if state.context.config.journal_legs {
+                let _ = state.context.logs.send(LegNote::Skipped(record)).await;
+            }
             continue;
         }
         record.agent_id = state.context.agent_on(&record.device);
         bump(&state.context.stats.records);
         state.context.publisher.publish(ModelEvent::CallLog(record.clone()));
-        if state.context.logs.send(record).await.is_err() {
+        if state.context.logs.send(LegNote::Closed(record)).await.is_err() {
             tracing::error!("the call log sink is gone; a record could not be written");
         }
     }

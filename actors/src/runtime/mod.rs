@@ -27,7 +27,7 @@ pub use router::Router;
 use self::call_actor::{CallActor, CallMsg};
 use self::line_actor::{LineActor, LineMsg};
 use self::supervisor::Supervisor;
-use crate::call::{CallInput, CallLogRecord, CallState, Party};
+use crate::call::{CallInput, CallState, LegNote, Party};
 use crate::domain::{CallId, ConnState, DeviceId, Direction, Millis};
 use crate::events::{CallView, LineView, Publisher};
 use crate::line::{Agent, LineInput, LineState};
@@ -112,6 +112,9 @@ pub struct ModelConfig {
     pub event_history: usize,
     /// Leave out call log records of queue agents who were offered a call and did not answer it.
     pub skip_missed_queue_records: bool,
+    /// Tell the durable path about open legs too ([`LegNote::Open`], [`LegNote::Moved`]), not only
+    /// about ended ones, so a call that ends while the gateway is down is still logged.
+    pub journal_legs: bool,
     /// How often to look for calls whose end was never reported.
     pub sweep_interval: Duration,
     /// A call with no news for this long is checked against the PBX by the sweep.
@@ -124,6 +127,7 @@ impl Default for ModelConfig {
             event_buffer: 65_536,
             event_history: 65_536,
             skip_missed_queue_records: false,
+            journal_legs: false,
             sweep_interval: Duration::from_secs(60),
             sweep_idle: Duration::from_secs(300),
         }
@@ -245,7 +249,7 @@ pub(crate) struct Context<P> {
     pub(crate) lines: DashMap<DeviceId, LineEntry>,
     pub(crate) members: DashMap<ractor::ActorId, Member>,
     pub(crate) publisher: Arc<Publisher>,
-    pub(crate) logs: mpsc::Sender<CallLogRecord>,
+    pub(crate) logs: mpsc::Sender<LegNote>,
     pub(crate) port: Arc<P>,
     pub(crate) stats: ModelStats,
     pub(crate) supervisor: std::sync::OnceLock<ActorCell>,
@@ -328,7 +332,7 @@ impl<P> std::fmt::Debug for Model<P> {
 pub async fn start<P: PbxPort>(
     config: ModelConfig,
     port: Arc<P>,
-    logs: mpsc::Sender<CallLogRecord>,
+    logs: mpsc::Sender<LegNote>,
 ) -> Result<(Model<P>, Router<P>), ractor::SpawnErr> {
     let publisher = Arc::new(Publisher::new(config.event_buffer, config.event_history));
     let context = Arc::new(Context {

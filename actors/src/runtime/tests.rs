@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::call::CallInput;
+use crate::call::{CallLogRecord, LegNote};
 use crate::domain::{Cause, DeviceKind, LegOutcome};
 use crate::events::ModelEvent;
 use crate::line::CommandRefusal;
@@ -39,15 +40,41 @@ impl PbxPort for ScriptedPbx {
 struct Fixture {
     model: Model<ScriptedPbx>,
     router: Router<ScriptedPbx>,
-    logs: mpsc::Receiver<CallLogRecord>,
+    logs: Records,
     pbx: Arc<ScriptedPbx>,
+}
+
+/// The final call log records among the model's leg notes (the journal's notes are set aside).
+struct Records {
+    notes: mpsc::Receiver<LegNote>,
+    journal: Vec<LegNote>,
+}
+
+impl Records {
+    async fn recv(&mut self) -> Option<CallLogRecord> {
+        loop {
+            match self.notes.recv().await? {
+                LegNote::Closed(record) => return Some(record),
+                other => self.journal.push(other),
+            }
+        }
+    }
+
+    fn try_recv(&mut self) -> Result<CallLogRecord, mpsc::error::TryRecvError> {
+        loop {
+            match self.notes.try_recv()? {
+                LegNote::Closed(record) => return Ok(record),
+                other => self.journal.push(other),
+            }
+        }
+    }
 }
 
 async fn fixture(config: ModelConfig) -> Fixture {
     let pbx = Arc::new(ScriptedPbx::default());
-    let (logs_tx, logs) = mpsc::channel(64);
+    let (logs_tx, notes) = mpsc::channel(64);
     let (model, router) = start(config, pbx.clone(), logs_tx).await.unwrap();
-    Fixture { model, router, logs, pbx }
+    Fixture { model, router, logs: Records { notes, journal: Vec::new() }, pbx }
 }
 
 async fn eventually(mut condition: impl FnMut() -> bool) {

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actors::call::CallLogRecord;
+use actors::call::LegNote;
 use actors::crm::actor::{self, CrmHandle, CrmParts, CrmStatus};
 use actors::crm::engine::CrmSettings;
 use actors::crm::port::{DeadLetter, OutboxError};
@@ -104,20 +104,26 @@ impl Salesforce {
         Ok(count)
     }
 
-    /// Commits call logs to the outbox (retrying until the disk takes them: a log is never
-    /// dropped), then hands them to the budget actor.
-    pub async fn store(&self, records: Vec<CallLogRecord>, stop: &CancellationToken) {
+    /// Commits the model's leg notes to the outbox (retrying until the disk takes them: a log is
+    /// never dropped), then hands the new call logs to the budget actor.
+    pub async fn record(&self, notes: Vec<LegNote>, stop: &CancellationToken) {
+        let notes = Arc::new(notes);
         let mut delay = Duration::from_millis(100);
         loop {
             let outbox = self.outbox.clone();
-            let batch = records.clone();
-            match tokio::task::spawn_blocking(move || outbox.append(&batch)).await {
+            let batch = notes.clone();
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
+            match tokio::task::spawn_blocking(move || outbox.apply(&batch, now_ms)).await {
                 Ok(Ok(added)) => {
-                    self.crm.logs(added);
+                    if !added.is_empty() {
+                        self.crm.logs(added);
+                    }
                     return;
                 }
                 Ok(Err(error)) => {
-                    tracing::error!(%error, logs = records.len(), "writing call logs to the outbox; retrying")
+                    tracing::error!(%error, notes = notes.len(), "writing call logs to the outbox; retrying")
                 }
                 Err(error) => tracing::error!(%error, "the outbox writer failed; retrying"),
             }
@@ -126,7 +132,7 @@ impl Salesforce {
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = stop.cancelled() => {
-                    tracing::error!(logs = records.len(), "shutting down with call logs the outbox could not take");
+                    tracing::error!(notes = notes.len(), "shutting down with call logs the outbox could not take");
                     return;
                 }
             }

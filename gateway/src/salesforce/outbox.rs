@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use actors::call::CallLogRecord;
+use actors::call::{CallLogRecord, LegNote};
 use actors::crm::engine::log_key;
 use actors::crm::port::{DeadLetter, Outbox, OutboxError, PendingLog};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -54,6 +54,15 @@ impl SqliteOutbox {
                      attempts INTEGER NOT NULL DEFAULT 0,
                      stored_at INTEGER NOT NULL
                  );
+                 CREATE TABLE IF NOT EXISTS open_legs (
+                     key TEXT PRIMARY KEY,
+                     device TEXT NOT NULL,
+                     call_id TEXT NOT NULL,
+                     record TEXT NOT NULL,
+                     closed INTEGER NOT NULL DEFAULT 0,
+                     updated_at INTEGER NOT NULL
+                 );
+                 CREATE INDEX IF NOT EXISTS open_legs_by_call ON open_legs (device, call_id);
                  CREATE TABLE IF NOT EXISTS dead_letters (
                      key TEXT PRIMARY KEY,
                      record TEXT NOT NULL,
@@ -90,6 +99,80 @@ impl SqliteOutbox {
         }
         transaction.commit().map_err(failed)?;
         Ok(added)
+    }
+
+    /// Applies the model's leg notes in one transaction (one disk sync for the lot): open legs
+    /// are journaled, ended legs' records enter the outbox, and after the first resync the legs
+    /// of calls the PBX no longer has are closed as having ended while the gateway was down.
+    /// Returns the call logs newly in the outbox, for the budget actor.
+    pub fn apply(&self, notes: &[LegNote], now_ms: u64) -> Result<Vec<PendingLog>, OutboxError> {
+        let mut connection = self.connection();
+        let transaction = connection.transaction().map_err(failed)?;
+        let mut added = Vec::new();
+        for note in notes {
+            match note {
+                LegNote::Open(record) => {
+                    let (key, record) = journaled_identity(&transaction, record.clone())?;
+                    let json = serde_json::to_string(&record).map_err(failed)?;
+                    transaction
+                        .execute(
+                            "INSERT INTO open_legs (key, device, call_id, record, closed, updated_at)
+                             VALUES (?1, ?2, ?3, ?4, 0, ?5)
+                             ON CONFLICT (key) DO UPDATE SET call_id = ?3, record = ?4, updated_at = ?5
+                             WHERE closed = 0",
+                            params![key, record.device, record.call_id, json, now_ms as i64],
+                        )
+                        .map_err(failed)?;
+                }
+                LegNote::Moved(keys) => {
+                    for key in keys {
+                        transaction
+                            .execute("DELETE FROM open_legs WHERE key = ?1 AND closed = 0", params![key])
+                            .map_err(failed)?;
+                    }
+                }
+                LegNote::Closed(record) | LegNote::Skipped(record) => {
+                    let (key, record) = journaled_identity(&transaction, record.clone())?;
+                    let tombstoned: bool = transaction
+                        .query_row("SELECT closed FROM open_legs WHERE key = ?1", params![key], |row| {
+                            row.get::<_, i64>(0)
+                        })
+                        .optional()
+                        .map_err(failed)?
+                        .is_some_and(|closed| closed != 0);
+                    transaction.execute("DELETE FROM open_legs WHERE key = ?1", params![key]).map_err(failed)?;
+                    if matches!(note, LegNote::Closed(_)) {
+                        // A leg closed at a restart as "ended while down" gets its true record now:
+                        // it replaces the guess, under the same key (one Task either way).
+                        let verb = if tombstoned { "INSERT OR REPLACE" } else { "INSERT OR IGNORE" };
+                        let json = serde_json::to_string(&record).map_err(failed)?;
+                        let inserted = transaction
+                            .execute(
+                                &format!("{verb} INTO outbox (key, record, stored_at) VALUES (?1, ?2, ?3)"),
+                                params![key, json, now_ms as i64],
+                            )
+                            .map_err(failed)?;
+                        if inserted == 1 {
+                            added.push(PendingLog { key, record, attempts: 0 });
+                        }
+                    }
+                }
+                LegNote::Present(calls) => {
+                    added.extend(close_vanished(&transaction, calls, now_ms)?);
+                }
+            }
+        }
+        transaction.commit().map_err(failed)?;
+        Ok(added)
+    }
+
+    /// Legs journaled and not yet closed.
+    pub fn open_legs(&self) -> Result<usize, OutboxError> {
+        let connection = self.connection();
+        connection
+            .query_row("SELECT COUNT(*) FROM open_legs WHERE closed = 0", [], |row| row.get::<_, i64>(0))
+            .map(|count| count as usize)
+            .map_err(failed)
     }
 
     /// Dead letters, oldest first, at most `limit`.
@@ -162,6 +245,95 @@ impl SqliteOutbox {
         transaction.commit().map_err(failed)?;
         Ok(replayed)
     }
+}
+
+/// The key and record a leg is journaled under. A call rebuilt from a snapshot after a restart
+/// has its id at that time as its first id; if the journal knew the call under an earlier first
+/// id, the leg keeps that one, so its Task's key does not change.
+fn journaled_identity(
+    transaction: &rusqlite::Transaction<'_>,
+    mut record: CallLogRecord,
+) -> Result<(String, CallLogRecord), OutboxError> {
+    let key = record.key();
+    let known: bool = transaction
+        .query_row("SELECT 1 FROM open_legs WHERE key = ?1", params![key], |_| Ok(()))
+        .optional()
+        .map_err(failed)?
+        .is_some();
+    if known {
+        return Ok((key, record));
+    }
+    let earlier: Option<(String, String)> = transaction
+        .query_row(
+            "SELECT key, record FROM open_legs WHERE device = ?1 AND call_id = ?2 AND key != ?3 LIMIT 1",
+            params![record.device, record.root_call_id, key],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()
+        .map_err(failed)?;
+    match earlier {
+        Some((earlier_key, json)) => {
+            let journaled: CallLogRecord = serde_json::from_str(&json).map_err(failed)?;
+            record.root_call_id = journaled.root_call_id;
+            Ok((earlier_key, record))
+        }
+        None => Ok((key, record)),
+    }
+}
+
+/// Closes the journaled legs of calls not in `present` (the model after the first resync): they
+/// ended while the gateway was down. Their records say so in the notes; the end time is when the
+/// gateway found out. Rows stay as tombstones for a day, so a late true record replaces the guess.
+fn close_vanished(
+    transaction: &rusqlite::Transaction<'_>,
+    present: &[String],
+    now_ms: u64,
+) -> Result<Vec<PendingLog>, OutboxError> {
+    let present: std::collections::HashSet<&str> = present.iter().map(String::as_str).collect();
+    let rows: Vec<(String, String, String)> = {
+        let mut select =
+            transaction.prepare("SELECT key, call_id, record FROM open_legs WHERE closed = 0").map_err(failed)?;
+        select
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .map_err(failed)?
+            .collect::<Result<_, _>>()
+            .map_err(failed)?
+    };
+    let mut added = Vec::new();
+    for (key, call_id, json) in rows {
+        if present.contains(call_id.as_str()) {
+            continue;
+        }
+        let mut record: CallLogRecord = serde_json::from_str(&json).map_err(failed)?;
+        let ended_at = now_ms.max(record.offered_at);
+        record.ended_at = ended_at;
+        if let Some(answered_at) = record.answered_at {
+            record.talk_seconds = (ended_at.saturating_sub(answered_at) / 1000).saturating_sub(record.hold_seconds);
+        }
+        let marker = "[ended while the gateway was down; end time approximate]";
+        record.notes = if record.notes.is_empty() { marker.to_owned() } else { format!("{} {marker}", record.notes) };
+        let record_json = serde_json::to_string(&record).map_err(failed)?;
+        let inserted = transaction
+            .execute(
+                "INSERT OR IGNORE INTO outbox (key, record, stored_at) VALUES (?1, ?2, ?3)",
+                params![key, record_json, now_ms as i64],
+            )
+            .map_err(failed)?;
+        transaction
+            .execute("UPDATE open_legs SET closed = 1, updated_at = ?2 WHERE key = ?1", params![key, now_ms as i64])
+            .map_err(failed)?;
+        tracing::warn!(key, "a call leg ended while the gateway was down; logging it with an approximate end");
+        if inserted == 1 {
+            added.push(PendingLog { key, record, attempts: 0 });
+        }
+    }
+    transaction
+        .execute(
+            "DELETE FROM open_legs WHERE closed = 1 AND updated_at < ?1",
+            params![now_ms.saturating_sub(86_400_000) as i64],
+        )
+        .map_err(failed)?;
+    Ok(added)
 }
 
 impl Outbox for SqliteOutbox {
