@@ -204,18 +204,19 @@ def layout():
                        "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}})
         next_id += 1
         y += 1
-        x = 0
+        x, line_height = 0, 0
         for p in r["panels"]:
             w = p.pop("w")
             h = 4 if p["type"] == "stat" else 8
             if x + w > 24:
-                x, y = 0, y + 8
+                x, y, line_height = 0, y + line_height, 0
             p["id"] = next_id
             next_id += 1
             p["gridPos"] = {"h": h, "w": w, "x": x, "y": y}
             panels.append(p)
             x += w
-        y += 8
+            line_height = max(line_height, h)
+        y += line_height
     return panels
 
 

@@ -1,7 +1,7 @@
 //! Every metric the gateway exports, named in one place (`switchboard_` prefix, base units), with
 //! help text, histogram buckets, zero registration of every known label value, the `/metrics`
-//! endpoint, the collector that publishes the link's, the model's, the process's and the runtime's
-//! figures, and the typed helpers the Salesforce and outbox code records through. No label ever
+//! endpoint (which adds the process's figures, read at scrape time), the collector that publishes
+//! the link's, the model's and the runtime's figures, and the typed helpers the Salesforce and outbox code records through. No label ever
 //! carries an agent, a number, a call id or error text.
 
 use std::time::Duration;
@@ -426,7 +426,14 @@ async fn serve_handle(
         axum::routing::get(move || {
             let handle = handle.clone();
             async move {
-                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], handle.render())
+                let mut text = handle.render();
+                // The process's figures are read at scrape time and written here, not through the
+                // recorder: `metrics` counters are integers, and CPU seconds need their fraction.
+                if !text.is_empty() && !text.ends_with('\n') {
+                    text.push('\n');
+                }
+                text.push_str(&process::render());
+                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
             }
         }),
     );
@@ -529,18 +536,10 @@ pub fn register() {
     // Until clustering lands, a node is a cluster of one that owns nothing it could hand over.
     cluster(1, 0);
     publish_runtime();
-    publish_process();
 }
 
 fn describe() {
     describe_gauge!(BUILD_INFO, "Build information; the value is always 1.");
-    describe_counter!(PROCESS_CPU_SECONDS, "Total user and system CPU time spent, in seconds.");
-    describe_gauge!(PROCESS_RESIDENT_MEMORY, "Resident memory size in bytes.");
-    describe_gauge!(PROCESS_VIRTUAL_MEMORY, "Virtual memory size in bytes.");
-    describe_gauge!(PROCESS_OPEN_FDS, "Number of open file descriptors.");
-    describe_gauge!(PROCESS_MAX_FDS, "Maximum number of open file descriptors.");
-    describe_gauge!(PROCESS_THREADS, "Number of OS threads in the process.");
-    describe_gauge!(PROCESS_START_TIME, "Start time of the process since the Unix epoch, in seconds.");
     describe_gauge!(TOKIO_WORKERS, "Worker threads of the tokio runtime.");
     describe_gauge!(TOKIO_ALIVE_TASKS, "Tasks alive on the tokio runtime.");
     describe_gauge!(TOKIO_GLOBAL_QUEUE_DEPTH, "Tasks waiting in the tokio runtime's global queue.");
@@ -592,8 +591,7 @@ fn describe() {
 
 // ---- The collector ------------------------------------------------------------------------------
 
-/// Publishes the link's, the model's, the process's and the runtime's figures every `interval`,
-/// until aborted. The hot paths only bump atomics; this turns them into metrics.
+/// Publishes the link's, the model's and the runtime's figures every `interval`, until aborted. The hot paths only bump atomics; this turns them into metrics.
 pub fn collect(link: LinkHandle, model: Model<LinkPort>, interval: Duration) -> JoinHandle<()> {
     tokio::spawn(async move {
         let started = std::time::SystemTime::now();
@@ -602,7 +600,6 @@ pub fn collect(link: LinkHandle, model: Model<LinkPort>, interval: Duration) -> 
             ticks.tick().await;
             publish(&link, &model, started);
             publish_runtime();
-            publish_process();
         }
     })
 }
@@ -684,22 +681,6 @@ fn publish_runtime() {
     gauge!(TOKIO_GLOBAL_QUEUE_DEPTH).set(figures.global_queue_depth() as f64);
 }
 
-/// The process's figures from /proc (Linux); elsewhere they are left out.
-fn publish_process() {
-    let Some(figures) = process::read() else { return };
-    counter!(PROCESS_CPU_SECONDS).absolute(figures.cpu_seconds as u64);
-    gauge!(PROCESS_RESIDENT_MEMORY).set(figures.resident_bytes as f64);
-    gauge!(PROCESS_VIRTUAL_MEMORY).set(figures.virtual_bytes as f64);
-    gauge!(PROCESS_THREADS).set(figures.threads as f64);
-    gauge!(PROCESS_OPEN_FDS).set(figures.open_fds as f64);
-    if let Some(max) = figures.max_fds {
-        gauge!(PROCESS_MAX_FDS).set(max as f64);
-    }
-    if let Some(start) = figures.start_time_seconds {
-        gauge!(PROCESS_START_TIME).set(start);
-    }
-}
-
 /// Reading the process's own figures from /proc: a few small files once a second, no dependency.
 mod process {
     /// What /proc says of this process.
@@ -715,6 +696,40 @@ mod process {
 
     /// USER_HZ, the unit of /proc's clock ticks: 100 on every Linux ABI userspace sees.
     const TICKS_PER_SECOND: f64 = 100.0;
+
+    /// The figures in the Prometheus text format, with help and type; empty where /proc is not.
+    pub(super) fn render() -> String {
+        use super::{
+            PROCESS_CPU_SECONDS, PROCESS_MAX_FDS, PROCESS_OPEN_FDS, PROCESS_RESIDENT_MEMORY, PROCESS_START_TIME,
+            PROCESS_THREADS, PROCESS_VIRTUAL_MEMORY,
+        };
+        let Some(figures) = read() else { return String::new() };
+        let mut text = String::new();
+        let mut write = |name: &str, kind: &str, help: &str, value: Option<f64>| {
+            if let Some(value) = value {
+                text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
+            }
+        };
+        write(
+            PROCESS_CPU_SECONDS,
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+            Some(figures.cpu_seconds),
+        );
+        write(PROCESS_RESIDENT_MEMORY, "gauge", "Resident memory size in bytes.", Some(figures.resident_bytes as f64));
+        write(PROCESS_VIRTUAL_MEMORY, "gauge", "Virtual memory size in bytes.", Some(figures.virtual_bytes as f64));
+        write(PROCESS_OPEN_FDS, "gauge", "Number of open file descriptors.", Some(figures.open_fds as f64));
+        write(
+            PROCESS_MAX_FDS,
+            "gauge",
+            "Maximum number of open file descriptors.",
+            figures.max_fds.map(|max| max as f64),
+        );
+        write(PROCESS_THREADS, "gauge", "Number of OS threads in the process.", Some(figures.threads as f64));
+        let help = "Start time of the process since unix epoch in seconds.";
+        write(PROCESS_START_TIME, "gauge", help, figures.start_time_seconds);
+        text
+    }
 
     pub(super) fn read() -> Option<Figures> {
         let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
@@ -763,6 +778,23 @@ mod process {
             assert!(figures.max_fds.is_some_and(|max| max >= figures.open_fds));
             let now = super::super::unix_seconds(std::time::SystemTime::now());
             assert!(figures.start_time_seconds.is_some_and(|start| start > 1.0e9 && start <= now + 1.0));
+        }
+
+        #[test]
+        #[cfg(target_os = "linux")]
+        fn the_process_figures_render_with_help_and_type() {
+            let text = super::render();
+            for name in [
+                super::super::PROCESS_CPU_SECONDS,
+                super::super::PROCESS_RESIDENT_MEMORY,
+                super::super::PROCESS_START_TIME,
+            ] {
+                assert!(text.contains(&format!("# HELP {name} ")), "{text}");
+                assert!(text.contains(&format!("# TYPE {name} ")), "{text}");
+                let value = text.lines().find_map(|line| line.strip_prefix(&format!("{name} "))).unwrap();
+                assert!(value.parse::<f64>().is_ok_and(|value| value >= 0.0), "{text}");
+            }
+            assert!(text.contains("# TYPE process_cpu_seconds_total counter"), "{text}");
         }
     }
 }

@@ -27,7 +27,7 @@ fn rust_files(dir: &Path, found: &mut Vec<PathBuf>) {
 fn every_rust_file_opens_with_a_role_line_and_no_test_is_ignored() {
     let root = workspace_root();
     let mut files = Vec::new();
-    for dir in ["proto", "actors", "gateway", "loadtest", "tests"] {
+    for dir in ["proto", "actors", "gateway", "loadtest", "tests", "tools"] {
         rust_files(&root.join(dir), &mut files);
     }
     assert!(files.len() > 10, "found the sources under {}", root.display());

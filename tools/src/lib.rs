@@ -1,0 +1,1 @@
+//! Switchboard developer tools; see the binaries in src/bin.
