@@ -70,18 +70,6 @@ fn gateway(simulator: &Simulator, sandbox: &Sandbox, outbox: &Path) -> Gateway {
 /// Legs the gateway has journaled as open, read from its outbox (SQLite allows a reader beside
 /// the gateway's writer).
 fn open_legs(outbox: &Path) -> usize {
-    if std::env::var_os("CRASH_DEBUG").is_some()
-        && let Ok(connection) =
-            rusqlite::Connection::open_with_flags(outbox, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-    {
-        let mut select = connection.prepare("SELECT key, call_id, closed FROM open_legs").unwrap();
-        let rows: Vec<(String, String, i64)> = select
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        eprintln!("journal: {rows:?}");
-    }
     let Ok(connection) = rusqlite::Connection::open_with_flags(outbox, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
     else {
         return 0;

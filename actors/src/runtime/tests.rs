@@ -389,3 +389,49 @@ fn a_call_is_answered_when_any_agent_talked_and_abandoned_when_the_caller_gave_u
     assert_eq!(CallOutcome::of([Missed]), CallOutcome::Unanswered);
     assert_eq!(CallOutcome::of([]), CallOutcome::Unanswered);
 }
+
+#[tokio::test]
+async fn the_journal_hears_of_every_leg_and_is_left_with_none_open_after_a_merge_and_the_end() {
+    let mut fixture = fixture(ModelConfig { journal_legs: true, ..ModelConfig::default() }).await;
+    answered_call(&mut fixture).await;
+    let router = &mut fixture.router;
+    router.route(party("C1", "2001", DeviceKind::Line, ConnState::Held, 5000)).await;
+    router.route(party("C2", "2001", DeviceKind::Line, ConnState::Connected, 5000)).await;
+    router.route(party("C2", "2002", DeviceKind::Line, ConnState::Connected, 6000)).await;
+    router
+        .route(ModelInput::Merge {
+            primary: "C1".into(),
+            secondary: Some("C2".into()),
+            new: "C3".into(),
+            leaving: Some("2001".into()),
+            devices: vec!["+4930111".into(), "2002".into()],
+            at: 9000,
+        })
+        .await;
+    eventually(|| fixture.model.call("C3").is_some()).await;
+    fixture.router.route(end("C3", 20_000)).await;
+    let mut closed = vec![fixture.logs.recv().await.unwrap().key(), fixture.logs.recv().await.unwrap().key()];
+    closed.sort();
+    assert_eq!(closed, ["C1:2001", "C1:2002"]);
+    // Replay the journal as the outbox keeps it: by key.
+    let mut open = std::collections::BTreeSet::new();
+    let mut renamed_to_c3 = false;
+    for note in &fixture.logs.journal {
+        match note {
+            LegNote::Open(record) => {
+                renamed_to_c3 |= record.call_id == "C3";
+                open.insert(record.key());
+            }
+            LegNote::Moved(keys) => keys.iter().for_each(|key| {
+                open.remove(key);
+            }),
+            other => panic!("unexpected note {other:?}"),
+        }
+    }
+    for key in &closed {
+        open.remove(key);
+    }
+    assert!(open.is_empty(), "legs left open in the journal: {open:?}");
+    assert!(renamed_to_c3, "the journal learns the call's new id");
+    fixture.model.shutdown().await;
+}

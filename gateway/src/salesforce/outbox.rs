@@ -518,6 +518,81 @@ mod tests {
         assert_eq!(outbox.dead_letter_count().unwrap(), 0);
     }
 
+    fn answered(root: &str, call: &str) -> CallLogRecord {
+        CallLogRecord {
+            call_id: call.into(),
+            outcome: LegOutcome::Answered,
+            answered_at: Some(10_000),
+            notes: String::new(),
+            ..record(root)
+        }
+    }
+
+    #[test]
+    fn the_journal_turns_legs_into_logs_once_whatever_the_order_of_crash_and_restart() {
+        let (_dir, outbox) = temp_outbox();
+        // Three legs open; C1 is renamed to C5 by a transfer.
+        let notes = [
+            LegNote::Open(record("C1")),
+            LegNote::Open(record("C2")),
+            LegNote::Open(record("C3")),
+            LegNote::Open(answered("C1", "C5")),
+        ];
+        assert!(outbox.apply(&notes, 1_000).unwrap().is_empty());
+        assert_eq!(outbox.open_legs().unwrap(), 3);
+        // C2 ends normally; C3's leg moves into another call by a merge.
+        let added =
+            outbox.apply(&[LegNote::Closed(record("C2")), LegNote::Moved(vec!["C3:2001".into()])], 2_000).unwrap();
+        assert_eq!(added.iter().map(|log| log.key.as_str()).collect::<Vec<_>>(), ["C2:2001"]);
+        assert_eq!(outbox.open_legs().unwrap(), 1);
+
+        // A restart: the rebuilt call knows C5 as its first id. Its legs keep the journal's key.
+        let rebuilt = answered("C5", "C5");
+        assert!(
+            outbox
+                .apply(&[LegNote::Open(rebuilt.clone()), LegNote::Present(vec!["C5".into()])], 3_000)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(outbox.open_legs().unwrap(), 1, "the same leg, not a second one");
+        let added = outbox.apply(&[LegNote::Closed(CallLogRecord { ended_at: 4_000, ..rebuilt })], 4_000).unwrap();
+        assert_eq!(added.len(), 1);
+        assert_eq!(added[0].key, "C1:2001", "logged under the key it was journaled with");
+        assert_eq!(added[0].record.root_call_id, "C1");
+        assert_eq!(outbox.open_legs().unwrap(), 0);
+    }
+
+    #[test]
+    fn legs_of_calls_gone_after_a_restart_are_logged_as_ended_while_down_and_a_late_record_replaces_the_guess() {
+        let (_dir, outbox) = temp_outbox();
+        outbox.apply(&[LegNote::Open(answered("C1", "C1")), LegNote::Open(record("C2"))], 1_000).unwrap();
+        // After the restart's resync, neither call is at the PBX.
+        let added = outbox.apply(&[LegNote::Present(Vec::new())], 70_000).unwrap();
+        assert_eq!(added.len(), 2);
+        let guess = added.iter().find(|log| log.key == "C1:2001").unwrap();
+        assert_eq!(guess.record.ended_at, 70_000);
+        assert_eq!(guess.record.talk_seconds, 60, "from the answer to when the gateway found out");
+        assert!(guess.record.notes.contains("ended while the gateway was down"));
+        assert_eq!(outbox.pending().unwrap().len(), 2);
+        assert_eq!(outbox.open_legs().unwrap(), 0);
+        // The true record after all (the model closed it late): it replaces the guess, same key.
+        let late = CallLogRecord { ended_at: 30_000, talk_seconds: 20, ..answered("C1", "C1") };
+        let added = outbox.apply(&[LegNote::Closed(late.clone())], 71_000).unwrap();
+        assert_eq!(added.len(), 1);
+        let pending = outbox.pending().unwrap();
+        assert_eq!(pending.len(), 2, "still one log per leg");
+        assert_eq!(pending.iter().find(|log| log.key == "C1:2001").unwrap().record, late);
+    }
+
+    #[test]
+    fn a_skipped_record_only_closes_its_leg() {
+        let (_dir, outbox) = temp_outbox();
+        outbox.apply(&[LegNote::Open(record("C1"))], 1_000).unwrap();
+        assert!(outbox.apply(&[LegNote::Skipped(record("C1"))], 2_000).unwrap().is_empty());
+        assert_eq!(outbox.open_legs().unwrap(), 0);
+        assert!(outbox.pending().unwrap().is_empty());
+    }
+
     #[test]
     fn the_database_is_in_wal_mode_with_full_sync() {
         let (_dir, outbox) = temp_outbox();
