@@ -451,7 +451,7 @@ impl CallState {
         }
         let previous = self.party(&device).map(|party| party.state);
         if previous == Some(state) {
-            return false;
+            return self.party_kind_learned(device, kind, state, at);
         }
         match self.parties.iter_mut().find(|party| party.device == device) {
             Some(party) => party.state = state,
@@ -483,6 +483,25 @@ impl CallState {
                 leg.via_queue |= via_queue;
                 leg.enter(state, at);
             }
+        }
+        true
+    }
+
+    /// A party's kind can be learned after it joined: its events came before the snapshot that
+    /// says what the device is (calls that start while the gateway resyncs). A line found that way
+    /// still gets its leg, from now, so its call is logged.
+    fn party_kind_learned(&mut self, device: DeviceId, kind: DeviceKind, state: ConnState, at: Millis) -> bool {
+        let Some(party) = self.parties.iter_mut().find(|party| party.device == device) else { return false };
+        if party.kind == kind || kind == DeviceKind::External {
+            return false;
+        }
+        party.kind = kind;
+        let takes_part =
+            matches!(state, ConnState::Initiated | ConnState::Alerting | ConnState::Connected | ConnState::Held);
+        if kind == DeviceKind::Line && takes_part && self.leg_mut(&device).is_none() {
+            let mut leg = Leg::new(device, false, at);
+            leg.enter(state, at);
+            self.legs.push(leg);
         }
         true
     }

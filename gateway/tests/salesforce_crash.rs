@@ -59,7 +59,8 @@ fn gateway(simulator: &Simulator, sandbox: &Sandbox, outbox: &Path) -> Gateway {
         .env("SWITCHBOARD_SALESFORCE_DAILY_ALLOCATION", "10000000")
         .env("SWITCHBOARD_SALESFORCE_LOG_BATCH_AGE_MS", "300")
         .env("SWITCHBOARD_SALESFORCE_LOOKUP_WINDOW_MS", "100")
-        .env("RUST_LOG", "warn")
+        // SWITCHBOARD_TEST_LOG=debug shows what the gateway did, when this test needs explaining.
+        .env("RUST_LOG", std::env::var("SWITCHBOARD_TEST_LOG").unwrap_or_else(|_| "warn".to_owned()))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

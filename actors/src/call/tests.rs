@@ -326,3 +326,26 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_line_whose_kind_is_learned_after_it_joined_still_gets_its_leg_and_record() {
+    // Its events came before the snapshot that says what the device is: it joined as an outsider.
+    let mut call = CallState::new("C1".into(), 1_000);
+    call.apply(party(CALLER, K::External, S::Connected, Cause::Normal, 1_000));
+    call.apply(party("2001", K::External, S::Connected, Cause::Normal, 1_000));
+    assert!(call.legs.is_empty());
+    // The snapshot (or the next event) knows it is a line.
+    assert!(call.reconcile(
+        vec![
+            Party { device: CALLER.into(), kind: K::External, state: S::Connected },
+            Party { device: "2001".into(), kind: K::Line, state: S::Connected },
+        ],
+        2_000
+    ));
+    assert!(!call.apply(party("2001", K::Line, S::Connected, Cause::Normal, 2_500)), "learned once");
+    call.apply(CallInput::Ended { cause: Cause::Normal, at: 12_000 });
+    let records = call.log_records();
+    assert_eq!(records.len(), 1);
+    assert_eq!((records[0].device.as_str(), records[0].outcome), ("2001", LegOutcome::Answered));
+    assert_eq!(records[0].talk_seconds, 10, "from when the line was known");
+}

@@ -177,6 +177,7 @@ async fn journal<P: PbxPort>(state: &mut CallActorState<P>) {
     };
     for mut record in changed {
         record.agent_id = state.context.agent_on(&record.device);
+        tracing::debug!(call = record.call_id, line = record.device, "journaling a leg");
         if state.context.logs.send(LegNote::Open(record)).await.is_err() {
             tracing::error!("the call log sink is gone; a leg could not be journaled");
         }

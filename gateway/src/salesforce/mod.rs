@@ -117,6 +117,7 @@ impl Salesforce {
                 .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
             match tokio::task::spawn_blocking(move || outbox.apply(&batch, now_ms)).await {
                 Ok(Ok(added)) => {
+                    tracing::debug!(notes = notes.len(), logs = added.len(), "leg notes committed");
                     if !added.is_empty() {
                         self.crm.logs(added);
                     }
