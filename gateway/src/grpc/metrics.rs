@@ -37,12 +37,13 @@ const fn stream(service: &'static str, name: &'static str) -> Method {
 const CALLS: &str = "switchboard.v1.CallControl";
 const AGENTS: &str = "switchboard.v1.Agents";
 const EVENTS: &str = "switchboard.v1.Events";
+const ADMIN: &str = "switchboard.v1.Admin";
 const HEALTH: &str = "grpc.health.v1.Health";
 const REFLECTION: &str = "grpc.reflection.v1.ServerReflection";
 
 /// Every method the server offers; anything else is labelled `unknown` so a scanner's made-up
 /// paths cannot grow the number of series.
-pub(crate) const METHODS: [Method; 24] = [
+pub(crate) const METHODS: [Method; 28] = [
     unary(CALLS, "MakeCall"),
     unary(CALLS, "Answer"),
     unary(CALLS, "HangUp"),
@@ -64,6 +65,10 @@ pub(crate) const METHODS: [Method; 24] = [
     unary(AGENTS, "GetLine"),
     unary(AGENTS, "ListLines"),
     stream(EVENTS, "Subscribe"),
+    unary(ADMIN, "GetSalesforceStatus"),
+    unary(ADMIN, "UpdateSalesforceSettings"),
+    unary(ADMIN, "ListDeadLetters"),
+    unary(ADMIN, "ReplayDeadLetters"),
     unary(HEALTH, "Check"),
     stream(HEALTH, "Watch"),
     stream(REFLECTION, "ServerReflectionInfo"),
