@@ -180,7 +180,8 @@ fn note(seen: &mut Progress, event: &LinkEvent) {
             tracing::info!(session, pbx_name, "pbx link up; resyncing");
             seen.sessions += 1;
         }
-        LinkEvent::Snapshot { .. } => seen.snapshots += 1,
+        LinkEvent::Snapshot { .. } | LinkEvent::Acquired { .. } => seen.snapshots += 1,
+        LinkEvent::Released { devices, .. } => tracing::info!(lines = devices.len(), "lines released"),
         LinkEvent::ResyncComplete { devices, .. } => {
             tracing::info!(devices, "resync complete");
             seen.resyncs += 1;
