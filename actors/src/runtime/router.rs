@@ -108,14 +108,18 @@ impl<P: PbxPort> Router<P> {
                 entry.actor.stop(Some("line released".to_owned()));
             }
         }
+        let forgotten: HashSet<&String> = devices.iter().collect();
+        // A queue or park orbit in a call is mirrored here when this node monitors it.
+        let mirrored = |party: &Party| {
+            self.context.lines.contains_key(&party.device)
+                || (matches!(party.kind, DeviceKind::Queue | DeviceKind::ParkOrbit)
+                    && !forgotten.contains(&party.device))
+        };
         let orphaned: Vec<CallId> = self
             .context
             .calls
             .iter()
-            .filter(|entry| {
-                let state = lock(&entry.state);
-                !state.parties.iter().any(|party| self.context.lines.contains_key(&party.device))
-            })
+            .filter(|entry| !lock(&entry.state).parties.iter().any(mirrored))
             .map(|entry| entry.key().clone())
             .collect();
         for call in orphaned {

@@ -104,6 +104,9 @@ fn key_value(kv: &Value) -> Result<KeyValue, EtcdError> {
 impl Etcd {
     /// A client for `endpoints` (`http://host:port`); each request gives up after `timeout`.
     pub fn new(endpoints: &[String], timeout: Duration) -> Result<Self, EtcdError> {
+        // reqwest is built without a default TLS provider; etcd is plain HTTP here, but the client
+        // still wants one installed (the Salesforce client installs the same one).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
