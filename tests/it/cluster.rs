@@ -59,7 +59,7 @@ fn etcd_binary() -> PathBuf {
 impl EtcdServer {
     async fn start() -> Self {
         let binary = etcd_binary();
-        for attempt in 0..3 {
+        for _attempt in 0..3 {
             let (client, peer) = (free_port(), free_port());
             let data_dir = std::env::temp_dir().join(format!("switchboard-etcd-{}-{client}", std::process::id()));
             let _ = std::fs::remove_dir_all(&data_dir);
@@ -84,7 +84,7 @@ impl EtcdServer {
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            eprintln!("etcd did not answer on {} (attempt {attempt}); trying other ports", server.url);
+            // Another process may have taken a port between our probe and etcd's bind: try others.
         }
         panic!("etcd ({}) did not come up on loopback", binary.display());
     }
