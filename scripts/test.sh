@@ -14,6 +14,7 @@ missing=()
 need() { command -v "$1" >/dev/null 2>&1 || missing+=("$2"); }
 need kill procps # the CLI tests stop the gateway with SIGTERM
 need python3 python3 # the gRPC interoperability test's client
+need etcd etcd-server # the cluster tests start a real etcd on loopback
 if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
   missing+=(python3-venv)
 fi
@@ -59,5 +60,7 @@ if ! "$venv/bin/python" -c 'import grpc_tools' 2>/dev/null; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 fi
 export SWITCHBOARD_PYTHON="$PWD/$venv/bin/python"
+
+export SWITCHBOARD_ETCD="$(command -v etcd)"
 
 cargo test --workspace --locked

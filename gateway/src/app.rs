@@ -1,6 +1,7 @@
 //! The running gateway: the PBX link, the bridge that feeds the model, the model of lines and
 //! calls, and the call log sink; started together and stopped in order.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,8 +12,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::bridge::{Directory, LinkPort, Translator};
+use crate::cluster::{Cluster, ClusterError, Serve};
 use crate::config::Config;
-use crate::pbx::{self, LinkEvent, LinkHandle};
+use crate::pbx::{self, LinkEvent, LinkHandle, LinkStatus};
 use crate::salesforce::{Salesforce, SalesforceError};
 
 /// What the gateway has seen of the phone system, for the status line and tests.
@@ -39,7 +41,13 @@ pub enum StartError {
     /// The Salesforce side could not start.
     #[error("starting salesforce: {0}")]
     Salesforce(#[from] SalesforceError),
+    /// The cluster member could not start.
+    #[error("starting the cluster member: {0}")]
+    Cluster(#[from] ClusterError),
 }
+
+/// The lines this node serves, with their fencing tokens, as the cluster publishes them.
+type Owned = watch::Receiver<Arc<BTreeMap<String, i64>>>;
 
 /// A running gateway.
 pub struct Gateway {
@@ -52,6 +60,8 @@ pub struct Gateway {
     stop_logs: CancellationToken,
     progress: watch::Receiver<Progress>,
     salesforce: Option<Arc<Salesforce>>,
+    cluster: Option<Cluster>,
+    lines_task: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -65,7 +75,12 @@ impl Gateway {
     pub async fn start(config: &Config) -> Result<Self, StartError> {
         let shutdown = CancellationToken::new();
         let (events_tx, events) = mpsc::channel(8_192);
-        let (link, link_task) = pbx::start(config.pbx.clone(), events_tx, shutdown.child_token());
+        // In a cluster the link monitors only the lines this node owns, as the cluster says.
+        let (link, link_task) = if config.cluster.enabled {
+            pbx::start_selective(config.pbx.clone(), events_tx, shutdown.child_token())
+        } else {
+            pbx::start(config.pbx.clone(), events_tx, shutdown.child_token())
+        };
         let directory = Directory::default();
         let port = Arc::new(LinkPort::new(link.clone(), directory.clone()));
         let (logs_tx, logs) = mpsc::channel(4_096);
@@ -79,13 +94,62 @@ impl Gateway {
         } else {
             None
         };
+        let (cluster, lines_task) = if config.cluster.enabled {
+            let (lines_tx, lines) = watch::channel(Arc::new(BTreeSet::new()));
+            let lines_task =
+                tokio::spawn(list_lines(config.pbx.devices.clone(), link.clone(), lines_tx, shutdown.child_token()));
+            let serving = link.clone();
+            let serve: Serve = Arc::new(move |devices| {
+                let link = serving.clone();
+                Box::pin(async move { link.monitor_only(devices).await })
+            });
+            let node_id = config.cluster.node_id(&config.grpc.listen);
+            let advertise = config.cluster.advertise(&config.grpc.listen);
+            (Some(Cluster::start(&config.cluster, node_id, advertise, lines, serve)?), Some(lines_task))
+        } else {
+            (None, None)
+        };
+        let owned = cluster.as_ref().map(Cluster::watch_owned);
         let (progress_tx, progress) = watch::channel(Progress::default());
         let first_resync = present_tx.map(|notes| FirstResync { model: model.clone(), notes });
         let feed_task =
             tokio::spawn(feed(events, Translator::new(directory), router, progress_tx.clone(), first_resync));
         let stop_logs = CancellationToken::new();
-        let log_task = tokio::spawn(write_call_logs(logs, salesforce.clone(), progress_tx, stop_logs.clone()));
-        Ok(Self { link, model, shutdown, link_task, feed_task, log_task, stop_logs, progress, salesforce })
+        let log_task = tokio::spawn(write_call_logs(logs, salesforce.clone(), owned, progress_tx, stop_logs.clone()));
+        Ok(Self {
+            link,
+            model,
+            shutdown,
+            link_task,
+            feed_task,
+            log_task,
+            stop_logs,
+            progress,
+            salesforce,
+            cluster,
+            lines_task,
+        })
+    }
+
+    /// The cluster member, when `cluster.enabled`.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_ref()
+    }
+
+    /// Stops at once, as a crash (`kill -9`) would: the link drops, the model stops, and in a
+    /// cluster nothing is released and the lease is not revoked, so the others take the lines
+    /// only once it lapses. For failover tests and drills.
+    pub async fn kill(self) {
+        if let Some(cluster) = self.cluster {
+            cluster.kill();
+        }
+        if let Some(lines_task) = self.lines_task {
+            lines_task.abort();
+        }
+        self.link_task.abort();
+        self.feed_task.abort();
+        self.log_task.abort();
+        self.model.shutdown().await;
     }
 
     /// The PBX link, for sending requests and watching its status.
@@ -124,7 +188,15 @@ impl Gateway {
     /// link had delivered, stops the model, then lets the log sink write every record it was given.
     /// Waits at most `grace` for each part.
     pub async fn shutdown(self, grace: Duration) {
+        // A cluster member first stops serving and gives its lines up, so the others take them
+        // at once instead of after its lease's TTL.
+        if let Some(cluster) = self.cluster {
+            cluster.shutdown(grace).await;
+        }
         self.shutdown.cancel();
+        if let Some(lines_task) = self.lines_task {
+            lines_task.abort();
+        }
         if tokio::time::timeout(grace, self.link_task).await.is_err() {
             tracing::warn!("pbx link did not stop in time");
         }
@@ -204,7 +276,8 @@ fn note(seen: &mut Progress, event: &LinkEvent) {
             tracing::info!(session, pbx_name, "pbx link up; resyncing");
             seen.sessions += 1;
         }
-        LinkEvent::Snapshot { .. } => seen.snapshots += 1,
+        LinkEvent::Snapshot { .. } | LinkEvent::Acquired { .. } => seen.snapshots += 1,
+        LinkEvent::Released { devices, .. } => tracing::info!(lines = devices.len(), "lines released"),
         LinkEvent::ResyncComplete { devices, .. } => {
             tracing::info!(devices, "resync complete");
             seen.resyncs += 1;
@@ -214,12 +287,65 @@ fn note(seen: &mut Progress, event: &LinkEvent) {
     }
 }
 
+/// The lines to share in a cluster: the configured devices, or every device the PBX lists (listed
+/// again on each new link session, since the PBX's devices may have changed).
+async fn list_lines(
+    configured: Vec<String>,
+    link: LinkHandle,
+    lines: watch::Sender<Arc<BTreeSet<String>>>,
+    shutdown: CancellationToken,
+) {
+    if !configured.is_empty() {
+        lines.send_replace(Arc::new(configured.into_iter().collect()));
+        return;
+    }
+    let mut status = link.watch_status();
+    let mut listed_session = 0;
+    loop {
+        let session = match &*status.borrow_and_update() {
+            LinkStatus::Up { session, .. } => *session,
+            LinkStatus::Stopped => return,
+            LinkStatus::Connecting { .. } => 0,
+        };
+        if session != 0 && session != listed_session {
+            let request = proto::pbx::request::Service::ListDevices(proto::pbx::ListDevicesRequest {});
+            match link.request(request).await {
+                Ok(proto::pbx::response::Result::ListDevices(list)) => {
+                    let devices: BTreeSet<String> = list
+                        .devices
+                        .into_iter()
+                        .filter(|device| device.kind != proto::pbx::DeviceKind::External as i32)
+                        .map(|device| device.device_id)
+                        .collect();
+                    tracing::info!(devices = devices.len(), "pbx devices listed for the cluster to share");
+                    lines.send_replace(Arc::new(devices));
+                    listed_session = session;
+                }
+                Ok(_) => tracing::error!("the pbx answered list_devices with another result"),
+                Err(error) => tracing::warn!(%error, "cannot list the pbx's devices; trying again"),
+            }
+            if listed_session != session {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = status.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
 /// Where the model's leg notes go: the outbox and its journal when Salesforce is on (committed in
 /// batches, one disk sync for many), the log in any case. When told to stop, it takes no new note
-/// but stores every one already given.
+/// but stores every one already given. In a cluster, only notes of lines this node owns are kept:
+/// the model of a call also holds the legs of lines other nodes own, and those nodes write theirs.
 async fn write_call_logs(
     mut logs: mpsc::Receiver<LegNote>,
     salesforce: Option<Arc<Salesforce>>,
+    owned: Option<Owned>,
     progress: watch::Sender<Progress>,
     stop: CancellationToken,
 ) {
@@ -241,6 +367,18 @@ async fn write_call_logs(
             match logs.try_recv() {
                 Ok(note) => batch.push(note),
                 Err(_) => break,
+            }
+        }
+        if let Some(owned) = &owned {
+            let owned = owned.borrow().clone();
+            batch.retain(|note| match note {
+                LegNote::Open(record) | LegNote::Closed(record) | LegNote::Skipped(record) => {
+                    owned.contains_key(&record.device)
+                }
+                LegNote::Moved(_) | LegNote::Present(_) => true,
+            });
+            if batch.is_empty() {
+                continue;
             }
         }
         let mut records = 0;

@@ -109,6 +109,84 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Screen pops and call logs in Salesforce.
     pub salesforce: SalesforceConfig,
+    /// Several nodes sharing the lines, coordinated through etcd.
+    pub cluster: ClusterConfig,
+}
+
+/// Clustering: off, one node serves every line; on, the nodes registered in etcd share them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Off: a single node, no etcd.
+    pub enabled: bool,
+    /// etcd's client URLs, `http://host:port`; requests go to the one that last answered.
+    pub etcd_endpoints: Vec<String>,
+    /// This node's id, unique in the cluster; empty: the host name and the gRPC port.
+    pub node_id: String,
+    /// Where the other nodes reach this node's gRPC API; empty: `grpc.listen`.
+    pub advertise: String,
+    /// Every key the cluster writes is under this prefix, so several clusters can share an etcd.
+    pub key_prefix: String,
+    /// The node's lease: a node that cannot renew it stops serving its lines within this, and the
+    /// others take them once it has lapsed.
+    pub lease_ttl_secs: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            etcd_endpoints: vec!["http://127.0.0.1:2379".to_owned()],
+            node_id: String::new(),
+            advertise: String::new(),
+            key_prefix: "/switchboard".to_owned(),
+            lease_ttl_secs: 5,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// This node's id: the configured one, or the host name and the gRPC port of `grpc_listen`.
+    pub fn node_id(&self, grpc_listen: &str) -> String {
+        if !self.node_id.is_empty() {
+            return self.node_id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let host = if host.trim().is_empty() { "switchboard" } else { host.trim() };
+        let port = grpc_listen.rsplit_once(':').map_or("", |(_, port)| port);
+        format!("{host}-{port}")
+    }
+
+    /// Where the other nodes reach this one: the configured address, or `grpc_listen`.
+    pub fn advertise(&self, grpc_listen: &str) -> String {
+        if self.advertise.is_empty() { grpc_listen.to_owned() } else { self.advertise.clone() }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |setting, reason: &str| Err(ConfigError::Invalid { setting, reason: reason.to_owned() });
+        if !self.enabled {
+            return Ok(());
+        }
+        if self.etcd_endpoints.is_empty() {
+            return invalid("cluster.etcd_endpoints", "a cluster needs at least one etcd endpoint");
+        }
+        if let Some(endpoint) = self.etcd_endpoints.iter().find(|endpoint| !endpoint.starts_with("http://")) {
+            return Err(ConfigError::Invalid {
+                setting: "cluster.etcd_endpoints",
+                reason: format!("{endpoint:?} is not an http:// URL"),
+            });
+        }
+        if !(2..=60).contains(&self.lease_ttl_secs) {
+            return invalid("cluster.lease_ttl_secs", "must be between 2 and 60 seconds");
+        }
+        if !self.key_prefix.starts_with('/') {
+            return invalid("cluster.key_prefix", "must start with /");
+        }
+        if self.node_id.contains('/') {
+            return invalid("cluster.node_id", "must not contain /");
+        }
+        Ok(())
+    }
 }
 
 /// Salesforce: where, as whom, and how much of the org's API allocation to spend.
@@ -731,6 +809,7 @@ impl Config {
             }
         }
         self.salesforce.validate()?;
+        self.cluster.validate()?;
         let mut names = std::collections::HashSet::new();
         for token in &grpc.tokens {
             if token.name.trim().is_empty() || !names.insert(token.name.as_str()) {

@@ -9,10 +9,12 @@
 //!   the link ([`bridge::LinkPort`]).
 //! - [`grpc`]: the gRPC API (CallControl, Agents, Events) over the model.
 //! - [`metrics`]: every metric's name, the Prometheus exporter and the collector.
+//! - [`cluster`]: several nodes sharing the lines through etcd: membership, ownership, fencing.
 //! - [`app`]: the running gateway: starts the parts, and shuts them down in order.
 
 pub mod app;
 pub mod bridge;
+pub mod cluster;
 pub mod config;
 pub mod grpc;
 pub mod metrics;

@@ -141,6 +141,10 @@ pub const OUTBOX_DEAD_LETTERED: &str = "switchboard_outbox_dead_lettered_total";
 pub const CLUSTER_MEMBERS: &str = "switchboard_cluster_members";
 /// Agent lines this node owns in its cluster.
 pub const CLUSTER_OWNED_LINES: &str = "switchboard_cluster_owned_lines";
+/// Lines this node claimed or released; label `change` (`claimed`, `released`).
+pub const CLUSTER_OWNERSHIP_CHANGES: &str = "switchboard_cluster_ownership_changes_total";
+/// Times this node stopped serving every line because its lease could not be known valid.
+pub const CLUSTER_SELF_FENCES: &str = "switchboard_cluster_self_fences_total";
 
 // ---- Buckets: each histogram's own, one bucket on each SLO threshold ----------------------------
 
@@ -388,6 +392,16 @@ pub fn cluster(members: u64, owned_lines: u64) {
     gauge!(CLUSTER_OWNED_LINES).set(owned_lines as f64);
 }
 
+/// Records lines claimed or released (`change` is `claimed` or `released`).
+pub fn cluster_ownership_change(change: &'static str, lines: u64) {
+    counter!(CLUSTER_OWNERSHIP_CHANGES, "change" => change).increment(lines);
+}
+
+/// Records a self-fence.
+pub fn cluster_self_fence() {
+    counter!(CLUSTER_SELF_FENCES).increment(1);
+}
+
 // ---- The exporter -------------------------------------------------------------------------------
 
 /// Why the exporter could not start.
@@ -482,8 +496,12 @@ pub fn register() {
         OUTBOX_DELIVERED,
         OUTBOX_RETRIES,
         OUTBOX_DEAD_LETTERED,
+        CLUSTER_SELF_FENCES,
     ] {
         counter!(name).absolute(0);
+    }
+    for change in ["claimed", "released"] {
+        counter!(CLUSTER_OWNERSHIP_CHANGES, "change" => change).absolute(0);
     }
     for kind in FrameError::KINDS {
         counter!(PBX_DECODE_ERRORS, "kind" => kind).absolute(0);
@@ -587,6 +605,8 @@ fn describe() {
     describe_counter!(OUTBOX_DEAD_LETTERED, "Records given up on and moved to the dead letters.");
     describe_gauge!(CLUSTER_MEMBERS, "Members of this gateway's cluster that this node sees.");
     describe_gauge!(CLUSTER_OWNED_LINES, "Agent lines this node owns in its cluster.");
+    describe_counter!(CLUSTER_OWNERSHIP_CHANGES, "Lines this node claimed or released, by change.");
+    describe_counter!(CLUSTER_SELF_FENCES, "Times this node stopped serving every line for want of a valid lease.");
 }
 
 // ---- The collector ------------------------------------------------------------------------------

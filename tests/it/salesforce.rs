@@ -101,16 +101,23 @@ impl Setup {
 
 /// The next screen pop for `call`.
 async fn pop_for(events: &mut Subscription, call: &str) -> actors::events::ScreenPop {
+    pops_for(events, &[call.to_owned()]).await.remove(0)
+}
+
+/// The next screen pop of each of `calls`, in the order of `calls` (whatever order they came in).
+async fn pops_for(events: &mut Subscription, calls: &[String]) -> Vec<actors::events::ScreenPop> {
+    let mut found: Vec<Option<actors::events::ScreenPop>> = vec![None; calls.len()];
     within(async {
-        loop {
+        while found.iter().any(Option::is_none) {
             if let ModelEvent::ScreenPop(pop) = &events.next().await.unwrap().event
-                && pop.call == call
+                && let Some(index) = calls.iter().position(|call| *call == pop.call)
             {
-                return pop.clone();
+                found[index].get_or_insert_with(|| pop.clone());
             }
         }
     })
-    .await
+    .await;
+    found.into_iter().map(|pop| pop.expect("every pop came")).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,11 +131,7 @@ async fn screen_pops_show_one_several_or_no_records_and_each_call_leg_becomes_on
     let none = seeded.unmatched_numbers(1)[0].clone();
 
     let calls = [setup.ring(&one, "2000"), setup.ring(&several, "2001"), setup.ring(&none, "2002")];
-    let pops = [
-        pop_for(&mut events, &calls[0]).await,
-        pop_for(&mut events, &calls[1]).await,
-        pop_for(&mut events, &calls[2]).await,
-    ];
+    let pops = pops_for(&mut events, &calls).await;
     let PopResult::Single(found) = &pops[0].result else { panic!("{:?}", pops[0].result) };
     assert_eq!(seeded.matches(&one), std::slice::from_ref(&found.id));
     assert_eq!((pops[0].device.as_str(), pops[0].number.as_str()), ("2000", one.as_str()));

@@ -71,6 +71,13 @@ pub enum ModelInput {
     ResyncStarted,
     /// One call as the PBX has it now.
     CallSnapshot(CallSnapshot),
+    /// Lines no longer mirrored here (a cluster handed them to another gateway node): their actors
+    /// stop, and calls left with no line the model mirrors are dropped without a call log record,
+    /// which the lines' new owner writes.
+    Forget {
+        /// The lines.
+        devices: Vec<DeviceId>,
+    },
     /// Every monitored device has been snapshotted.
     ResyncComplete {
         /// The PBX's time, or the gateway's when unknown.

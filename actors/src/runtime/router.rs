@@ -94,6 +94,39 @@ impl<P: PbxPort> Router<P> {
             ModelInput::ResyncStarted => self.resync = Some(HashSet::new()),
             ModelInput::CallSnapshot(snapshot) => self.snapshot(snapshot).await,
             ModelInput::ResyncComplete { at } => self.resync_complete(at),
+            ModelInput::Forget { devices } => self.forget(&devices),
+        }
+    }
+
+    /// Stops mirroring `devices`: their line actors stop, and so do the actors of calls in which no
+    /// line still mirrored here takes part. Each is unregistered first, so the supervisor does not
+    /// restart it, and none writes a record.
+    fn forget(&mut self, devices: &[String]) {
+        for device in devices {
+            if let Some((_, entry)) = self.context.lines.remove(device) {
+                self.context.members.remove(&entry.actor.get_id());
+                entry.actor.stop(Some("line released".to_owned()));
+            }
+        }
+        let forgotten: HashSet<&String> = devices.iter().collect();
+        // A queue or park orbit in a call is mirrored here when this node monitors it.
+        let mirrored = |party: &Party| {
+            self.context.lines.contains_key(&party.device)
+                || (matches!(party.kind, DeviceKind::Queue | DeviceKind::ParkOrbit)
+                    && !forgotten.contains(&party.device))
+        };
+        let orphaned: Vec<CallId> = self
+            .context
+            .calls
+            .iter()
+            .filter(|entry| !lock(&entry.state).parties.iter().any(mirrored))
+            .map(|entry| entry.key().clone())
+            .collect();
+        for call in orphaned {
+            if let Some((_, entry)) = self.context.calls.remove(&call) {
+                self.context.members.remove(&entry.actor.get_id());
+                entry.actor.stop(Some("no line mirrored here is in it".to_owned()));
+            }
         }
     }
 

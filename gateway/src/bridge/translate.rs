@@ -23,6 +23,11 @@ impl Directory {
         known.get(device).copied().unwrap_or(DeviceKind::External)
     }
 
+    fn forget(&self, device: &str) {
+        let mut known = self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        known.remove(device);
+    }
+
     fn learn(&self, device: &str, kind: DeviceKind) {
         let mut known = self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         known.insert(device.to_owned(), kind);
@@ -106,6 +111,15 @@ impl Translator {
             LinkEvent::Snapshot { snapshot, .. } => {
                 self.begin_resync(out);
                 self.snapshot(snapshot, out);
+            }
+            LinkEvent::Acquired { snapshot, .. } => self.snapshot(snapshot, out),
+            LinkEvent::Released { devices, .. } => {
+                // Unmonitored devices count as outside parties, as on a single node that monitors
+                // a few devices only; otherwise an event naming one would bring its line back.
+                for device in &devices {
+                    self.directory.forget(device);
+                }
+                out.push(ModelInput::Forget { devices });
             }
             LinkEvent::ResyncComplete { .. } => {
                 self.in_resync = false;

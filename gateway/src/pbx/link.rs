@@ -1,7 +1,7 @@
 //! The link task and its handle: connect, register, monitor, resync, heartbeat, reconnect; and the
 //! request path with deadlines, a bounded queue and fail-fast when the link is down.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -47,6 +47,23 @@ pub enum LinkEvent {
         session: u64,
         /// The device, its agent and its calls.
         snapshot: pbx::SnapshotDeviceResult,
+    },
+    /// A device newly monitored mid-session (a line this node took over in a cluster): its state
+    /// and its calls now. Unlike [`LinkEvent::Snapshot`], it begins no resync: what the model
+    /// knows of other devices stands.
+    Acquired {
+        /// The session this belongs to.
+        session: u64,
+        /// The device, its agent and its calls.
+        snapshot: pbx::SnapshotDeviceResult,
+    },
+    /// Devices no longer monitored (lines handed to another node): forget them. Events after this
+    /// one still mention them when they share a call with a device still monitored.
+    Released {
+        /// The session this belongs to.
+        session: u64,
+        /// The devices.
+        devices: Vec<String>,
     },
     /// Every monitored device has a fresh snapshot: anything not in them is gone.
     ResyncComplete {
@@ -238,6 +255,14 @@ impl LinkStats {
     }
 }
 
+/// Which devices the link monitors: `None`, the configured ones or, when none are configured, every
+/// device the PBX lists; otherwise exactly these (a cluster node's lines).
+#[derive(Debug, Clone, Default)]
+struct Selection {
+    generation: u64,
+    devices: Option<Arc<BTreeSet<String>>>,
+}
+
 struct Command {
     service: request::Service,
     reply: oneshot::Sender<Result<response::Result, LinkError>>,
@@ -253,6 +278,9 @@ pub struct LinkHandle {
     default_timeout: Duration,
     /// Time from sending a caller's request to its outcome; a handle, so recording costs no lookup.
     latency: metrics::Histogram,
+    selection: Arc<watch::Sender<Selection>>,
+    /// The generation of the selection the link has applied.
+    applied: watch::Receiver<u64>,
 }
 
 impl std::fmt::Debug for LinkHandle {
@@ -324,6 +352,32 @@ impl LinkHandle {
     pub fn stats(&self) -> &LinkStats {
         &self.stats
     }
+
+    /// Monitors exactly `devices` from now on: starts monitors (and snapshots, reported as
+    /// [`LinkEvent::Acquired`]) for new ones, stops the others (reported as
+    /// [`LinkEvent::Released`]). Returns once the link has stopped the monitors it drops, or at
+    /// once while the link is down (the next session monitors the new set).
+    pub async fn monitor_only(&self, devices: BTreeSet<String>) {
+        let mut generation = 0;
+        self.selection.send_modify(|selection| {
+            selection.generation += 1;
+            generation = selection.generation;
+            selection.devices = Some(Arc::new(devices));
+        });
+        let mut applied = self.applied.clone();
+        let mut status = self.status.clone();
+        loop {
+            if *applied.borrow_and_update() >= generation
+                || !matches!(*status.borrow_and_update(), LinkStatus::Up { .. })
+            {
+                return;
+            }
+            tokio::select! {
+                changed = applied.changed() => if changed.is_err() { return },
+                changed = status.changed() => if changed.is_err() { return },
+            }
+        }
+    }
 }
 
 /// Starts the link task. `events` receives the ordered [`LinkEvent`] stream; when it is full, the
@@ -333,6 +387,27 @@ pub fn start(
     events: mpsc::Sender<LinkEvent>,
     shutdown: CancellationToken,
 ) -> (LinkHandle, JoinHandle<()>) {
+    start_with(config, None, events, shutdown)
+}
+
+/// Starts the link task monitoring no device until [`LinkHandle::monitor_only`] names some: for a
+/// cluster node, which monitors only the lines it owns.
+pub fn start_selective(
+    config: PbxConfig,
+    events: mpsc::Sender<LinkEvent>,
+    shutdown: CancellationToken,
+) -> (LinkHandle, JoinHandle<()>) {
+    start_with(config, Some(Arc::default()), events, shutdown)
+}
+
+fn start_with(
+    config: PbxConfig,
+    devices: Option<Arc<BTreeSet<String>>>,
+    events: mpsc::Sender<LinkEvent>,
+    shutdown: CancellationToken,
+) -> (LinkHandle, JoinHandle<()>) {
+    let (selection_tx, selection) = watch::channel(Selection { generation: 0, devices });
+    let (applied_tx, applied) = watch::channel(0);
     let (commands_tx, commands) = mpsc::channel(config.outbound_queue);
     let (status_tx, status) = watch::channel(LinkStatus::Connecting { attempt: 0, last_error: None });
     let stats = Arc::new(LinkStats::default());
@@ -342,9 +417,18 @@ pub fn start(
         stats: stats.clone(),
         default_timeout: config.request_timeout(),
         latency: metrics::histogram!(crate::metrics::PBX_REQUEST_DURATION),
+        selection: Arc::new(selection_tx),
+        applied,
     };
-    let task = tokio::spawn(run(config, commands, status_tx, events, stats, shutdown));
+    let selector = Selector { selection, applied: applied_tx };
+    let task = tokio::spawn(run(config, commands, status_tx, events, stats, selector, shutdown));
     (handle, task)
+}
+
+/// The link task's side of the selection: what to monitor, and what it has applied.
+struct Selector {
+    selection: watch::Receiver<Selection>,
+    applied: watch::Sender<u64>,
 }
 
 async fn run(
@@ -353,6 +437,7 @@ async fn run(
     status: watch::Sender<LinkStatus>,
     events: mpsc::Sender<LinkEvent>,
     stats: Arc<LinkStats>,
+    mut selector: Selector,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Backoff::new(
@@ -363,12 +448,18 @@ async fn run(
     let mut attempt = 0;
     while !shutdown.is_cancelled() {
         attempt += 1;
-        let (reason, last_error) = match establish(&config, &stats, &shutdown).await {
+        let (generation, selected) = {
+            let selection = selector.selection.borrow_and_update();
+            (selection.generation, selection.devices.clone())
+        };
+        let (reason, last_error) = match establish(&config, selected, &stats, &shutdown).await {
             Ok(mut session) => {
                 session_number += 1;
                 attempt = 0;
                 let started = Instant::now();
-                let reason = session.serve(session_number, &mut commands, &status, &events, &shutdown).await;
+                selector.applied.send_replace(generation);
+                let reason =
+                    session.serve(session_number, &mut commands, &status, &events, &mut selector, &shutdown).await;
                 if started.elapsed() > Duration::from_secs(10) {
                     backoff.reset();
                 }
@@ -416,6 +507,7 @@ enum Pending {
     Heartbeat,
     ListDevices,
     Monitor(String),
+    MonitorStop(String, u32),
     Snapshot(String),
 }
 
@@ -435,6 +527,12 @@ struct Session {
     internal_in_flight: usize,
     /// Monitor ids by device.
     monitors: HashMap<String, u32>,
+    /// What to monitor: `None`, the configured or discovered devices; otherwise exactly these.
+    selection: Option<Arc<BTreeSet<String>>>,
+    /// Devices whose monitor is queued or in flight.
+    monitoring: HashSet<String>,
+    /// Devices monitored mid-session whose first snapshot is reported as [`LinkEvent::Acquired`].
+    acquiring: HashSet<String>,
     /// Snapshots still to come before the resync is complete.
     snapshots_due: usize,
     snapshotted: usize,
@@ -448,6 +546,7 @@ struct Session {
 /// Connects and registers, within the connect timeout.
 async fn establish(
     config: &PbxConfig,
+    selection: Option<Arc<BTreeSet<String>>>,
     stats: &Arc<LinkStats>,
     shutdown: &CancellationToken,
 ) -> Result<Session, (ReconnectReason, String)> {
@@ -520,6 +619,9 @@ async fn establish(
         internal: VecDeque::new(),
         internal_in_flight: 0,
         monitors: HashMap::new(),
+        selection: selection.clone(),
+        monitoring: HashSet::new(),
+        acquiring: HashSet::new(),
         snapshots_due: 0,
         snapshotted: 0,
         resynced: false,
@@ -527,10 +629,13 @@ async fn establish(
         last_frame_at: Instant::now(),
         end_reason: None,
     };
-    if config.devices.is_empty() {
-        session.internal.push_back(Pending::ListDevices);
-    } else {
-        session.internal.extend(config.devices.iter().cloned().map(Pending::Monitor));
+    match selection {
+        Some(devices) => {
+            session.monitoring.extend(devices.iter().cloned());
+            session.internal.extend(devices.iter().cloned().map(Pending::Monitor));
+        }
+        None if config.devices.is_empty() => session.internal.push_back(Pending::ListDevices),
+        None => session.internal.extend(config.devices.iter().cloned().map(Pending::Monitor)),
     }
     Ok(session)
 }
@@ -543,6 +648,7 @@ impl Session {
         commands: &mut mpsc::Receiver<Command>,
         status: &watch::Sender<LinkStatus>,
         events: &mpsc::Sender<LinkEvent>,
+        selector: &mut Selector,
         shutdown: &CancellationToken,
     ) -> String {
         let up = LinkEvent::Up { session, pbx_name: self.pbx_name.clone() };
@@ -577,6 +683,18 @@ impl Session {
                     None => Err("the gateway is shutting down".to_owned()),
                 },
                 () = sleep_until_some(gap_deadline) => self.give_up_gap(events).await,
+                changed = selector.selection.changed() => match changed {
+                    Ok(()) => {
+                        let (generation, devices) = {
+                            let selection = selector.selection.borrow_and_update();
+                            (selection.generation, selection.devices.clone())
+                        };
+                        let outcome = self.select(session, devices, events).await;
+                        selector.applied.send_replace(generation);
+                        outcome
+                    }
+                    Err(_) => Err("the gateway is shutting down".to_owned()),
+                },
                 _ = heartbeats.tick() => {
                     if self.last_frame_at.elapsed() > silence_limit {
                         bump(&self.stats.heartbeat_timeouts);
@@ -593,6 +711,43 @@ impl Session {
             }
             self.publish_status(session, status);
         }
+    }
+
+    fn wants(&self, device: &str) -> bool {
+        self.selection.as_ref().is_none_or(|devices| devices.contains(device))
+    }
+
+    /// Monitors exactly `devices` from now on: stops the monitors of the others (reporting them
+    /// released at once, so the model forgets them in link order), and monitors and snapshots the
+    /// new ones.
+    async fn select(
+        &mut self,
+        session: u64,
+        devices: Option<Arc<BTreeSet<String>>>,
+        events: &mpsc::Sender<LinkEvent>,
+    ) -> Result<(), String> {
+        self.selection = devices;
+        let Some(wanted) = self.selection.clone() else { return Ok(()) };
+        let mut released: Vec<String> =
+            self.monitors.keys().filter(|device| !wanted.contains(*device)).cloned().collect();
+        released.sort();
+        for device in &released {
+            if let Some(monitor_id) = self.monitors.remove(device) {
+                self.acquiring.remove(device);
+                self.internal.push_back(Pending::MonitorStop(device.clone(), monitor_id));
+            }
+        }
+        if !released.is_empty() {
+            tracing::info!(devices = released.len(), "monitors stopped: lines released");
+            self.emit(events, LinkEvent::Released { session, devices: released }).await?;
+        }
+        for device in wanted.iter() {
+            if !self.monitors.contains_key(device) && self.monitoring.insert(device.clone()) {
+                self.acquiring.insert(device.clone());
+                self.internal.push_back(Pending::Monitor(device.clone()));
+            }
+        }
+        Ok(())
     }
 
     fn publish_status(&self, session: u64, status: &watch::Sender<LinkStatus>) {
@@ -671,8 +826,17 @@ impl Session {
             let Some(pending) = self.internal.pop_front() else { break };
             let service = match &pending {
                 Pending::ListDevices => request::Service::ListDevices(pbx::ListDevicesRequest {}),
+                Pending::Monitor(device) if !self.wants(device) => {
+                    // Dropped from the selection before its monitor was even asked for.
+                    self.monitoring.remove(device);
+                    self.acquiring.remove(device);
+                    continue;
+                }
                 Pending::Monitor(device) => {
                     request::Service::MonitorStart(pbx::MonitorStartRequest { device_id: device.clone() })
+                }
+                Pending::MonitorStop(_, monitor_id) => {
+                    request::Service::MonitorStop(pbx::MonitorStopRequest { monitor_id: *monitor_id })
                 }
                 Pending::Snapshot(device) => {
                     request::Service::SnapshotDevice(pbx::SnapshotDeviceRequest { device_id: device.clone() })
@@ -823,7 +987,13 @@ impl Session {
             }
             Pending::Monitor(device) => {
                 self.internal_in_flight -= 1;
+                self.monitoring.remove(&device);
                 match outcome {
+                    Ok(Some(response::Result::MonitorStart(started))) if !self.wants(&device) => {
+                        // Released while its monitor was being started: stop it again.
+                        self.acquiring.remove(&device);
+                        self.internal.push_back(Pending::MonitorStop(device, started.monitor_id));
+                    }
                     Ok(Some(response::Result::MonitorStart(started))) => {
                         self.monitors.insert(device.clone(), started.monitor_id);
                         self.snapshots_due += 1;
@@ -837,10 +1007,23 @@ impl Session {
                 }
                 self.finish_resync_if_done(session, events).await
             }
+            Pending::MonitorStop(device, _) => {
+                self.internal_in_flight -= 1;
+                if let Err(error) = outcome {
+                    // The PBX may have ended it already (monitor_ended); nothing is lost either way.
+                    tracing::debug!(device, %error, "monitor stop refused");
+                }
+                self.finish_resync_if_done(session, events).await
+            }
             Pending::Snapshot(device) => {
                 self.internal_in_flight -= 1;
                 self.snapshots_due = self.snapshots_due.saturating_sub(1);
                 match outcome {
+                    // Released since it was asked for: the model has forgotten it already.
+                    Ok(Some(response::Result::SnapshotDevice(_))) if !self.monitors.contains_key(&device) => {}
+                    Ok(Some(response::Result::SnapshotDevice(snapshot))) if self.acquiring.remove(&device) => {
+                        self.emit(events, LinkEvent::Acquired { session, snapshot }).await?;
+                    }
                     Ok(Some(response::Result::SnapshotDevice(snapshot))) => {
                         self.snapshotted += 1;
                         self.emit(events, LinkEvent::Snapshot { session, snapshot }).await?;

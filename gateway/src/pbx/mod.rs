@@ -9,4 +9,6 @@ mod link;
 pub mod sequencer;
 
 pub use backoff::Backoff;
-pub use link::{LinkError, LinkEvent, LinkHandle, LinkStats, LinkStatus, PROTOCOL_VERSION, ReconnectReason, start};
+pub use link::{
+    LinkError, LinkEvent, LinkHandle, LinkStats, LinkStatus, PROTOCOL_VERSION, ReconnectReason, start, start_selective,
+};

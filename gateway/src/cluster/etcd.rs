@@ -1,0 +1,250 @@
+//! A small etcd v3 client over etcd's JSON gateway (`POST /v3/...`, keys and values in base64,
+//! 64-bit numbers as strings): leases, puts, prefix ranges, and the two transactions ownership
+//! needs (create-if-absent and delete-if-unchanged). Workspace Cargo.toml says why not gRPC.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::{Value, json};
+
+/// Why an etcd request did not give an answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EtcdError {
+    /// No endpoint answered (connection refused, timed out, cut).
+    #[error("etcd unreachable: {0}")]
+    Unreachable(String),
+    /// etcd answered with an error.
+    #[error("etcd refused the request ({status}): {message}")]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// etcd's words.
+        message: String,
+    },
+    /// The answer was not what the API promises.
+    #[error("unexpected answer from etcd: {0}")]
+    BadAnswer(String),
+}
+
+/// One key as etcd holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    /// The key.
+    pub key: String,
+    /// The value.
+    pub value: String,
+    /// The revision that last changed it.
+    pub mod_revision: i64,
+    /// The lease it is attached to, 0 for none.
+    pub lease: i64,
+}
+
+/// How a create-if-absent went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// The key is ours, written at this revision (the fencing token).
+    Won {
+        /// The revision of the write.
+        revision: i64,
+    },
+    /// Someone holds it already.
+    Held(KeyValue),
+}
+
+/// A client for one etcd cluster: requests go to the endpoint that last answered, then the others.
+#[derive(Debug)]
+pub struct Etcd {
+    http: reqwest::Client,
+    endpoints: Vec<String>,
+    preferred: AtomicUsize,
+}
+
+fn encode(text: &str) -> String {
+    STANDARD.encode(text.as_bytes())
+}
+
+fn decode(value: &Value) -> Result<String, EtcdError> {
+    let text = value.as_str().unwrap_or_default();
+    let bytes = STANDARD.decode(text).map_err(|error| EtcdError::BadAnswer(format!("base64: {error}")))?;
+    String::from_utf8(bytes).map_err(|error| EtcdError::BadAnswer(format!("utf-8: {error}")))
+}
+
+/// A 64-bit number, which the gateway sends as a string and leaves out when it is 0.
+fn int(value: &Value) -> i64 {
+    match value {
+        Value::String(text) => text.parse().unwrap_or_default(),
+        Value::Number(number) => number.as_i64().unwrap_or_default(),
+        _ => 0,
+    }
+}
+
+/// The end of the range of every key that starts with `prefix` (etcd's `range_end`).
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+fn key_value(kv: &Value) -> Result<KeyValue, EtcdError> {
+    Ok(KeyValue {
+        key: decode(&kv["key"])?,
+        value: decode(&kv["value"])?,
+        mod_revision: int(&kv["mod_revision"]),
+        lease: int(&kv["lease"]),
+    })
+}
+
+impl Etcd {
+    /// A client for `endpoints` (`http://host:port`); each request gives up after `timeout`.
+    pub fn new(endpoints: &[String], timeout: Duration) -> Result<Self, EtcdError> {
+        // reqwest is built without a default TLS provider; etcd is plain HTTP here, but the client
+        // still wants one installed (the Salesforce client installs the same one).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .pool_max_idle_per_host(64)
+            .build()
+            .map_err(|error| EtcdError::Unreachable(format!("building the http client: {error}")))?;
+        let endpoints = endpoints.iter().map(|endpoint| endpoint.trim_end_matches('/').to_owned()).collect();
+        Ok(Self { http, endpoints, preferred: AtomicUsize::new(0) })
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Result<Value, EtcdError> {
+        let mut last = EtcdError::Unreachable("no endpoint configured".to_owned());
+        let first = self.preferred.load(Ordering::Relaxed);
+        for offset in 0..self.endpoints.len() {
+            let index = (first + offset) % self.endpoints.len();
+            let url = format!("{}{path}", self.endpoints[index]);
+            let response = match self.http.post(&url).json(&body).send().await {
+                Ok(response) => response,
+                Err(error) => {
+                    last = EtcdError::Unreachable(format!("{url}: {error}"));
+                    continue;
+                }
+            };
+            let status = response.status();
+            let answer: Value = match response.json().await {
+                Ok(answer) => answer,
+                Err(error) => {
+                    last = EtcdError::Unreachable(format!("{url}: reading the answer: {error}"));
+                    continue;
+                }
+            };
+            self.preferred.store(index, Ordering::Relaxed);
+            if !status.is_success() {
+                let message = answer["message"].as_str().or(answer["error"].as_str()).unwrap_or_default();
+                return Err(EtcdError::Refused { status: status.as_u16(), message: message.to_owned() });
+            }
+            return Ok(answer);
+        }
+        Err(last)
+    }
+
+    /// Grants a lease of `ttl_secs`; returns its id and the TTL granted.
+    pub async fn grant(&self, ttl_secs: i64) -> Result<(i64, i64), EtcdError> {
+        let answer = self.post("/v3/lease/grant", json!({ "TTL": ttl_secs.to_string() })).await?;
+        let id = int(&answer["ID"]);
+        if id == 0 {
+            return Err(EtcdError::BadAnswer(format!("lease grant without an id: {answer}")));
+        }
+        Ok((id, int(&answer["TTL"])))
+    }
+
+    /// Renews lease `id` once; returns the TTL granted, 0 or less when the lease is gone.
+    pub async fn keep_alive(&self, id: i64) -> Result<i64, EtcdError> {
+        let answer = self.post("/v3/lease/keepalive", json!({ "ID": id.to_string() })).await?;
+        let result = &answer["result"];
+        if result.is_null() {
+            return Err(EtcdError::BadAnswer(format!("keepalive without a result: {answer}")));
+        }
+        Ok(int(&result["TTL"]))
+    }
+
+    /// Revokes lease `id`, deleting every key attached to it.
+    pub async fn revoke(&self, id: i64) -> Result<(), EtcdError> {
+        self.post("/v3/lease/revoke", json!({ "ID": id.to_string() })).await.map(drop)
+    }
+
+    /// Writes `key` = `value` attached to lease `lease` (0: none); returns the revision.
+    pub async fn put(&self, key: &str, value: &str, lease: i64) -> Result<i64, EtcdError> {
+        let answer = self
+            .post("/v3/kv/put", json!({ "key": encode(key), "value": encode(value), "lease": lease.to_string() }))
+            .await?;
+        Ok(int(&answer["header"]["revision"]))
+    }
+
+    /// Every key under `prefix`, and the store's revision when read.
+    pub async fn range_prefix(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64), EtcdError> {
+        let end = STANDARD.encode(prefix_end(prefix));
+        let answer = self.post("/v3/kv/range", json!({ "key": encode(prefix), "range_end": end })).await?;
+        let kvs = answer["kvs"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let kvs = kvs.iter().map(key_value).collect::<Result<_, _>>()?;
+        Ok((kvs, int(&answer["header"]["revision"])))
+    }
+
+    /// Writes `key` = `value` on lease `lease` only if the key does not exist (its create revision
+    /// is 0): the compare-and-set of a claim. Otherwise returns who holds it.
+    pub async fn create(&self, key: &str, value: &str, lease: i64) -> Result<Created, EtcdError> {
+        let key = encode(key);
+        let body = json!({
+            "compare": [{ "key": key, "target": "CREATE", "result": "EQUAL", "create_revision": "0" }],
+            "success": [{ "request_put": { "key": key, "value": encode(value), "lease": lease.to_string() } }],
+            "failure": [{ "request_range": { "key": key } }],
+        });
+        let answer = self.post("/v3/kv/txn", body).await?;
+        if answer["succeeded"].as_bool().unwrap_or(false) {
+            return Ok(Created::Won { revision: int(&answer["header"]["revision"]) });
+        }
+        match answer["responses"][0]["response_range"]["kvs"].get(0) {
+            Some(kv) => Ok(Created::Held(key_value(kv)?)),
+            // Deleted between the compare and the range: nobody holds it now; try again later.
+            None => Err(EtcdError::BadAnswer("the key vanished during the claim".to_owned())),
+        }
+    }
+
+    /// Deletes `key` only if it was last written at `mod_revision` (still our claim); whether it did.
+    pub async fn delete_if(&self, key: &str, mod_revision: i64) -> Result<bool, EtcdError> {
+        let key = encode(key);
+        let body = json!({
+            "compare": [{ "key": key, "target": "MOD", "result": "EQUAL", "mod_revision": mod_revision.to_string() }],
+            "success": [{ "request_delete_range": { "key": key } }],
+        });
+        let answer = self.post("/v3/kv/txn", body).await?;
+        Ok(answer["succeeded"].as_bool().unwrap_or(false))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_range_ends_after_its_last_key() {
+        assert_eq!(prefix_end("/a/"), b"/a0".to_vec());
+        assert_eq!(prefix_end("a\u{7f}"), b"a\x80".to_vec());
+        assert_eq!(prefix_end(""), vec![0]);
+    }
+
+    #[test]
+    fn numbers_come_as_strings_or_not_at_all() {
+        assert_eq!(int(&json!("42")), 42);
+        assert_eq!(int(&json!(7)), 7);
+        assert_eq!(int(&Value::Null), 0);
+    }
+
+    #[test]
+    fn keys_round_trip_through_base64() {
+        assert_eq!(
+            decode(&json!(encode("/switchboard/owners/2001"))).ok().as_deref(),
+            Some("/switchboard/owners/2001")
+        );
+    }
+}

@@ -1,0 +1,502 @@
+//! Clustering on etcd: several gateway nodes share the agent lines of one PBX. Each node registers
+//! under a lease it keeps alive, and stops serving its lines on its own (self-fencing) a margin
+//! before etcd could expire that lease. Each line has one owner, claimed with a compare-and-set
+//! whose revision is the owner's fencing token; lines are spread over the live members by
+//! rendezvous hashing, so a join or a leave moves only the lines that must move.
+//!
+//! Keys under `cluster.key_prefix` (default `/switchboard`):
+//! - `members/{node}`: `{"advertise": "ip:port"}`, on the node's lease;
+//! - `owners/{line}`: the owner's node id, on the owner's lease, created only if absent.
+//!
+//! A lease's keys vanish together when it expires or is revoked, so a dead node's members key and
+//! its claims disappear in one revision: survivors see it gone and claim its lines.
+
+mod etcd;
+mod lease;
+pub mod rendezvous;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use tokio::sync::{Mutex, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use etcd::{Created, Etcd, EtcdError, KeyValue};
+pub use lease::LeaseClock;
+
+use crate::config::ClusterConfig;
+
+/// Claims sent to etcd at once: enough to take thousands of lines in a second or two without
+/// queueing more than etcd answers promptly.
+const CLAIMS_IN_FLIGHT: usize = 32;
+
+/// Why the cluster part could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The etcd client could not be built.
+    #[error("cluster: {0}")]
+    Etcd(#[from] EtcdError),
+}
+
+/// Starts and stops serving lines: the gateway's link monitors exactly the set it is given, and
+/// the future ends once monitors of lines left out have stopped.
+pub type Serve = Arc<dyn Fn(BTreeSet<String>) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// A live member as this node last read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// The address its gRPC API is reached at by the other nodes.
+    pub advertise: String,
+}
+
+/// Counters of the cluster part's life, for tests and metrics.
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    /// Lines claimed.
+    pub claims: AtomicU64,
+    /// Lines released on a handover.
+    pub releases: AtomicU64,
+    /// Times the node stopped serving every line because its lease could not be known valid.
+    pub self_fences: AtomicU64,
+    /// Leases granted (1 at start, one more after each fence).
+    pub leases: AtomicU64,
+    /// etcd requests that failed.
+    pub etcd_errors: AtomicU64,
+}
+
+impl ClusterStats {
+    /// Reads one counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// What the node's loop and its fence guard share.
+struct Shared {
+    node_id: String,
+    /// Lines served now, with the fencing token (claim revision) of each.
+    owned: watch::Sender<Arc<BTreeMap<String, i64>>>,
+    members: watch::Sender<Arc<BTreeMap<String, Member>>>,
+    /// When the node must stop serving unless the lease is renewed; `None` while it holds none.
+    fence_at: watch::Sender<Option<Instant>>,
+    fenced: AtomicBool,
+    stats: ClusterStats,
+    serve: Serve,
+    /// One change of what is served at a time: the loop's and the guard's.
+    serving: Mutex<()>,
+    /// Longest wait for the link to apply a change.
+    apply_timeout: Duration,
+}
+
+impl Shared {
+    async fn serve(&self, owned: BTreeMap<String, i64>) {
+        let _one_at_a_time = self.serving.lock().await;
+        // Checked under the lock the fence also takes: once fenced, nothing is served again until a
+        // new lease is held.
+        let owned = if self.fenced.load(Ordering::SeqCst) { BTreeMap::new() } else { owned };
+        let lines: BTreeSet<String> = owned.keys().cloned().collect();
+        let count = lines.len();
+        self.owned.send_replace(Arc::new(owned));
+        crate::metrics::cluster(self.members.borrow().len() as u64, count as u64);
+        if tokio::time::timeout(self.apply_timeout, (self.serve)(lines)).await.is_err() {
+            tracing::warn!("the link did not apply the cluster's line set in time");
+        }
+    }
+
+    /// Stops serving every line: the lease may lapse before it is renewed.
+    async fn fence(&self, reason: &str) {
+        if self.fenced.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.stats.self_fences.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::cluster_self_fence();
+        let lines = self.owned.borrow().len();
+        tracing::error!(node = self.node_id, lines, reason, "self-fencing: stopping every line this node served");
+        self.serve(BTreeMap::new()).await;
+    }
+}
+
+/// A running cluster member.
+pub struct Cluster {
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    node: JoinHandle<()>,
+    guard: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node", &self.shared.node_id)
+            .field("owned", &self.shared.owned.borrow().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// Joins the cluster as `node_id`, reachable at `advertise`, sharing the lines `lines` lists
+    /// (it may change), serving through `serve`.
+    pub fn start(
+        config: &ClusterConfig,
+        node_id: String,
+        advertise: String,
+        lines: watch::Receiver<Arc<BTreeSet<String>>>,
+        serve: Serve,
+    ) -> Result<Self, ClusterError> {
+        let clock = LeaseClock::new(Duration::from_secs(config.lease_ttl_secs));
+        let etcd = Etcd::new(&config.etcd_endpoints, clock.request_timeout())?;
+        let shared = Arc::new(Shared {
+            node_id,
+            owned: watch::channel(Arc::default()).0,
+            members: watch::channel(Arc::default()).0,
+            fence_at: watch::channel(None).0,
+            fenced: AtomicBool::new(false),
+            stats: ClusterStats::default(),
+            serve,
+            serving: Mutex::new(()),
+            apply_timeout: clock.margin(),
+        });
+        let shutdown = CancellationToken::new();
+        let guard = tokio::spawn(guard(shared.clone()));
+        let node = Node {
+            shared: shared.clone(),
+            etcd,
+            clock,
+            prefix: config.key_prefix.trim_end_matches('/').to_owned(),
+            advertise,
+            lines,
+            shutdown: shutdown.clone(),
+        };
+        let node = tokio::spawn(node.run());
+        Ok(Self { shared, shutdown, node, guard })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.shared.node_id
+    }
+
+    /// The lines this node serves now, each with its fencing token.
+    pub fn owned(&self) -> Arc<BTreeMap<String, i64>> {
+        self.shared.owned.borrow().clone()
+    }
+
+    /// A receiver that sees every change of the lines served.
+    pub fn watch_owned(&self) -> watch::Receiver<Arc<BTreeMap<String, i64>>> {
+        self.shared.owned.subscribe()
+    }
+
+    /// The live members as last read from etcd.
+    pub fn members(&self) -> Arc<BTreeMap<String, Member>> {
+        self.shared.members.borrow().clone()
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &ClusterStats {
+        &self.shared.stats
+    }
+
+    /// Leaves cleanly: stops serving, then revokes the lease, which releases every claim at once so
+    /// the others take the lines without waiting for a TTL.
+    pub async fn shutdown(self, grace: Duration) {
+        self.shutdown.cancel();
+        if tokio::time::timeout(grace, self.node).await.is_err() {
+            tracing::warn!("the cluster member did not leave in time");
+        }
+        self.guard.abort();
+    }
+
+    /// Stops at once, as a crash would: no release, no revoke; the lease lapses in etcd.
+    pub fn kill(self) {
+        self.node.abort();
+        self.guard.abort();
+    }
+}
+
+/// Fences the node when the lease's renewal is overdue, whatever the node's loop is waiting on.
+async fn guard(shared: Arc<Shared>) {
+    let mut fence_at = shared.fence_at.subscribe();
+    loop {
+        let deadline = *fence_at.borrow_and_update();
+        match deadline {
+            None => {
+                if fence_at.changed().await.is_err() {
+                    return;
+                }
+            }
+            Some(deadline) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(deadline) => {
+                        if *fence_at.borrow() == Some(deadline) {
+                            shared.fence("the lease was not renewed in time").await;
+                            shared.fence_at.send_replace(None);
+                        }
+                    }
+                    changed = fence_at.changed() => if changed.is_err() { return },
+                }
+            }
+        }
+    }
+}
+
+struct Node {
+    shared: Arc<Shared>,
+    etcd: Etcd,
+    clock: LeaseClock,
+    prefix: String,
+    advertise: String,
+    lines: watch::Receiver<Arc<BTreeSet<String>>>,
+    shutdown: CancellationToken,
+}
+
+/// One lease's worth of membership.
+struct Term {
+    lease: i64,
+    /// Claims in etcd, by line, with their revisions.
+    held: BTreeMap<String, i64>,
+    /// Claims given up whose deletion etcd has not confirmed yet.
+    releasing: BTreeMap<String, i64>,
+    next_keepalive: Instant,
+}
+
+impl Node {
+    fn member_key(&self) -> String {
+        format!("{}/members/{}", self.prefix, self.shared.node_id)
+    }
+
+    fn owner_key(&self, line: &str) -> String {
+        format!("{}/owners/{line}", self.prefix)
+    }
+
+    fn etcd_failed(&self, what: &str, error: &EtcdError) {
+        self.shared.stats.etcd_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(node = self.shared.node_id, %error, "etcd: {what} failed");
+    }
+
+    fn tick(&self) -> Duration {
+        self.clock.keepalive_interval().min(Duration::from_millis(250))
+    }
+
+    async fn run(mut self) {
+        while !self.shutdown.is_cancelled() {
+            let Some(mut term) = self.join().await else {
+                tokio::select! {
+                    () = self.shutdown.cancelled() => break,
+                    () = tokio::time::sleep(self.tick()) => continue,
+                }
+            };
+            self.serve_term(&mut term).await;
+            if self.shutdown.is_cancelled() {
+                // Leave cleanly: stop serving, then revoke (every claim goes with the lease).
+                self.shared.serve(BTreeMap::new()).await;
+                if let Err(error) = self.etcd.revoke(term.lease).await {
+                    self.etcd_failed("revoking the lease on leaving", &error);
+                }
+                tracing::info!(node = self.shared.node_id, "left the cluster");
+                break;
+            }
+            // The term ended in a fence: drop what is left of the old lease, if etcd still has it,
+            // so its claims do not block the lines until it expires.
+            if let Err(error) = self.etcd.revoke(term.lease).await {
+                self.etcd_failed("revoking a fenced lease", &error);
+            }
+        }
+        self.shared.fence_at.send_replace(None);
+    }
+
+    /// Takes a lease and registers under it.
+    async fn join(&self) -> Option<Term> {
+        let sent = Instant::now();
+        let (lease, granted) = match self.etcd.grant(self.clock.ttl_secs()).await {
+            Ok(granted) => granted,
+            Err(error) => {
+                self.etcd_failed("granting a lease", &error);
+                return None;
+            }
+        };
+        let value = serde_json::json!({ "advertise": self.advertise }).to_string();
+        if let Err(error) = self.etcd.put(&self.member_key(), &value, lease).await {
+            self.etcd_failed("registering", &error);
+            let _ = self.etcd.revoke(lease).await;
+            return None;
+        }
+        self.shared.stats.leases.fetch_add(1, Ordering::Relaxed);
+        self.shared.fenced.store(false, Ordering::SeqCst);
+        self.shared.fence_at.send_replace(self.clock.fence_at(sent, granted));
+        tracing::info!(node = self.shared.node_id, lease, "joined the cluster");
+        Some(Term {
+            lease,
+            held: BTreeMap::new(),
+            releasing: BTreeMap::new(),
+            next_keepalive: sent + self.clock.keepalive_interval(),
+        })
+    }
+
+    /// Renews, reads the members, releases and claims, until the node fences or leaves.
+    async fn serve_term(&mut self, term: &mut Term) {
+        let mut ticks = tokio::time::interval(self.tick());
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                _ = ticks.tick() => {}
+                changed = self.lines.changed() => if changed.is_err() { return },
+            }
+            if Instant::now() >= term.next_keepalive && !self.renew(term).await {
+                return;
+            }
+            if self.shared.fenced.load(Ordering::SeqCst) {
+                return;
+            }
+            let members = match self.etcd.range_prefix(&format!("{}/members/", self.prefix)).await {
+                Ok((kvs, _)) => Some(self.publish_members(&kvs)),
+                Err(error) => {
+                    self.etcd_failed("reading the members", &error);
+                    None
+                }
+            };
+            self.retry_releases(term).await;
+            let fresh = members.is_some();
+            let members = members.unwrap_or_else(|| self.shared.members.borrow().keys().cloned().collect());
+            let lease_valid = self.shared.fence_at.borrow().is_some_and(|at| Instant::now() < at);
+            let lines = self.lines.borrow().clone();
+            let held: BTreeSet<String> = term.held.keys().cloned().collect();
+            let decision = rendezvous::decide(&self.shared.node_id, &lines, &members, &held, fresh && lease_valid);
+            // A node cut off from etcd keeps what it holds: without a fresh view it cannot know
+            // that another should have the lines, and its lease still protects them.
+            if fresh && !decision.release.is_empty() {
+                self.release(term, decision.release).await;
+            }
+            if !decision.claim.is_empty() {
+                self.claim(term, decision.claim).await;
+            }
+        }
+    }
+
+    /// Renews the lease once; false when it is gone (the node must fence and start over).
+    async fn renew(&self, term: &mut Term) -> bool {
+        let sent = Instant::now();
+        term.next_keepalive = sent + self.clock.keepalive_interval();
+        match self.etcd.keep_alive(term.lease).await {
+            Ok(ttl) => match self.clock.fence_at(sent, ttl) {
+                Some(at) if !self.shared.fenced.load(Ordering::SeqCst) => {
+                    self.shared.fence_at.send_replace(Some(at));
+                    true
+                }
+                Some(_) => false,
+                None => {
+                    self.shared.fence("etcd says the lease has expired").await;
+                    false
+                }
+            },
+            Err(error) => {
+                // Keep serving: the guard fences when the lease may lapse.
+                self.etcd_failed("renewing the lease", &error);
+                true
+            }
+        }
+    }
+
+    fn publish_members(&self, kvs: &[KeyValue]) -> BTreeSet<String> {
+        let prefix = format!("{}/members/", self.prefix);
+        let members: BTreeMap<String, Member> = kvs
+            .iter()
+            .filter_map(|kv| {
+                let id = kv.key.strip_prefix(&prefix)?.to_owned();
+                let value: serde_json::Value = serde_json::from_str(&kv.value).unwrap_or_default();
+                let advertise = value["advertise"].as_str().unwrap_or_default().to_owned();
+                Some((id, Member { advertise }))
+            })
+            .collect();
+        let ids = members.keys().cloned().collect();
+        if **self.shared.members.borrow() != members {
+            tracing::info!(node = self.shared.node_id, members = ?members.keys().collect::<Vec<_>>(), "cluster members changed");
+            crate::metrics::cluster(members.len() as u64, self.shared.owned.borrow().len() as u64);
+            self.shared.members.send_replace(Arc::new(members));
+        }
+        ids
+    }
+
+    /// Hands lines over: stop serving them first, then delete the claims, so the next owner never
+    /// finds them still monitored here.
+    async fn release(&self, term: &mut Term, lines: Vec<String>) {
+        for line in &lines {
+            if let Some(token) = term.held.remove(line) {
+                term.releasing.insert(line.clone(), token);
+            }
+        }
+        self.shared.serve(term.held.clone()).await;
+        self.shared.stats.releases.fetch_add(lines.len() as u64, Ordering::Relaxed);
+        crate::metrics::cluster_ownership_change("released", lines.len() as u64);
+        tracing::info!(node = self.shared.node_id, lines = lines.len(), "released lines");
+        self.retry_releases(term).await;
+    }
+
+    async fn retry_releases(&self, term: &mut Term) {
+        if term.releasing.is_empty() {
+            return;
+        }
+        let releasing = std::mem::take(&mut term.releasing);
+        let outcomes: Vec<(String, i64, Result<bool, EtcdError>)> = futures::stream::iter(releasing)
+            .map(|(line, token)| async move {
+                let outcome = self.etcd.delete_if(&self.owner_key(&line), token).await;
+                (line, token, outcome)
+            })
+            .buffer_unordered(CLAIMS_IN_FLIGHT)
+            .collect()
+            .await;
+        for (line, token, outcome) in outcomes {
+            if let Err(error) = outcome {
+                self.etcd_failed("releasing a line", &error);
+                term.releasing.insert(line, token);
+            }
+        }
+    }
+
+    /// Claims lines with a create-if-absent each; serves those won.
+    async fn claim(&self, term: &mut Term, lines: Vec<String>) {
+        let me = self.shared.node_id.clone();
+        let lease = term.lease;
+        let outcomes: Vec<(String, Result<Created, EtcdError>)> = futures::stream::iter(lines)
+            .map(|line| {
+                let me = me.clone();
+                async move {
+                    let outcome = self.etcd.create(&self.owner_key(&line), &me, lease).await;
+                    (line, outcome)
+                }
+            })
+            .buffer_unordered(CLAIMS_IN_FLIGHT)
+            .collect()
+            .await;
+        let mut won = 0;
+        for (line, outcome) in outcomes {
+            match outcome {
+                Ok(Created::Won { revision }) => {
+                    term.held.insert(line, revision);
+                    won += 1;
+                }
+                // Our own claim whose answer was lost: it is ours, with its own revision.
+                Ok(Created::Held(kv)) if kv.value == me && kv.lease == lease => {
+                    term.held.insert(line, kv.mod_revision);
+                    won += 1;
+                }
+                // Another holds it: it is handing it over, or its lease has yet to lapse.
+                Ok(Created::Held(kv)) => tracing::debug!(line, holder = kv.value, "line still held"),
+                Err(error) => self.etcd_failed("claiming a line", &error),
+            }
+        }
+        if won == 0 || self.shared.fenced.load(Ordering::SeqCst) {
+            return;
+        }
+        self.shared.stats.claims.fetch_add(won, Ordering::Relaxed);
+        crate::metrics::cluster_ownership_change("claimed", won);
+        tracing::info!(node = self.shared.node_id, lines = won, "claimed lines");
+        self.shared.serve(term.held.clone()).await;
+    }
+}
