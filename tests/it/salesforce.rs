@@ -38,6 +38,10 @@ struct Setup {
 }
 
 async fn setup(name: &str) -> Setup {
+    setup_with(name, SandboxConfig::default()).await
+}
+
+async fn setup_with(name: &str, sandbox: SandboxConfig) -> Setup {
     let simulator = Simulator::start(SimConfig {
         heartbeat_interval: Duration::from_millis(200),
         layout: Layout { stations: 4, ..Layout::default() },
@@ -46,7 +50,7 @@ async fn setup(name: &str) -> Setup {
     .await
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sandbox = Sandbox::start(SandboxConfig::default(), listener).unwrap();
+    let sandbox = Sandbox::start(sandbox, listener).unwrap();
     Setup { simulator, sandbox, dir: TempDir::new(name) }
 }
 
@@ -284,5 +288,120 @@ async fn refused_logs_are_dead_lettered_and_replayed_once_the_configuration_is_f
     assert_eq!(setup.sandbox.tasks()[0].external_id, format!("{call}:2000"));
     assert_eq!(salesforce.status().await.unwrap().1, 0);
     drop(salesforce);
+    setup.stop(gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jwt_bearer_flow_signs_in_and_call_logs_land() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let public_key = std::fs::read_to_string(root.join("fixtures/jwt-test-key.pub.pem")).unwrap();
+    let setup =
+        setup_with("jwt", SandboxConfig { jwt_public_key_pem: Some(public_key), ..SandboxConfig::default() }).await;
+    let defaults = SandboxConfig::default();
+    let jwt = SalesforceConfig {
+        auth_flow: "jwt_bearer".into(),
+        client_secret: Secret::default(),
+        username: defaults.username.clone(),
+        audience: defaults.audience.clone(),
+        private_key_file: root.join("fixtures/jwt-test-key.pem").display().to_string(),
+        ..setup.salesforce()
+    };
+    let gateway = setup.gateway(jwt).await;
+    let number = setup.sandbox.seeded().unmatched_numbers(1)[0].clone();
+    let call = setup.ring(&number, "2000");
+    setup.answer_and_hang_up("2000");
+    eventually(|| setup.sandbox.tasks().len() == 1).await;
+    assert_eq!(setup.sandbox.tasks()[0].external_id, format!("{call}:2000"));
+    assert!(setup.sandbox.stats().tokens_issued >= 1);
+    setup.stop(gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_administrator_pauses_the_integration_changes_a_template_and_nothing_is_lost() {
+    use proto::api::admin_client::AdminClient;
+    const TOKEN: &str = "admin-token-for-the-tests";
+    let setup = setup("admin").await;
+    let gateway = setup.gateway(setup.salesforce()).await;
+    let grpc = gateway::config::GrpcConfig {
+        tokens: vec![gateway::config::TokenConfig {
+            name: "ops".into(),
+            token: Secret::new(TOKEN),
+            scopes: vec!["admin".into()],
+        }],
+        ..gateway::config::GrpcConfig::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = gateway::grpc::GrpcServer::start_with(
+        gateway.model().clone(),
+        gateway.salesforce().cloned(),
+        listener,
+        &grpc,
+        &[],
+    )
+    .await
+    .unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.local_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut admin = AdminClient::with_interceptor(channel, |mut request: tonic::Request<()>| {
+        request.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        Ok(request)
+    });
+
+    // Paused: the call's log waits in the outbox.
+    let status = admin
+        .update_salesforce_settings(proto::api::UpdateSalesforceSettingsRequest {
+            enabled: Some(false),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!status.settings.unwrap().enabled);
+    let number = setup.sandbox.seeded().unmatched_numbers(1)[0].clone();
+    let call = setup.ring(&number, "2000");
+    setup.answer_and_hang_up("2000");
+    within(async {
+        loop {
+            let status = admin.get_salesforce_status(proto::api::GetSalesforceStatusRequest {}).await.unwrap();
+            if status.into_inner().logs_held == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(setup.sandbox.tasks().is_empty());
+
+    // A bad template is refused, and changes nothing.
+    let refused = admin
+        .update_salesforce_settings(proto::api::UpdateSalesforceSettingsRequest {
+            subject_template: Some("{nope}".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+
+    // A new subject, and on again: the waiting log lands with it.
+    admin
+        .update_salesforce_settings(proto::api::UpdateSalesforceSettingsRequest {
+            enabled: Some(true),
+            subject_template: Some("{status} call from {from} on line {line}".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    eventually(|| setup.sandbox.tasks().len() == 1).await;
+    let task = setup.sandbox.task_by_external_id(&format!("{call}:2000")).unwrap();
+    assert_eq!(
+        task.fields.get("Subject").and_then(|subject| subject.as_str()),
+        Some(format!("answered call from {number} on line 2000").as_str())
+    );
+    let letters = admin.list_dead_letters(proto::api::ListDeadLettersRequest { limit: 0 }).await.unwrap();
+    assert!(letters.into_inner().dead_letters.is_empty());
+    server.shutdown(Duration::from_secs(5)).await;
     setup.stop(gateway).await;
 }
