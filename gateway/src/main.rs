@@ -251,7 +251,7 @@ async fn demo(
         api_requests = stats.api_requests,
         searches = stats.search_requests,
         upserts = stats.upsert_requests,
-        "demo: what salesforce saw"
+        "demo stopped; what the salesforce sandbox saw"
     );
     sandbox.shutdown().await;
     simulator.shutdown().await;
