@@ -9,7 +9,7 @@ use actors::events::{ModelEvent, PopResult, Subscription};
 use gateway::app::Gateway;
 use gateway::config::{Config, SalesforceConfig, Secret};
 use loadtest::salesforce::{Sandbox, SandboxConfig};
-use loadtest::sim::{Layout, SimConfig, Simulator};
+use loadtest::sim::Simulator;
 
 use crate::support::{PATIENCE, eventually, link_config, within};
 
@@ -42,13 +42,7 @@ async fn setup(name: &str) -> Setup {
 }
 
 async fn setup_with(name: &str, sandbox: SandboxConfig) -> Setup {
-    let simulator = Simulator::start(SimConfig {
-        heartbeat_interval: Duration::from_millis(200),
-        layout: Layout { stations: 4, ..Layout::default() },
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
+    let simulator = crate::support::simulator(4).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let sandbox = Sandbox::start(sandbox, listener).unwrap();
     Setup { simulator, sandbox, dir: TempDir::new(name) }

@@ -390,10 +390,9 @@ fn a_call_is_answered_when_any_agent_talked_and_abandoned_when_the_caller_gave_u
     assert_eq!(CallOutcome::of([]), CallOutcome::Unanswered);
 }
 
-#[tokio::test]
-async fn the_journal_hears_of_every_leg_and_is_left_with_none_open_after_a_merge_and_the_end() {
-    let mut fixture = fixture(ModelConfig { journal_legs: true, ..ModelConfig::default() }).await;
-    answered_call(&mut fixture).await;
+/// 2001 answers C1, consults 2002 on C2, and transfers: C1 and C2 merge into C3.
+async fn transfer_c1_to_c2s_party(fixture: &mut Fixture) {
+    answered_call(fixture).await;
     let router = &mut fixture.router;
     router.route(party("C1", "2001", DeviceKind::Line, ConnState::Held, 5000)).await;
     router.route(party("C2", "2001", DeviceKind::Line, ConnState::Connected, 5000)).await;
@@ -408,6 +407,12 @@ async fn the_journal_hears_of_every_leg_and_is_left_with_none_open_after_a_merge
             at: 9000,
         })
         .await;
+}
+
+#[tokio::test]
+async fn the_journal_hears_of_every_leg_and_is_left_with_none_open_after_a_merge_and_the_end() {
+    let mut fixture = fixture(ModelConfig { journal_legs: true, ..ModelConfig::default() }).await;
+    transfer_c1_to_c2s_party(&mut fixture).await;
     eventually(|| fixture.model.call("C3").is_some()).await;
     fixture.router.route(end("C3", 20_000)).await;
     let mut closed = vec![fixture.logs.recv().await.unwrap().key(), fixture.logs.recv().await.unwrap().key()];
