@@ -361,8 +361,9 @@ mod tests {
                     x_seconds_bucket{kind=\"b\",le=\"0.2\"} 20\n\
                     x_seconds_bucket{kind=\"b\",le=\"+Inf\"} 20\n\
                     x_seconds_sum 1\nx_seconds_count 40\n";
+        // 40 observations: 10 up to 0.1 s, 30 between 0.1 and 0.2 s; the 20th is a third of the way in.
         let median = histogram_quantile(text, "x_seconds", 0.5).unwrap();
-        assert!((median - 0.15).abs() < 1e-9, "{median}");
+        assert!((median - (0.1 + 0.1 / 3.0)).abs() < 1e-9, "{median}");
         assert_eq!(histogram_quantile(text, "y_seconds", 0.5), None);
         assert!((metric_sum(text, "x_seconds_count") - 40.0).abs() < 1e-9);
     }
