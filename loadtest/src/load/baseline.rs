@@ -71,11 +71,11 @@ pub fn event_stream(calls: usize) -> Result<(BytesMut, u64), LoadError> {
 
 /// Events per second through a bare decode with `LinkCodec` and one bounded tokio channel to a
 /// task that counts them: the best any gateway could do with the link's frames on this machine.
-/// The best of three passes over 20,000 calls (140,000 events).
-pub async fn decode_hop_events_per_sec() -> Result<f64, LoadError> {
+/// The best of three passes over `calls` calls (seven events each).
+pub async fn decode_hop_events_per_sec(calls: usize) -> Result<f64, LoadError> {
     let mut best: f64 = 0.0;
     for _ in 0..3 {
-        let (mut bytes, count) = event_stream(20_000)?;
+        let (mut bytes, count) = event_stream(calls)?;
         let (sender, mut receiver) = mpsc::channel::<LinkMessage>(8_192);
         let consumer = tokio::spawn(async move {
             let mut seen = 0u64;

@@ -23,7 +23,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use indicatif::ProgressBar;
+/// The progress display `run` updates (`ProgressBar::hidden()` for none).
+pub use indicatif::ProgressBar;
 use tokio_util::sync::CancellationToken;
 
 use self::desk::{Desk, DeskLog, Timed, WatchLog};
@@ -80,6 +81,10 @@ pub struct LoadConfig {
     pub gateway_env: Vec<(String, String)>,
     /// Where outboxes and gateway logs go; a fresh temporary directory if `None`.
     pub work_dir: Option<PathBuf>,
+    /// Empty gRPC calls in the latency baseline.
+    pub baseline_grpc_calls: usize,
+    /// Calls (of seven events) in the decode baseline's stream.
+    pub baseline_decode_calls: usize,
 }
 
 impl Default for LoadConfig {
@@ -97,6 +102,8 @@ impl Default for LoadConfig {
             drain_limit: Duration::from_secs(90),
             gateway_env: Vec::new(),
             work_dir: None,
+            baseline_grpc_calls: 2_000,
+            baseline_decode_calls: 20_000,
         }
     }
 }
@@ -169,7 +176,7 @@ pub async fn run(config: &LoadConfig, progress: &ProgressBar) -> Result<Report, 
     std::fs::create_dir_all(&path).map_err(LoadError::Io)?;
     let mut dir = WorkDir { path, remove };
     progress.set_message("baseline: decode + channel hop");
-    let decode_hop = baseline::decode_hop_events_per_sec().await?;
+    let decode_hop = baseline::decode_hop_events_per_sec(config.baseline_decode_calls).await?;
     // An error keeps the directory: the gateways' logs say why.
     dir.remove = false;
     let main = run_round(config, Mode::Budget, &dir.path, progress).await?;
@@ -247,7 +254,7 @@ async fn drive(
     progress.set_message(format!("{}: starting the gateway", mode.as_str()));
     let (mut gateway, mut api) = GatewayProcess::start(spec, stations).await?;
     progress.set_message(format!("{}: baseline: empty gRPC calls", mode.as_str()));
-    let empty_grpc = baseline::empty_grpc(&mut api, 2_000).await?;
+    let empty_grpc = baseline::empty_grpc(&mut api, config.baseline_grpc_calls).await?;
 
     let origin = Instant::now();
     let stop_watch = CancellationToken::new();
