@@ -350,6 +350,14 @@ impl Simulator {
         self.shared.lock().traffic = None;
     }
 
+    /// Closing time: the traffic generator places no new call, and plays the calls in progress to
+    /// their end (unlike [`Simulator::stop_traffic`], which leaves them as they are).
+    pub fn stop_new_calls(&self) {
+        if let Some(traffic) = self.shared.lock().traffic.as_mut() {
+            traffic.stop_placing();
+        }
+    }
+
     /// Pauses (or resumes) the traffic generator: while paused nobody places, answers or hangs up a
     /// call, so the phone system holds still but for its own timers. What fell due meanwhile
     /// happens on resume.

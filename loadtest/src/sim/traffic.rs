@@ -167,6 +167,11 @@ impl Traffic {
         self.calls_started
     }
 
+    /// Places no new call from now on; calls in progress play to their end, as at closing time.
+    pub fn stop_placing(&mut self) {
+        self.config.max_calls = Some(self.calls_started);
+    }
+
     /// Reacts to what the phone system just did: schedules answers, scripts and after-call work.
     pub fn observe(&mut self, pbx: &Pbx, events: &[PbxEvent]) {
         let now = pbx.now_ms();
