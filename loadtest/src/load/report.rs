@@ -425,8 +425,36 @@ type Drawn = Result<(), Box<dyn std::error::Error>>;
 /// One line of a panel: its legend, colour and points.
 type Line = (String, plotters::style::RGBColor, Vec<(f64, f64)>);
 
+/// Where Debian and others keep a sans-serif TTF (`fonts-dejavu-core`, `fonts-liberation`).
+const FONTS: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+];
+
+/// Registers a font for the plot's text, once. plotters measures text with a font it is given
+/// (pure Rust, no fontconfig), so one must be on disk.
+fn register_font() -> Result<(), String> {
+    static REGISTERED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    REGISTERED
+        .get_or_init(|| {
+            let font = FONTS.iter().find_map(|path| std::fs::read(path).ok()).ok_or_else(|| {
+                format!("no font for the plot's text (Debian: apt-get install fonts-dejavu-core); looked in {FONTS:?}")
+            })?;
+            plotters::style::register_font(
+                "sans-serif",
+                plotters::style::FontStyle::Normal,
+                Box::leak(font.into_boxed_slice()),
+            )
+            .map_err(|_| "the font found is not one plotters can read".to_owned())
+        })
+        .clone()
+}
+
 fn draw(report: &Report, path: &Path) -> Drawn {
     use plotters::prelude::*;
+    register_font()?;
     let root = SVGBackend::new(path, (1400, 1000)).into_drawing_area();
     root.fill(&WHITE)?;
     let title = format!(
