@@ -11,8 +11,20 @@ use crate::domain::{Cause, LegOutcome, Millis};
 use crate::events::{CallView, ModelEvent};
 use crate::port::{PbxCommand, PbxOutcome, PbxPort};
 
+/// An order for a call actor, addressed to the call it is about. Call actors are pooled: one that
+/// finished its call goes on to serve another, so an order that names a call the actor no longer
+/// runs (sent just before that call ended) is dropped instead of applied to the wrong call.
+pub(crate) struct CallMsg {
+    /// The call the order is for: the state its registry entry shares.
+    pub(crate) call: Shared<CallState>,
+    /// What to do.
+    pub(crate) order: CallOrder,
+}
+
 /// What a call actor is asked to do.
-pub(crate) enum CallMsg {
+pub(crate) enum CallOrder {
+    /// Take on the call the message names (the actor comes from the pool).
+    Adopt,
     /// Apply inputs in order.
     Apply(Vec<CallInput>),
     /// Make the parties what a PBX snapshot says.
@@ -37,7 +49,10 @@ impl<P> CallActor<P> {
 
 pub(crate) struct CallActorState<P> {
     context: Arc<Context<P>>,
+    /// The call it serves, or served last while it waits in the pool.
     call: Shared<CallState>,
+    /// Whether it serves `call` now (false while in the pool).
+    serving: bool,
     /// What the durable journal was last told of each leg: line, answered, the call's id. A
     /// restarted actor starts empty and tells it again, which the journal takes as an update.
     journaled: Vec<(String, bool, String)>,
@@ -53,7 +68,7 @@ impl<P: PbxPort> Actor for CallActor<P> {
         _myself: ActorRef<CallMsg>,
         (context, call): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(CallActorState { context, call, journaled: Vec::new() })
+        Ok(CallActorState { context, call, serving: true, journaled: Vec::new() })
     }
 
     /// A call made from a snapshot (or restarted over its state) journals its legs at once.
@@ -68,8 +83,22 @@ impl<P: PbxPort> Actor for CallActor<P> {
         message: CallMsg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        match message {
-            CallMsg::Apply(inputs) => {
+        let CallMsg { call, order } = message;
+        if let CallOrder::Adopt = order {
+            state.call = call;
+            state.serving = true;
+            state.journaled.clear();
+            // As a freshly started actor does in `post_start`.
+            journal(state).await;
+            return Ok(());
+        }
+        if !state.serving || !Arc::ptr_eq(&state.call, &call) {
+            tracing::debug!("an order for a call this actor no longer runs; dropped");
+            return Ok(());
+        }
+        match order {
+            CallOrder::Adopt => {}
+            CallOrder::Apply(inputs) => {
                 let (changed, view) = {
                     let mut call = lock(&state.call);
                     let mut changed = false;
@@ -86,7 +115,7 @@ impl<P: PbxPort> Actor for CallActor<P> {
                     journal(state).await;
                 }
             }
-            CallMsg::Reconcile { parties, at } => {
+            CallOrder::Reconcile { parties, at } => {
                 let view = {
                     let mut call = lock(&state.call);
                     call.reconcile(parties, at).then(|| CallView::from(&*call))
@@ -96,7 +125,7 @@ impl<P: PbxPort> Actor for CallActor<P> {
                 }
                 journal(state).await;
             }
-            CallMsg::TakeState(reply) => {
+            CallOrder::TakeState(reply) => {
                 let call = lock(&state.call).clone();
                 forget(&myself, state);
                 if state.context.config.journal_legs && !state.journaled.is_empty() {
@@ -105,19 +134,19 @@ impl<P: PbxPort> Actor for CallActor<P> {
                     let _ = state.context.logs.send(LegNote::Moved(keys)).await;
                 }
                 let _ = reply.send(call);
-                myself.stop(None);
+                release(&myself, state);
             }
             // Rare and deep futures are boxed: an actor's task is as large as its largest await,
             // and a hundred thousand actors pay for it all the time.
-            CallMsg::Resnapshot { at } => Box::pin(resnapshot(&myself, state, at)).await,
-            CallMsg::Crash => panic!("call actor crash requested"),
+            CallOrder::Resnapshot { at } => Box::pin(resnapshot(&myself, state, at)).await,
+            CallOrder::Crash => panic!("call actor crash requested"),
         }
         Ok(())
     }
 }
 
 /// Checks the call against the PBX's snapshot: reconciles it, or closes it if the PBX no longer has it.
-async fn resnapshot<P: PbxPort>(myself: &ActorRef<CallMsg>, state: &CallActorState<P>, at: Millis) {
+async fn resnapshot<P: PbxPort>(myself: &ActorRef<CallMsg>, state: &mut CallActorState<P>, at: Millis) {
     let id = lock(&state.call).id.clone();
     match state.context.port.execute(PbxCommand::SnapshotCall { call: id.clone() }).await {
         Ok(PbxOutcome::Snapshot(Some(parties))) => {
@@ -149,9 +178,14 @@ async fn resnapshot<P: PbxPort>(myself: &ActorRef<CallMsg>, state: &CallActorSta
 /// Tells the durable journal about legs that opened or changed since it was last told (answered, or
 /// the call got a new id), unless the call has ended (its final records said everything).
 async fn journal<P: PbxPort>(state: &mut CallActorState<P>) {
-    if !state.context.config.journal_legs {
-        return;
+    // Boxed, and only when configured: the journal's future holds records and a channel send, and
+    // inline it would make every call actor's task that much larger (see `handle`).
+    if state.context.config.journal_legs {
+        Box::pin(journal_changes(state)).await;
     }
+}
+
+async fn journal_changes<P: PbxPort>(state: &mut CallActorState<P>) {
     let changed: Vec<CallLogRecord> = {
         let call = lock(&state.call);
         if call.is_ended() {
@@ -193,7 +227,7 @@ fn forget<P>(myself: &ActorRef<CallMsg>, state: &CallActorState<P>) {
 
 /// When the call has ended: writes one record per agent leg to the log sink (waiting for room: a
 /// record is never dropped), publishes them, and stops.
-async fn finish_if_ended<P: PbxPort>(myself: &ActorRef<CallMsg>, state: &CallActorState<P>) {
+async fn finish_if_ended<P: PbxPort>(myself: &ActorRef<CallMsg>, state: &mut CallActorState<P>) {
     let records: Vec<CallLogRecord> = {
         let call = lock(&state.call);
         if !call.is_ended() {
@@ -220,5 +254,15 @@ async fn finish_if_ended<P: PbxPort>(myself: &ActorRef<CallMsg>, state: &CallAct
         }
     }
     state.context.stats.call_ended(outcome);
-    myself.stop(None);
+    release(myself, state);
+}
+
+/// Done with its call (already out of the registry): back to the pool if it has room, else stop.
+/// Reuse spares the next call an actor's start and stop, which cost more than the call's events.
+fn release<P: PbxPort>(myself: &ActorRef<CallMsg>, state: &mut CallActorState<P>) {
+    state.serving = false;
+    state.journaled.clear();
+    if !state.context.pool_call_actor(myself) {
+        myself.stop(None);
+    }
 }

@@ -1,7 +1,7 @@
 //! Commands: each is checked against the line's state first, then sent to the PBX; both kinds of
 //! refusal come back typed.
 
-use super::call_actor::CallMsg;
+use super::call_actor::CallOrder;
 use super::{Model, lock};
 use crate::call::CallInput;
 use crate::domain::{AgentState, CallId, DeviceId};
@@ -218,6 +218,6 @@ impl<P: PbxPort> Model<P> {
 
     fn to_call(&self, call: &str, input: CallInput) -> Result<(), CommandError> {
         let entry = self.context.calls.get(call).ok_or_else(|| CommandError::UnknownCall(call.to_owned()))?;
-        entry.actor.cast(CallMsg::Apply(vec![input])).map_err(|_| CommandError::UnknownCall(call.to_owned()))
+        entry.cast(CallOrder::Apply(vec![input])).map_err(|_| CommandError::UnknownCall(call.to_owned()))
     }
 }

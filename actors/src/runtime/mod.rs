@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 pub use commands::CommandError;
 pub use router::Router;
 
-use self::call_actor::{CallActor, CallMsg};
+use self::call_actor::{CallActor, CallMsg, CallOrder};
 use self::line_actor::{LineActor, LineMsg};
 use self::supervisor::Supervisor;
 use crate::call::{CallInput, CallState, LegNote, Party};
@@ -144,7 +144,7 @@ impl Default for ModelConfig {
 /// Counters of the model's life.
 #[derive(Debug, Default)]
 pub struct ModelStats {
-    /// Call actors started.
+    /// Calls given an actor (a new one, or an idle one from the pool).
     pub calls_started: AtomicU64,
     /// Calls ended (their records written).
     pub calls_ended: AtomicU64,
@@ -236,6 +236,17 @@ pub(crate) struct CallEntry {
     pub(crate) state: Shared<CallState>,
 }
 
+impl CallEntry {
+    /// Sends `order` to the actor, addressed to this entry's call (see [`CallMsg`]).
+    pub(crate) fn cast(&self, order: CallOrder) -> Result<(), ractor::MessagingErr<CallMsg>> {
+        self.actor.cast(CallMsg { call: self.state.clone(), order })
+    }
+}
+
+/// Idle call actors kept for the next calls. Calls start and end all the time; a few hundred idle
+/// actors cover a burst of endings and starts in one batch of events, at a few KB each.
+const CALL_POOL: usize = 256;
+
 #[derive(Clone)]
 pub(crate) struct LineEntry {
     pub(crate) actor: ActorRef<LineMsg>,
@@ -260,6 +271,8 @@ pub(crate) struct Context<P> {
     pub(crate) port: Arc<P>,
     pub(crate) stats: ModelStats,
     pub(crate) supervisor: std::sync::OnceLock<ActorCell>,
+    /// Call actors whose call ended, waiting for another (at most [`CALL_POOL`]).
+    idle_calls: Mutex<Vec<ActorRef<CallMsg>>>,
     sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -271,11 +284,35 @@ impl<P: PbxPort> Context<P> {
             .ok_or_else(|| ractor::SpawnErr::StartupFailed("the model's supervisor is not running".into()))
     }
 
-    /// Starts a call actor over `state` and registers it.
+    /// Gives a new call an actor, an idle one from the pool if there is one, and registers it.
     pub(crate) async fn spawn_call(self: &Arc<Self>, state: CallState) -> Result<CallEntry, ractor::SpawnErr> {
         let id = state.id.clone();
         let shared = Arc::new(Mutex::new(state));
+        loop {
+            let idle = lock(&self.idle_calls).pop();
+            let Some(actor) = idle else { break };
+            let entry = CallEntry { actor, state: shared.clone() };
+            // Registered before it adopts the call, so that a crash on adopting is restarted.
+            self.members.insert(entry.actor.get_id(), Member::Call(id.clone()));
+            if entry.cast(CallOrder::Adopt).is_ok() {
+                self.calls.insert(id, entry.clone());
+                bump(&self.stats.calls_started);
+                return Ok(entry);
+            }
+            // It stopped while idle (the model is shutting down): try the next.
+            self.members.remove(&entry.actor.get_id());
+        }
         self.start_call_actor(id, shared).await
+    }
+
+    /// Keeps a call actor whose call is over for the next call; false when the pool is full.
+    pub(crate) fn pool_call_actor(&self, actor: &ActorRef<CallMsg>) -> bool {
+        let mut idle = lock(&self.idle_calls);
+        if idle.len() >= CALL_POOL {
+            return false;
+        }
+        idle.push(actor.clone());
+        true
     }
 
     pub(crate) async fn start_call_actor(
@@ -352,6 +389,7 @@ pub async fn start<P: PbxPort>(
         port,
         stats: ModelStats::default(),
         supervisor: std::sync::OnceLock::new(),
+        idle_calls: Mutex::new(Vec::new()),
         sweeper: Mutex::new(None),
     });
     let (supervisor, _) = Actor::spawn(None, Supervisor::new(), context.clone()).await?;
@@ -416,7 +454,7 @@ impl<P: PbxPort> Model<P> {
     /// Makes a call actor panic, as a bug would, to exercise supervision.
     #[cfg(any(test, feature = "testsuite"))]
     pub fn crash_call(&self, id: &str) -> bool {
-        self.context.calls.get(id).is_some_and(|entry| entry.actor.cast(CallMsg::Crash).is_ok())
+        self.context.calls.get(id).is_some_and(|entry| entry.cast(CallOrder::Crash).is_ok())
     }
 
     /// Makes a line actor panic, as a bug would, to exercise supervision.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::call_actor::CallMsg;
+use super::call_actor::{CallMsg, CallOrder};
 use super::line_actor::LineMsg;
 use super::supervisor::wall_clock_ms;
 use super::{CallSnapshot, Context, ModelInput, bump, creates_call, lock};
@@ -154,7 +154,7 @@ impl<P: PbxPort> Router<P> {
             // News of the end of a call the model never knew (or has closed): nothing to do.
             None => return,
         };
-        if entry.actor.cast(CallMsg::Apply(inputs)).is_err() {
+        if entry.cast(CallOrder::Apply(inputs)).is_err() {
             // The actor is restarting; its successor checks the state against the PBX.
             tracing::debug!(call, "call actor unavailable; input left to its resnapshot");
         }
@@ -183,10 +183,11 @@ impl<P: PbxPort> Router<P> {
     /// Takes a call's state out of its actor, which stops; `None` if the model does not know it.
     async fn take(&self, call: &CallId) -> Option<CallState> {
         let (_, entry) = self.context.calls.remove(call)?;
-        match ractor::call!(entry.actor, CallMsg::TakeState) {
-            Ok(state) => Some(state),
+        let order = |reply| CallMsg { call: entry.state.clone(), order: CallOrder::TakeState(reply) };
+        match entry.actor.call(order, None).await {
+            Ok(ractor::rpc::CallResult::Success(state)) => Some(state),
             // The actor died before answering: the state it shared is still the best there is.
-            Err(_) => Some(lock(&entry.state).clone()),
+            _ => Some(lock(&entry.state).clone()),
         }
     }
 
@@ -245,8 +246,8 @@ impl<P: PbxPort> Router<P> {
                     (Some(_), None) => inputs.push(CallInput::Unparked { at: snapshot.at }),
                     _ => {}
                 }
-                let _ = entry.actor.cast(CallMsg::Apply(inputs));
-                let _ = entry.actor.cast(CallMsg::Reconcile { parties: snapshot.parties, at: snapshot.at });
+                let _ = entry.cast(CallOrder::Apply(inputs));
+                let _ = entry.cast(CallOrder::Reconcile { parties: snapshot.parties, at: snapshot.at });
             }
             None => {
                 let mut state = CallState::new(snapshot.call.clone(), snapshot.created_at);
@@ -282,7 +283,7 @@ impl<P: PbxPort> Router<P> {
         for entry in self.context.calls.iter() {
             if !seen.contains(entry.key()) {
                 bump(&self.context.stats.orphans_closed);
-                let _ = entry.actor.cast(CallMsg::Apply(vec![CallInput::Ended { cause: Cause::Normal, at }]));
+                let _ = entry.cast(CallOrder::Apply(vec![CallInput::Ended { cause: Cause::Normal, at }]));
             }
         }
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-use super::call_actor::CallMsg;
+use super::call_actor::CallOrder;
 use super::line_actor::LineMsg;
 use super::{Context, Member, bump, lock};
 use crate::port::PbxPort;
@@ -51,16 +51,22 @@ impl<P: PbxPort> Actor for Supervisor<P> {
         event: SupervisionEvent,
         context: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        // Every call's actor ends here when its call ends: look it up before putting anything
+        // into words, since almost every exit is a clean one that needs no restart.
+        let cell = match &event {
+            SupervisionEvent::ActorFailed(cell, _) | SupervisionEvent::ActorTerminated(cell, _, _) => cell,
+            _ => return Ok(()),
+        };
+        // A child that stops on its own removes itself from the registry first; one still
+        // registered failed, or was killed from outside.
+        let Some((_, member)) = context.members.remove(&cell.get_id()) else { return Ok(()) };
         let (cell, why) = match event {
             SupervisionEvent::ActorFailed(cell, error) => (cell, format!("failed: {error}")),
-            // A child that stops on its own removes itself from the registry first; one still
-            // registered was killed from outside.
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
                 (cell, format!("terminated: {}", reason.unwrap_or_else(|| "killed".to_owned())))
             }
             _ => return Ok(()),
         };
-        let Some((_, member)) = context.members.remove(&cell.get_id()) else { return Ok(()) };
         restart(context, member, &cell, &why).await;
         Ok(())
     }
@@ -77,7 +83,7 @@ async fn restart<P: PbxPort>(context: &Arc<Context<P>>, member: Member, cell: &r
             bump(&context.stats.restarts);
             match context.start_call_actor(id.clone(), entry.state.clone()).await {
                 Ok(entry) => {
-                    let _ = entry.actor.cast(CallMsg::Resnapshot { at: wall_clock_ms() });
+                    let _ = entry.cast(CallOrder::Resnapshot { at: wall_clock_ms() });
                 }
                 Err(error) => tracing::error!(call = id, %error, "call actor could not be restarted"),
             }
@@ -130,7 +136,7 @@ pub(crate) fn sweep_once<P: PbxPort>(context: &Context<P>) -> usize {
         };
         if now.saturating_sub(last_news) >= idle {
             checked += 1;
-            let _ = entry.actor.cast(CallMsg::Resnapshot { at: now });
+            let _ = entry.cast(CallOrder::Resnapshot { at: now });
         }
     }
     checked

@@ -182,6 +182,29 @@ async fn an_ended_call_writes_one_record_per_leg_once_and_its_actor_stops() {
 }
 
 #[tokio::test]
+async fn a_pooled_call_actor_serves_the_next_call_and_drops_orders_for_its_last_one() {
+    let mut fixture = fixture(ModelConfig::default()).await;
+    answered_call(&mut fixture).await;
+    let model = fixture.model.clone();
+    eventually(|| model.call("C1").is_some()).await;
+    let first = model.context.calls.get("C1").map(|entry| entry.clone()).unwrap();
+    fixture.router.route(end("C1", 31_000)).await;
+    tokio::time::timeout(Duration::from_secs(10), fixture.logs.recv()).await.unwrap().unwrap();
+    eventually(|| !lock(&model.context.idle_calls).is_empty()).await;
+    fixture.router.route(party("C2", "2001", DeviceKind::Line, ConnState::Alerting, 40_000)).await;
+    let second = model.context.calls.get("C2").map(|entry| entry.clone()).unwrap();
+    assert_eq!(second.actor.get_id(), first.actor.get_id(), "the ended call's actor serves the next one");
+    // An order sent for C1 just before it ended reaches the actor only now, while it serves C2.
+    let late = CallInput::Disposition { disposition: "for C1".into() };
+    first.cast(CallOrder::Apply(vec![late])).unwrap();
+    model.set_notes("C2", "for C2").unwrap();
+    eventually(|| model.call("C2").is_some_and(|call| call.notes == "for C2")).await;
+    assert_eq!(model.call("C2").unwrap().disposition, None, "C1's order was not applied to C2");
+    assert_eq!(ModelStats::get(&model.stats().calls_started), 2);
+    model.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_transfer_merges_both_calls_under_the_new_id() {
     let mut fixture = fixture(ModelConfig::default()).await;
     answered_call(&mut fixture).await;

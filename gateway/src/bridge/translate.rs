@@ -173,34 +173,33 @@ impl Translator {
         }
     }
 
-    fn info(&self, calling: &str, called: &str) -> CallInput {
-        CallInput::Info {
-            calling: calling.to_owned(),
-            called: called.to_owned(),
-            direction: self.directory.direction(calling, called),
-        }
+    /// Takes the event's own strings: the report is consumed, so nothing needs copying.
+    fn info(&self, calling: String, called: String) -> CallInput {
+        CallInput::Info { direction: self.directory.direction(&calling, &called), calling, called }
     }
 
     /// The inputs for a party changing state: the call's, and the line's when it is a line.
     fn party(
         &self,
-        connection: &pbx::ConnectionId,
+        connection: pbx::ConnectionId,
         state: ConnState,
         cause: Cause,
         at: Millis,
         mut call_inputs: Vec<CallInput>,
         out: &mut Vec<ModelInput>,
     ) {
-        let kind = self.directory.kind(&connection.device_id);
-        let device = connection.device_id.clone();
+        let pbx::ConnectionId { call_id: call, device_id: device } = connection;
+        let kind = self.directory.kind(&device);
+        // Only a line needs the ids twice; an outside party's are moved, not copied.
+        let line = (kind == DeviceKind::Line).then(|| (device.clone(), call.clone()));
         call_inputs.push(if state == ConnState::Null {
-            CallInput::PartyCleared { device: device.clone(), cause, at }
+            CallInput::PartyCleared { device, cause, at }
         } else {
-            CallInput::PartyState { device: device.clone(), kind, state, cause, at }
+            CallInput::PartyState { device, kind, state, cause, at }
         });
-        out.push(ModelInput::Call { call: connection.call_id.clone(), inputs: call_inputs });
-        if kind == DeviceKind::Line {
-            out.push(ModelInput::Line { device, input: LineInput::Call { call: connection.call_id.clone(), state } });
+        out.push(ModelInput::Call { call, inputs: call_inputs });
+        if let Some((device, call)) = line {
+            out.push(ModelInput::Line { device, input: LineInput::Call { call, state } });
         }
     }
 
@@ -220,70 +219,70 @@ impl Translator {
         match event {
             Event::ServiceInitiated(event) => {
                 if let Some(connection) = event.initiated {
-                    let info = (!event.called_device.is_empty())
-                        .then(|| self.info(&event.calling_device, &event.called_device));
-                    self.party(&connection, ConnState::Initiated, cause, at, info.into_iter().collect(), out);
+                    let info =
+                        (!event.called_device.is_empty()).then(|| self.info(event.calling_device, event.called_device));
+                    self.party(connection, ConnState::Initiated, cause, at, info.into_iter().collect(), out);
                 }
             }
             Event::Originated(event) => {
                 if let Some(connection) = event.originating {
-                    let info = self.info(&event.calling_device, &event.called_device);
-                    self.party(&connection, ConnState::Connected, cause, at, vec![info], out);
+                    let info = self.info(event.calling_device, event.called_device);
+                    self.party(connection, ConnState::Connected, cause, at, vec![info], out);
                 }
             }
             Event::Delivered(event) => {
                 if let Some(connection) = event.alerting {
-                    let mut inputs = vec![self.info(&event.calling_device, &event.called_device)];
+                    let mut inputs = vec![self.info(event.calling_device, event.called_device)];
                     if self.directory.kind(&event.last_redirection_device) == DeviceKind::Queue {
-                        inputs.push(CallInput::Queue { queue: event.last_redirection_device.clone() });
+                        inputs.push(CallInput::Queue { queue: event.last_redirection_device });
                     }
-                    self.party(&connection, ConnState::Alerting, cause, at, inputs, out);
+                    self.party(connection, ConnState::Alerting, cause, at, inputs, out);
                 }
             }
             Event::Established(event) => {
                 if let Some(connection) = event.answering {
-                    let mut inputs = vec![self.info(&event.calling_device, &event.called_device)];
+                    let mut inputs = vec![self.info(event.calling_device, event.called_device)];
                     if !event.recording_url.is_empty() {
-                        inputs.push(CallInput::Recording { url: event.recording_url.clone() });
+                        inputs.push(CallInput::Recording { url: event.recording_url });
                     }
                     if cause == Cause::Park {
                         inputs.push(CallInput::Unparked { at });
                     }
-                    self.party(&connection, ConnState::Connected, cause, at, inputs, out);
+                    self.party(connection, ConnState::Connected, cause, at, inputs, out);
                 }
             }
             Event::Held(event) => {
                 if let Some(connection) = event.held {
-                    self.party(&connection, ConnState::Held, cause, at, Vec::new(), out);
+                    self.party(connection, ConnState::Held, cause, at, Vec::new(), out);
                 }
             }
             Event::Retrieved(event) => {
                 if let Some(connection) = event.retrieved {
-                    self.party(&connection, ConnState::Connected, cause, at, Vec::new(), out);
+                    self.party(connection, ConnState::Connected, cause, at, Vec::new(), out);
                 }
             }
             Event::Queued(event) => {
                 if let Some(connection) = event.queued {
                     let inputs = vec![
-                        self.info(&event.calling_device, &event.called_device),
-                        CallInput::Queue { queue: event.queue_device.clone() },
+                        self.info(event.calling_device, event.called_device),
+                        CallInput::Queue { queue: event.queue_device },
                     ];
-                    self.party(&connection, ConnState::Queued, cause, at, inputs, out);
+                    self.party(connection, ConnState::Queued, cause, at, inputs, out);
                 }
             }
             Event::Diverted(event) => {
                 if let Some(connection) = event.connection {
-                    self.party(&connection, ConnState::Null, Cause::Distribution, at, Vec::new(), out);
+                    self.party(connection, ConnState::Null, Cause::Distribution, at, Vec::new(), out);
                 }
             }
             Event::Failed(event) => {
                 if let Some(connection) = event.failed {
-                    self.party(&connection, ConnState::Failed, Cause::Failed, at, Vec::new(), out);
+                    self.party(connection, ConnState::Failed, Cause::Failed, at, Vec::new(), out);
                 }
             }
             Event::ConnectionCleared(event) => {
                 if let Some(connection) = event.dropped {
-                    self.party(&connection, ConnState::Null, cause, at, Vec::new(), out);
+                    self.party(connection, ConnState::Null, cause, at, Vec::new(), out);
                 }
             }
             Event::CallCleared(event) => {
