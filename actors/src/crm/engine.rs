@@ -252,6 +252,8 @@ pub struct Engine {
     /// What the lines last said of each call (a line may show a call before the call's own event
     /// says who is calling).
     line_states: HashMap<CallId, BTreeMap<DeviceId, ConnState>>,
+    /// The calls each line showed last, so a line's news touches only its own entries.
+    line_calls: HashMap<DeviceId, Vec<CallId>>,
     /// Numbers to search, by number.
     pending: BTreeMap<String, PendingLookup>,
     /// Numbers being searched, by request.
@@ -288,6 +290,7 @@ impl Engine {
             config,
             calls: HashMap::new(),
             line_states: HashMap::new(),
+            line_calls: HashMap::new(),
             pending: BTreeMap::new(),
             searching: HashMap::new(),
             waiters: HashMap::new(),
@@ -416,10 +419,17 @@ impl Engine {
     }
 
     fn on_line(&mut self, line: &LineView, now: Duration, out: &mut Outputs) {
-        for states in self.line_states.values_mut() {
-            states.remove(&line.device);
+        for call in self.line_calls.remove(&line.device).unwrap_or_default() {
+            if let Some(states) = self.line_states.get_mut(&call) {
+                states.remove(&line.device);
+                if states.is_empty() {
+                    self.line_states.remove(&call);
+                }
+            }
         }
-        self.line_states.retain(|_, states| !states.is_empty());
+        if !line.calls.is_empty() {
+            self.line_calls.insert(line.device.clone(), line.calls.iter().map(|(call, _)| call.clone()).collect());
+        }
         for (call_id, state) in &line.calls {
             self.line_states.entry(call_id.clone()).or_default().insert(line.device.clone(), *state);
             self.line_changed(call_id, &line.device, *state, now, out);

@@ -594,3 +594,15 @@ fn the_naive_mode_spends_a_request_per_operation() {
     engine.on_logs(vec![log("C0", "2001", "2002"), log("C1", "2001", "2002")], ms(5_000), &mut Outputs::default());
     assert_eq!(upserts(&poll(&mut engine, ms(5_000)).0).len(), 2, "one write per call log");
 }
+
+#[test]
+fn a_line_that_let_a_call_go_before_the_call_was_known_does_not_pop_for_it() {
+    let mut engine = Engine::new(config());
+    let mut out = Outputs::default();
+    engine.on_event(&line("2001", &[("C1", ConnState::Alerting)]), ms(0), &mut out);
+    engine.on_event(&line("2001", &[]), ms(5), &mut out);
+    engine.on_event(&call("C1", Direction::Inbound, CALLER, "2001"), ms(10), &mut out);
+    let (out, wake) = poll(&mut engine, ms(10));
+    assert!(out.actions.is_empty() && out.pops.is_empty());
+    assert_eq!(wake, Some(ms(1_010)), "only the lookup ahead of time, not an urgent one");
+}
