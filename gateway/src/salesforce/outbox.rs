@@ -594,6 +594,24 @@ mod tests {
     }
 
     #[test]
+    fn a_record_this_version_cannot_read_is_set_aside_not_dropped() {
+        let (_dir, outbox) = temp_outbox();
+        outbox.append(&[record("C1")]).unwrap();
+        outbox
+            .connection()
+            .execute("INSERT INTO outbox (key, record, stored_at) VALUES ('C9:2001', '{not json', 0)", [])
+            .unwrap();
+        let pending = outbox.pending().unwrap();
+        assert_eq!(pending.iter().map(|log| log.key.as_str()).collect::<Vec<_>>(), ["C1:2001"]);
+        assert_eq!(outbox.dead_letter_count().unwrap(), 1, "kept aside with its reason");
+        let reason: String = outbox
+            .connection()
+            .query_row("SELECT reason FROM dead_letters WHERE key = 'C9:2001'", [], |row| row.get(0))
+            .unwrap();
+        assert!(reason.starts_with("unreadable record"), "{reason}");
+    }
+
+    #[test]
     fn the_database_is_in_wal_mode_with_full_sync() {
         let (_dir, outbox) = temp_outbox();
         let connection = outbox.connection();
