@@ -178,6 +178,8 @@ panel("timeseries", "Actors", "Live line and call actors.", "none",
       [(f"sum by (kind) (switchboard_actors{{{F}}})", "{{kind}}")], width=8)
 panel("timeseries", "Actor restarts", "Line and call actors restarted after a crash, per second. Any restart is a bug to look into.", "ops",
       [(rate("switchboard_actor_restarts_total"), "restarts")], width=8)
+panel("timeseries", "Actor mailboxes", "Messages waiting in line and call actors' mailboxes: in all, and in the fullest one. A mailbox that keeps growing means an actor cannot keep up with its line's news: SwitchboardActorMailboxBacklog.", "none",
+      [(f"sum by (kind) (switchboard_actor_mailbox_messages{{{F}}})", "{{kind}} waiting"), (f"max by (kind) (switchboard_actor_mailbox_messages_max{{{F}}})", "{{kind}} fullest")], width=8)
 panel("timeseries", "Tokio runtime", "Tokio worker threads, tasks alive, and tasks waiting in the global queue (a growing queue means the workers cannot keep up).", "none",
       [(f"sum(switchboard_tokio_workers{{{F}}})", "workers"), (f"sum(switchboard_tokio_alive_tasks{{{F}}})", "alive tasks"), (f"sum(switchboard_tokio_global_queue_depth{{{F}}})", "global queue")], width=8)
 panel("timeseries", "CPU", "CPU used by each gateway process, in cores.", "percentunit",

@@ -82,6 +82,10 @@ pub const CALL_LOG_RECORDS: &str = "switchboard_call_log_records_total";
 pub const AGENT_LINES: &str = "switchboard_agent_lines";
 /// Live actors; label `kind` (line, call).
 pub const ACTORS: &str = "switchboard_actors";
+/// Messages waiting in actors' mailboxes, summed; label `kind` (line, call).
+pub const ACTOR_MAILBOX_MESSAGES: &str = "switchboard_actor_mailbox_messages";
+/// Messages waiting in the fullest mailbox of a kind of actor; label `kind` (line, call).
+pub const ACTOR_MAILBOX_MESSAGES_MAX: &str = "switchboard_actor_mailbox_messages_max";
 /// Line and call actors restarted after a crash.
 pub const ACTOR_RESTARTS: &str = "switchboard_actor_restarts_total";
 /// Calls closed because the PBX no longer had them (sweep or resync).
@@ -523,6 +527,8 @@ pub fn register() {
     }
     for kind in ["line", "call"] {
         gauge!(ACTORS, "kind" => kind).set(0.0);
+        gauge!(ACTOR_MAILBOX_MESSAGES, "kind" => kind).set(0.0);
+        gauge!(ACTOR_MAILBOX_MESSAGES_MAX, "kind" => kind).set(0.0);
     }
     crate::grpc::register_metrics();
     for reason in ["unauthenticated", "permission_denied"] {
@@ -579,6 +585,14 @@ fn describe() {
     describe_counter!(CALL_LOG_RECORDS, "Call log records written, one per agent leg.");
     describe_gauge!(AGENT_LINES, "Agent lines, by the PBX's agent state and the presence desktops show.");
     describe_gauge!(ACTORS, "Live actors of the model, by kind.");
+    describe_gauge!(
+        ACTOR_MAILBOX_MESSAGES,
+        "Messages waiting in the model's actors' mailboxes, summed over the actors of a kind."
+    );
+    describe_gauge!(
+        ACTOR_MAILBOX_MESSAGES_MAX,
+        "Messages waiting in the fullest mailbox among the model's actors of a kind."
+    );
     describe_counter!(ACTOR_RESTARTS, "Line and call actors restarted after a crash.");
     describe_counter!(ORPHAN_CALLS_CLOSED, "Calls closed because the PBX no longer had them.");
     describe_counter!(GRPC_REQUESTS, "gRPC requests finished, by service, method and status code.");
@@ -657,6 +671,11 @@ fn publish(link: &LinkHandle, model: &Model<LinkPort>, started: std::time::Syste
     let (lines, calls) = model.actor_counts();
     gauge!(ACTORS, "kind" => "line").set(lines as f64);
     gauge!(ACTORS, "kind" => "call").set(calls as f64);
+    let (lines, calls) = model.mailbox_depths();
+    for (kind, depth) in [("line", lines), ("call", calls)] {
+        gauge!(ACTOR_MAILBOX_MESSAGES, "kind" => kind).set(depth.total as f64);
+        gauge!(ACTOR_MAILBOX_MESSAGES_MAX, "kind" => kind).set(f64::from(depth.deepest));
+    }
     let mut by_direction = [0u64; DIRECTIONS.len()];
     for call in model.calls() {
         let label = direction(call.direction);

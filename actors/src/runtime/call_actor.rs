@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+use super::mailbox::{Mailbox, Queued, took_one};
 use super::{CallOutcome, Context, Shared, bump, lock};
 use crate::call::{CallInput, CallLogRecord, CallState, LegNote, Party};
 use crate::domain::{Cause, LegOutcome, Millis};
@@ -56,19 +57,21 @@ pub(crate) struct CallActorState<P> {
     /// What the durable journal was last told of each leg: line, answered, the call's id. A
     /// restarted actor starts empty and tells it again, which the journal takes as an update.
     journaled: Vec<(String, bool, String)>,
+    /// Messages waiting for it (see [`Mailbox`]).
+    queued: Queued,
 }
 
 impl<P: PbxPort> Actor for CallActor<P> {
     type Msg = CallMsg;
     type State = CallActorState<P>;
-    type Arguments = (Arc<Context<P>>, Shared<CallState>);
+    type Arguments = (Arc<Context<P>>, Shared<CallState>, Queued);
 
     async fn pre_start(
         &self,
         _myself: ActorRef<CallMsg>,
-        (context, call): Self::Arguments,
+        (context, call, queued): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(CallActorState { context, call, serving: true, journaled: Vec::new() })
+        Ok(CallActorState { context, call, serving: true, journaled: Vec::new(), queued })
     }
 
     /// A call made from a snapshot (or restarted over its state) journals its legs at once.
@@ -83,6 +86,7 @@ impl<P: PbxPort> Actor for CallActor<P> {
         message: CallMsg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        took_one(&state.queued);
         let CallMsg { call, order } = message;
         if let CallOrder::Adopt = order {
             state.call = call;
@@ -221,7 +225,7 @@ async fn journal_changes<P: PbxPort>(state: &mut CallActorState<P>) {
 /// Removes the call from the registry if the entry is still this actor's.
 fn forget<P>(myself: &ActorRef<CallMsg>, state: &CallActorState<P>) {
     let id = lock(&state.call).id.clone();
-    state.context.calls.remove_if(&id, |_, entry| entry.actor.get_id() == myself.get_id());
+    state.context.calls.remove_if(&id, |_, entry| entry.actor().get_id() == myself.get_id());
     state.context.members.remove(&myself.get_id());
 }
 
@@ -262,7 +266,7 @@ async fn finish_if_ended<P: PbxPort>(myself: &ActorRef<CallMsg>, state: &mut Cal
 fn release<P: PbxPort>(myself: &ActorRef<CallMsg>, state: &mut CallActorState<P>) {
     state.serving = false;
     state.journaled.clear();
-    if !state.context.pool_call_actor(myself) {
+    if !state.context.pool_call_actor(Mailbox::new(myself.clone(), state.queued.clone())) {
         myself.stop(None);
     }
 }

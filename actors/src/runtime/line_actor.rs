@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
+use super::mailbox::{Queued, took_one};
 use super::{Context, Shared, lock};
 use crate::events::{LineView, ModelEvent};
 use crate::line::{LineInput, LineState};
@@ -32,19 +33,21 @@ impl<P> LineActor<P> {
 pub(crate) struct LineActorState<P> {
     context: Arc<Context<P>>,
     line: Shared<LineState>,
+    /// Messages waiting for it (see [`super::mailbox::Mailbox`]).
+    queued: Queued,
 }
 
 impl<P: PbxPort> Actor for LineActor<P> {
     type Msg = LineMsg;
     type State = LineActorState<P>;
-    type Arguments = (Arc<Context<P>>, Shared<LineState>);
+    type Arguments = (Arc<Context<P>>, Shared<LineState>, Queued);
 
     async fn pre_start(
         &self,
         _myself: ActorRef<LineMsg>,
-        (context, line): Self::Arguments,
+        (context, line, queued): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(LineActorState { context, line })
+        Ok(LineActorState { context, line, queued })
     }
 
     async fn handle(
@@ -53,6 +56,7 @@ impl<P: PbxPort> Actor for LineActor<P> {
         message: LineMsg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        took_one(&state.queued);
         match message {
             LineMsg::Apply(inputs) => apply(state, inputs),
             // Boxed: an actor's task is as large as its largest await (see the call actor).

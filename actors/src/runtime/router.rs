@@ -104,8 +104,8 @@ impl<P: PbxPort> Router<P> {
     fn forget(&mut self, devices: &[String]) {
         for device in devices {
             if let Some((_, entry)) = self.context.lines.remove(device) {
-                self.context.members.remove(&entry.actor.get_id());
-                entry.actor.stop(Some("line released".to_owned()));
+                self.context.members.remove(&entry.actor().get_id());
+                entry.actor().stop(Some("line released".to_owned()));
             }
         }
         let forgotten: HashSet<&String> = devices.iter().collect();
@@ -124,8 +124,8 @@ impl<P: PbxPort> Router<P> {
             .collect();
         for call in orphaned {
             if let Some((_, entry)) = self.context.calls.remove(&call) {
-                self.context.members.remove(&entry.actor.get_id());
-                entry.actor.stop(Some("no line mirrored here is in it".to_owned()));
+                self.context.members.remove(&entry.actor().get_id());
+                entry.actor().stop(Some("no line mirrored here is in it".to_owned()));
             }
         }
     }
@@ -175,7 +175,7 @@ impl<P: PbxPort> Router<P> {
                 }
             }
         };
-        if entry.actor.cast(LineMsg::Apply(inputs)).is_err() {
+        if entry.cast(LineMsg::Apply(inputs)).is_err() {
             tracing::debug!(device, "line actor unavailable; input left to its resnapshot");
         }
     }
@@ -184,7 +184,7 @@ impl<P: PbxPort> Router<P> {
     async fn take(&self, call: &CallId) -> Option<CallState> {
         let (_, entry) = self.context.calls.remove(call)?;
         let order = |reply| CallMsg { call: entry.state.clone(), order: CallOrder::TakeState(reply) };
-        match entry.actor.call(order, None).await {
+        match entry.mailbox.call(order, None).await {
             Ok(ractor::rpc::CallResult::Success(state)) => Some(state),
             // The actor died before answering: the state it shared is still the best there is.
             _ => Some(lock(&entry.state).clone()),

@@ -76,7 +76,7 @@ async fn restart<P: PbxPort>(context: &Arc<Context<P>>, member: Member, cell: &r
     match member {
         Member::Call(id) => {
             let Some(entry) = context.calls.get(&id).map(|entry| entry.clone()) else { return };
-            if entry.actor.get_id() != cell.get_id() {
+            if entry.actor().get_id() != cell.get_id() {
                 return;
             }
             tracing::error!(call = id, why, "call actor crashed; restarting it");
@@ -90,14 +90,14 @@ async fn restart<P: PbxPort>(context: &Arc<Context<P>>, member: Member, cell: &r
         }
         Member::Line(device) => {
             let Some(entry) = context.lines.get(&device).map(|entry| entry.clone()) else { return };
-            if entry.actor.get_id() != cell.get_id() {
+            if entry.actor().get_id() != cell.get_id() {
                 return;
             }
             tracing::error!(device, why, "line actor crashed; restarting it");
             bump(&context.stats.restarts);
             match context.start_line_actor(device.clone(), entry.state.clone()).await {
                 Ok(entry) => {
-                    let _ = entry.actor.cast(LineMsg::Resnapshot);
+                    let _ = entry.cast(LineMsg::Resnapshot);
                 }
                 Err(error) => tracing::error!(device, %error, "line actor could not be restarted"),
             }

@@ -20,10 +20,15 @@ struct ScriptedPbx {
     calls: Mutex<HashMap<CallId, Vec<Party>>>,
     sent: Mutex<Vec<PbxCommand>>,
     refuse_with: Mutex<Option<PortError>>,
+    /// Line snapshots wait while a test holds this for writing.
+    line_snapshots: tokio::sync::RwLock<()>,
 }
 
 impl PbxPort for ScriptedPbx {
     async fn execute(&self, command: PbxCommand) -> Result<PbxOutcome, PortError> {
+        if let PbxCommand::SnapshotLine { .. } = command {
+            drop(self.line_snapshots.read().await);
+        }
         self.sent.lock().unwrap().push(command.clone());
         if let Some(error) = self.refuse_with.lock().unwrap().clone() {
             return Err(error);
@@ -193,7 +198,7 @@ async fn a_pooled_call_actor_serves_the_next_call_and_drops_orders_for_its_last_
     eventually(|| !lock(&model.context.idle_calls).is_empty()).await;
     fixture.router.route(party("C2", "2001", DeviceKind::Line, ConnState::Alerting, 40_000)).await;
     let second = model.context.calls.get("C2").map(|entry| entry.clone()).unwrap();
-    assert_eq!(second.actor.get_id(), first.actor.get_id(), "the ended call's actor serves the next one");
+    assert_eq!(second.actor().get_id(), first.actor().get_id(), "the ended call's actor serves the next one");
     // An order sent for C1 just before it ended reaches the actor only now, while it serves C2.
     let late = CallInput::Disposition { disposition: "for C1".into() };
     first.cast(CallOrder::Apply(vec![late])).unwrap();
@@ -315,6 +320,41 @@ async fn a_crashed_line_actor_comes_back_and_resnapshots() {
     eventually(|| ModelStats::get(&model.stats().restarts) == 1).await;
     // The scripted PBX says nobody is logged on now: the snapshot wins.
     eventually(|| model.line("2001").is_some_and(|line| line.agent.is_none())).await;
+    model.shutdown().await;
+}
+
+#[tokio::test]
+async fn mailbox_depth_counts_what_waits_and_a_killed_actors_backlog_goes_with_it() {
+    let mut fixture = fixture(ModelConfig::default()).await;
+    fixture.router.route(line("2001", agent("anna"))).await;
+    let model = fixture.model.clone();
+    eventually(|| model.line("2001").is_some_and(|line| line.agent.is_some())).await;
+    assert_eq!(model.mailbox_depths().0, MailboxDepth::default());
+
+    // The line actor blocks on a snapshot the PBX is slow to give; news piles up behind it.
+    let slow_pbx = fixture.pbx.line_snapshots.write().await;
+    let first = model.context.lines.get("2001").map(|entry| entry.clone()).unwrap();
+    first.cast(LineMsg::Resnapshot).unwrap();
+    eventually(|| first.mailbox.queued() == 0).await;
+    for state in [ConnState::Alerting, ConnState::Connected, ConnState::Held] {
+        fixture.router.route(line("2001", LineInput::Call { call: "C1".into(), state })).await;
+    }
+    assert_eq!(model.mailbox_depths().0, MailboxDepth { total: 3, deepest: 3 });
+    assert_eq!(model.mailbox_depths().1, MailboxDepth::default());
+
+    // Killed, the actor's backlog is gone with it (ractor drops it) and stops counting; its
+    // successor starts with an empty mailbox and asks for a snapshot of its own.
+    first.actor().kill();
+    eventually(|| ModelStats::get(&model.stats().restarts) == 1).await;
+    eventually(|| {
+        model.context.lines.get("2001").is_some_and(|entry| entry.actor().get_id() != first.actor().get_id())
+    })
+    .await;
+    eventually(|| model.mailbox_depths().0 == MailboxDepth::default()).await;
+    drop(slow_pbx);
+    fixture.router.route(line("2001", agent("bob"))).await;
+    eventually(|| model.line("2001").is_some_and(|line| line.agent.is_some_and(|agent| agent.login_id == "bob"))).await;
+    assert_eq!(model.mailbox_depths(), (MailboxDepth::default(), MailboxDepth::default()));
     model.shutdown().await;
 }
 
