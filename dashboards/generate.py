@@ -197,6 +197,10 @@ panel("timeseries", "Cluster members seen", "Members of its cluster each node se
       [(f"max by (instance) (switchboard_cluster_members{{{F}}})", "{{instance}}")], width=12)
 panel("timeseries", "Owned lines", "Agent lines each node owns in its cluster.", "none",
       [(f"max by (instance) (switchboard_cluster_owned_lines{{{F}}})", "{{instance}}")], width=12, stack=True)
+panel("timeseries", "Shared Salesforce allowance: blocks", "Blocks of the cluster's shared Salesforce allowance taken from etcd, per second, by result. spent: the cluster used its share for the day; unreachable: etcd did not answer (nodes spend what they hold, then wait).", "ops",
+      [(rate("switchboard_salesforce_budget_blocks_total", by="result"), "{{result}}")], width=12)
+panel("timeseries", "Shared Salesforce allowance: held", "Salesforce requests each node holds from blocks of the shared allowance. At zero, a node's Salesforce work waits for the next block.", "none",
+      [(f"max by (instance) (switchboard_salesforce_budget_held_requests{{{F}}})", "{{instance}}")], width=12)
 
 
 def layout():

@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actors::call::LegNote;
+use actors::crm::port::BudgetLedger;
 use actors::runtime::{self, Model, ModelConfig};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::bridge::{Directory, LinkPort, Translator};
-use crate::cluster::{Cluster, ClusterError, Serve};
+use crate::cluster::{Cluster, ClusterError, Etcd, EtcdLedger, LeaseClock, Serve};
 use crate::config::Config;
 use crate::pbx::{self, LinkEvent, LinkHandle, LinkStatus};
 use crate::salesforce::{Salesforce, SalesforceError};
@@ -90,7 +91,16 @@ impl Gateway {
         let present_tx = model_config.journal_legs.then(|| logs_tx.clone());
         let (model, router) = runtime::start(model_config, port, logs_tx).await?;
         let salesforce = if config.salesforce.enabled {
-            Some(Arc::new(Salesforce::start(&config.salesforce, model.publisher().clone()).await?))
+            // A cluster's nodes spend one allowance, taken in blocks from a counter in etcd.
+            let shared = if config.cluster.enabled {
+                let timeout = LeaseClock::new(Duration::from_secs(config.cluster.lease_ttl_secs)).request_timeout();
+                let etcd = Etcd::new(&config.cluster.etcd_endpoints, timeout).map_err(ClusterError::from)?;
+                let ledger: Arc<dyn BudgetLedger> = Arc::new(EtcdLedger::new(etcd, &config.cluster.key_prefix));
+                Some((ledger, config.cluster.salesforce_budget_block))
+            } else {
+                None
+            };
+            Some(Arc::new(Salesforce::start(&config.salesforce, model.publisher().clone(), shared).await?))
         } else {
             None
         };

@@ -130,6 +130,10 @@ pub struct ClusterConfig {
     /// The node's lease: a node that cannot renew it stops serving its lines within this, and the
     /// others take them once it has lapsed.
     pub lease_ttl_secs: u64,
+    /// Salesforce requests a node takes at once from the cluster's shared daily allowance (a
+    /// counter in etcd): bigger blocks mean fewer etcd writes, smaller ones a fairer spread, and
+    /// what a dead node held is lost for the day.
+    pub salesforce_budget_block: u32,
 }
 
 impl Default for ClusterConfig {
@@ -141,6 +145,7 @@ impl Default for ClusterConfig {
             advertise: String::new(),
             key_prefix: "/switchboard".to_owned(),
             lease_ttl_secs: 5,
+            salesforce_budget_block: 50,
         }
     }
 }
@@ -178,6 +183,9 @@ impl ClusterConfig {
         }
         if !(2..=60).contains(&self.lease_ttl_secs) {
             return invalid("cluster.lease_ttl_secs", "must be between 2 and 60 seconds");
+        }
+        if !(1..=10_000).contains(&self.salesforce_budget_block) {
+            return invalid("cluster.salesforce_budget_block", "must be 1 to 10000 requests");
         }
         if !self.key_prefix.starts_with('/') {
             return invalid("cluster.key_prefix", "must start with /");
@@ -375,6 +383,8 @@ impl SalesforceConfig {
                 reads_only_at: f64::from(self.reads_only_at_percent) / 100.0,
                 burst: self.burst,
                 probe_interval: Duration::from_secs(self.probe_interval_secs),
+                // Set by the gateway when it runs in a cluster (`cluster.salesforce_budget_block`).
+                shared_block: None,
             },
             cache: CacheConfig {
                 found_ttl: Duration::from_secs(self.cache_found_ttl_secs),
@@ -949,6 +959,13 @@ mod tests {
         let mut config = Config::default();
         config.pbx.reconnect_max_ms = 1;
         assert!(config.validate().is_err());
+        let mut config = Config::default();
+        config.cluster.enabled = true;
+        config.cluster.salesforce_budget_block = 0;
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::Invalid { setting: "cluster.salesforce_budget_block", .. })
+        ));
     }
 
     #[test]

@@ -123,6 +123,13 @@ pub const SALESFORCE_API_USAGE: &str = "switchboard_salesforce_api_usage_request
 pub const SALESFORCE_API_LIMIT: &str = "switchboard_salesforce_api_limit_requests";
 /// 1 on the API budget's current state; label `state` ([`BudgetState`]).
 pub const SALESFORCE_BUDGET_STATE: &str = "switchboard_salesforce_budget_state";
+/// Requests for a block of a cluster's shared Salesforce allowance; label `result` (granted: a
+/// block came; spent: the cluster's share for the day is gone; unreachable: etcd did not answer).
+pub const SALESFORCE_BUDGET_BLOCKS: &str = "switchboard_salesforce_budget_blocks_total";
+/// Salesforce requests this node holds from blocks of the cluster's shared allowance.
+pub const SALESFORCE_BUDGET_HELD: &str = "switchboard_salesforce_budget_held_requests";
+/// Results of a request for a budget block.
+pub const BUDGET_BLOCK_RESULTS: [&str; 3] = ["granted", "spent", "unreachable"];
 /// Time from a line ringing to the screen pop; SLO 0.25 s.
 pub const SALESFORCE_SCREEN_POP_DURATION: &str = "switchboard_salesforce_screen_pop_seconds";
 /// Screen pops; label `result` ([`ScreenPopResult`]).
@@ -355,6 +362,13 @@ pub fn salesforce_budget_state(current: BudgetState) {
     }
 }
 
+/// Records the answer to a request for a block of the shared allowance (one of
+/// [`BUDGET_BLOCK_RESULTS`]) and the requests held after it.
+pub fn salesforce_budget_block(result: &'static str, held: u64) {
+    counter!(SALESFORCE_BUDGET_BLOCKS, "result" => result).increment(1);
+    gauge!(SALESFORCE_BUDGET_HELD).set(held as f64);
+}
+
 /// Records a screen pop: what it found and, when it popped, the seconds from ring to pop.
 pub fn salesforce_screen_pop(result: ScreenPopResult, ring_to_pop_seconds: Option<f64>) {
     counter!(SALESFORCE_SCREEN_POPS, "result" => result.as_str()).increment(1);
@@ -556,6 +570,10 @@ pub fn register() {
     // Until the Salesforce client reports, the budget is what it is at start: normal, unused.
     salesforce_budget_state(BudgetState::Normal);
     salesforce_api_usage(0, 0);
+    for result in BUDGET_BLOCK_RESULTS {
+        counter!(SALESFORCE_BUDGET_BLOCKS, "result" => result).absolute(0);
+    }
+    gauge!(SALESFORCE_BUDGET_HELD).set(0.0);
     outbox_state(0, 0.0, 0);
     // Until clustering lands, a node is a cluster of one that owns nothing it could hand over.
     cluster(1, 0);
@@ -607,6 +625,11 @@ fn describe() {
     describe_counter!(SALESFORCE_COALESCED_LOOKUPS, "Caller lookups that shared another lookup's request.");
     describe_gauge!(SALESFORCE_API_USAGE, "API requests used in the org's 24-hour allowance (Sforce-Limit-Info).");
     describe_gauge!(SALESFORCE_API_LIMIT, "The org's 24-hour API request allowance (Sforce-Limit-Info).");
+    describe_counter!(
+        SALESFORCE_BUDGET_BLOCKS,
+        "Requests for a block of the cluster's shared Salesforce allowance, by result."
+    );
+    describe_gauge!(SALESFORCE_BUDGET_HELD, "Salesforce requests this node holds from the cluster's shared allowance.");
     describe_gauge!(SALESFORCE_BUDGET_STATE, "1 on the Salesforce API budget's current state, 0 on the others.");
     describe_histogram!(SALESFORCE_SCREEN_POP_DURATION, "Seconds from a line ringing to its screen pop.");
     describe_counter!(SALESFORCE_SCREEN_POPS, "Screen pops, by what the lookup found.");

@@ -14,7 +14,7 @@ use std::time::Duration;
 use actors::runtime::Model;
 use gateway::app::Gateway;
 use gateway::bridge::LinkPort;
-use gateway::cluster::{Etcd, rendezvous};
+use gateway::cluster::{Etcd, EtcdLedger, rendezvous};
 use gateway::config::{ClusterConfig, Config};
 use loadtest::sim::inspect::AgentDump;
 use loadtest::sim::{Layout, SimConfig, Simulator, TrafficConfig};
@@ -149,6 +149,7 @@ fn node_config(simulator: &Simulator, etcd_url: String, node: &str, prefix: &str
             advertise: "127.0.0.1:1".to_owned(),
             key_prefix: prefix.to_owned(),
             lease_ttl_secs: TTL_SECS,
+            ..ClusterConfig::default()
         },
         ..Config::default()
     }
@@ -474,4 +475,69 @@ async fn a_node_cut_off_from_etcd_stops_serving_before_another_takes_its_lines()
     first.shutdown(Duration::from_secs(5)).await;
     second.shutdown(Duration::from_secs(5)).await;
     simulator.shutdown().await;
+}
+
+/// Three nodes' ledgers race for blocks of one day's shared Salesforce allowance: together they get
+/// exactly the cap, never more, and then hear that the day is spent until the next one starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_share_one_salesforce_allowance_taken_in_blocks_from_etcd() {
+    use actors::crm::budget::BlockGrant;
+
+    let etcd = EtcdServer::start().await;
+    let url = etcd.url.clone();
+    let ledger = || {
+        let client = Etcd::new(std::slice::from_ref(&url), Duration::from_secs(2)).expect("an etcd client");
+        Arc::new(EtcdLedger::new(client, "/budget-test"))
+    };
+    const CAP: u64 = 1_000;
+    const BLOCK: u64 = 37;
+    // 12:00 UTC on day 20,000 since the epoch.
+    let noon = 20_000 * 86_400 + 43_200;
+    let nodes: Vec<_> = (0..3)
+        .map(|_| {
+            let ledger = ledger();
+            tokio::spawn(async move {
+                let mut granted = 0;
+                loop {
+                    match ledger.take_at(BLOCK, CAP, noon).await.expect("etcd answers") {
+                        BlockGrant::Granted(requests) => {
+                            assert!((1..=BLOCK).contains(&requests), "{requests}");
+                            granted += requests;
+                        }
+                        BlockGrant::Spent { retry_after } => {
+                            assert_eq!(retry_after, Duration::from_secs(43_200), "until midnight UTC");
+                            return granted;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for node in nodes {
+        let granted = node.await.expect("a node's ledger");
+        assert!(granted > 0, "every node got some of the allowance");
+        total += granted;
+    }
+    assert_eq!(total, CAP, "the nodes together spend exactly the day's share");
+
+    let client = Etcd::new(std::slice::from_ref(&etcd.url), Duration::from_secs(2)).expect("an etcd client");
+    let counter = client.get("/budget-test/sf_budget/20000").await.expect("etcd answers").expect("the day's counter");
+    assert_eq!(counter.value, "1000");
+
+    // A new day starts from nothing and clears the day before yesterday's counter.
+    let two_days_later = noon + 2 * 86_400;
+    assert_eq!(ledger().take_at(BLOCK, CAP, two_days_later).await, Ok(BlockGrant::Granted(BLOCK)));
+    assert_eq!(client.get("/budget-test/sf_budget/20000").await.expect("etcd answers"), None);
+
+    // A counter that is not a number is reported, not overwritten.
+    client.put("/budget-test/sf_budget/20003", "lots", 0).await.expect("etcd answers");
+    let error = ledger().take_at(BLOCK, CAP, noon + 3 * 86_400).await.expect_err("a clear error");
+    assert!(error.to_string().contains("not a count of requests"), "{error}");
+
+    // With etcd gone, the ledger says so: the node spends what it holds and asks again later.
+    drop(etcd);
+    let unreachable = ledger();
+    let error = unreachable.take_at(BLOCK, CAP, two_days_later).await.expect_err("etcd is gone");
+    assert!(error.to_string().contains("unreachable"), "{error}");
 }

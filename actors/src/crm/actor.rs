@@ -9,10 +9,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::crm::budget::BudgetState;
+use crate::crm::budget::{BlockGrant, BudgetState};
 use crate::crm::engine::{Action, CrmConfig, CrmSettings, Engine, Outputs, Settled};
 use crate::crm::port::{
-    ApiUsage, CrmPort, CrmRecord, Failure, Outbox, OutboxError, PendingLog, RecordKind, RecordResult, Reply,
+    ApiUsage, BudgetLedger, CrmPort, CrmRecord, Failure, LedgerError, Outbox, OutboxError, PendingLog, RecordKind,
+    RecordResult, Reply,
 };
 use crate::events::{ModelEvent, PopResult, Publisher, Sequenced, SubscriptionEnded};
 
@@ -32,6 +33,9 @@ pub trait CrmObserver: Send + Sync + 'static {
     fn created(&self, kind: RecordKind);
     /// The outbox failed (the logs stay where they were and are retried).
     fn outbox_failed(&self, error: &OutboxError);
+    /// The ledger answered a request for a block of the shared allowance; `held` permits are in
+    /// hand after it.
+    fn block(&self, answer: &Result<BlockGrant, LedgerError>, held: u64);
 }
 
 /// Where the budget stands, for the admin API.
@@ -73,6 +77,8 @@ pub enum CrmMsg {
     Created(u64, Result<Reply<String>, Failure>),
     /// A probe's answer.
     Probed(u64, Result<Reply<()>, Failure>),
+    /// The ledger's answer to a request for a block of the shared allowance.
+    Block(Result<BlockGrant, LedgerError>),
 }
 
 /// The parts the actor works with.
@@ -85,6 +91,8 @@ pub struct CrmParts<C, O, M> {
     pub observer: Arc<M>,
     /// Where screen pops go (and model events come from).
     pub publisher: Arc<Publisher>,
+    /// The cluster's shared allowance; `None` on a single node.
+    pub ledger: Option<Arc<dyn BudgetLedger>>,
 }
 
 impl<C, O, M> Clone for CrmParts<C, O, M> {
@@ -94,6 +102,7 @@ impl<C, O, M> Clone for CrmParts<C, O, M> {
             outbox: self.outbox.clone(),
             observer: self.observer.clone(),
             publisher: self.publisher.clone(),
+            ledger: self.ledger.clone(),
         }
     }
 }
@@ -179,6 +188,14 @@ impl<C: CrmPort, O: Outbox, M: CrmObserver> Actor for CrmActor<C, O, M> {
             CrmMsg::Searched(id, result) => state.engine.on_search(id, result, now, &mut out),
             CrmMsg::Created(id, result) => state.engine.on_created(id, result, now, &mut out),
             CrmMsg::Probed(id, result) => state.engine.on_probe(id, result, now),
+            CrmMsg::Block(answer) => {
+                if let Err(error) = &answer {
+                    tracing::warn!(%error, "no block of the shared salesforce allowance; retrying");
+                }
+                state.engine.on_block(answer.as_ref().ok().cloned(), now);
+                let held = state.engine.budget().held().unwrap_or_default();
+                state.parts.observer.block(&answer, held);
+            }
             CrmMsg::Upserted(id, result) => {
                 let settled = state.engine.on_upsert(id, result, now);
                 state.parts.observer.settled(&settled);
@@ -231,6 +248,18 @@ impl<C: CrmPort, O: Outbox, M: CrmObserver> CrmActorState<C, O, M> {
 
     /// Makes one request in its own task; its answer comes back as a message.
     fn send(&self, myself: &ActorRef<CrmMsg>, action: Action) {
+        if let Action::TakeBlock { requests, window_cap } = action {
+            let ledger = self.parts.ledger.clone();
+            let myself = myself.clone();
+            tokio::spawn(async move {
+                let answer = match &ledger {
+                    Some(ledger) => ledger.take(requests, window_cap).await,
+                    None => Err(LedgerError("a shared budget is configured without a ledger".to_owned())),
+                };
+                let _ = myself.cast(CrmMsg::Block(answer));
+            });
+            return;
+        }
         let port = self.parts.port.clone();
         let observer = self.parts.observer.clone();
         let myself = myself.clone();
@@ -246,6 +275,7 @@ impl<C: CrmPort, O: Outbox, M: CrmObserver> CrmActorState<C, O, M> {
                     CrmMsg::Created(id, result)
                 }
                 Action::Probe { id } => CrmMsg::Probed(id, port.usage().await),
+                Action::TakeBlock { .. } => unreachable!("taken by the ledger above"),
             };
             // The actor is gone only when the gateway stops; the outbox still has the logs.
             let _ = myself.cast(message);

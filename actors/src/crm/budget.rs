@@ -7,6 +7,11 @@
 //! | from `throttle_at` | throttled | everything, at half the pace |
 //! | from `reads_only_at` | reads only | screen-pop searches; call logs wait in the outbox |
 //! | exhausted (`REQUEST_LIMIT_EXCEEDED`) | stopped | nothing but a rare probe; pops come from the cache |
+//!
+//! In a cluster the nodes share one allowance: the share of the day's allocation is a counter all
+//! nodes take blocks of requests from ([`crate::crm::port::BudgetLedger`]), and a node sends a
+//! request only with a permit from a block in hand as well as from its own governor. The org's
+//! reported usage still rules over both: blocks in hand are no licence to pass the org's limits.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -35,6 +40,9 @@ pub struct BudgetConfig {
     pub burst: u32,
     /// How often to ask whether an exhausted allocation has room again.
     pub probe_interval: Duration,
+    /// Requests taken at once from the cluster's shared allowance; `None` on a single node, which
+    /// spends its share alone.
+    pub shared_block: Option<u32>,
 }
 
 impl Default for BudgetConfig {
@@ -46,6 +54,7 @@ impl Default for BudgetConfig {
             reads_only_at: 0.95,
             burst: 20,
             probe_interval: Duration::from_secs(60),
+            shared_block: None,
         }
     }
 }
@@ -103,6 +112,34 @@ impl Clock for GivenClock {
 
 type Limiter = RateLimiter<NotKeyed, InMemoryState, GivenClock, NoOpMiddleware<Duration>>;
 
+/// How long to wait before asking the ledger again after it failed to answer.
+const LEDGER_RETRY: Duration = Duration::from_secs(1);
+
+/// What a node holds of the cluster's shared allowance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Allowance {
+    /// Requests per block.
+    block: u64,
+    /// Permits in hand.
+    held: u64,
+    /// A block has been asked for and not yet answered.
+    asking: bool,
+    /// No block is to be asked for before this (the window's share is spent, or the ledger failed).
+    not_before: Duration,
+}
+
+/// How a request for a block of the shared allowance went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockGrant {
+    /// This many requests are ours to spend (fewer than asked when the window's share runs out).
+    Granted(u64),
+    /// The cluster spent its share of this window; a new window starts in `retry_after`.
+    Spent {
+        /// Until the next window.
+        retry_after: Duration,
+    },
+}
+
 /// The pacing of requests: a GCRA limiter at a rate that follows the org's usage.
 #[derive(Debug)]
 pub struct Budget {
@@ -113,6 +150,8 @@ pub struct Budget {
     rate: f64,
     usage: Option<ApiUsage>,
     exhausted: bool,
+    /// The shared allowance, in a cluster.
+    allowance: Option<Allowance>,
 }
 
 impl Budget {
@@ -121,7 +160,13 @@ impl Budget {
         let clock = GivenClock::default();
         let rate = Self::rate_for(&config, config.daily_allocation, BudgetState::Normal);
         let limiter = RateLimiter::direct_with_clock(quota(rate, config.burst), clock.clone());
-        Self { config, clock, limiter, rate, usage: None, exhausted: false }
+        let allowance = config.shared_block.map(|block| Allowance {
+            block: u64::from(block.max(1)),
+            held: 0,
+            asking: false,
+            not_before: Duration::ZERO,
+        });
+        Self { config, clock, limiter, rate, usage: None, exhausted: false, allowance }
     }
 
     fn rate_for(config: &BudgetConfig, allocation: u64, state: BudgetState) -> f64 {
@@ -186,13 +231,62 @@ impl Budget {
         }
     }
 
-    /// Takes a permit for one request at `now`, or says how long until one is free.
-    pub fn try_acquire(&self, now: Duration) -> Result<(), Duration> {
+    /// Takes a permit for one request at `now`, or says how long until one is free. In a cluster
+    /// the permit also spends one request of a block in hand.
+    pub fn try_acquire(&mut self, now: Duration) -> Result<(), Duration> {
+        if let Some(allowance) = &self.allowance
+            && allowance.held == 0
+        {
+            // The answer to the block's request wakes the actor; this is only a backstop.
+            return Err(allowance.not_before.saturating_sub(now).max(LEDGER_RETRY));
+        }
         self.clock.0.store(u64::try_from(now.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
-        self.limiter.check().map_err(|not_until| {
+        self.limiter.check().map_err(|not_until| -> Duration {
             let earliest: Duration = not_until.earliest_possible();
             earliest.duration_since(now).into()
-        })
+        })?;
+        if let Some(allowance) = &mut self.allowance {
+            allowance.held -= 1;
+        }
+        Ok(())
+    }
+
+    /// In a cluster, the size of the block to ask the ledger for now, if one is due: when half a
+    /// block or less is left in hand, none is being asked for, and the last answer allows it.
+    /// Asking early keeps a busy node from waiting on etcd between blocks.
+    pub fn ask_for_block(&mut self, now: Duration) -> Option<u64> {
+        let allowance = self.allowance.as_mut()?;
+        if allowance.asking || now < allowance.not_before || allowance.held > allowance.block / 2 {
+            return None;
+        }
+        allowance.asking = true;
+        Some(allowance.block)
+    }
+
+    /// The most the cluster may spend in one window (a day): the share of the org's allocation.
+    pub fn window_cap(&self) -> u64 {
+        let allocation = self.usage.map_or(self.config.daily_allocation, |usage| usage.max);
+        (self.config.share * allocation as f64).floor() as u64
+    }
+
+    /// Takes in the ledger's answer to [`Self::ask_for_block`]; `None` when the ledger could not be
+    /// reached (etcd down): what is in hand is spent, and no more until it answers again.
+    pub fn block_answered(&mut self, grant: Option<BlockGrant>, now: Duration) {
+        let Some(allowance) = &mut self.allowance else { return };
+        allowance.asking = false;
+        match grant {
+            Some(BlockGrant::Granted(requests)) => {
+                allowance.held += requests;
+                allowance.not_before = now;
+            }
+            Some(BlockGrant::Spent { retry_after }) => allowance.not_before = now + retry_after,
+            None => allowance.not_before = now + LEDGER_RETRY,
+        }
+    }
+
+    /// Permits in hand from the shared allowance (`None` on a single node).
+    pub fn held(&self) -> Option<u64> {
+        self.allowance.as_ref().map(|allowance| allowance.held)
     }
 
     /// How often to probe an exhausted allocation.
@@ -220,7 +314,7 @@ mod tests {
 
     #[test]
     fn requests_are_paced_at_the_share_of_the_allocation() {
-        let budget = Budget::new(config());
+        let mut budget = Budget::new(config());
         assert!((budget.rate() - 1.0).abs() < 1e-9);
         let t0 = Duration::from_secs(100);
         assert!(budget.try_acquire(t0).is_ok());
@@ -258,6 +352,62 @@ mod tests {
         assert_eq!(budget.state(), BudgetState::Stopped);
         budget.observe(ApiUsage { used: 99, max: 100 });
         assert_eq!(budget.state(), BudgetState::ReadsOnly);
+    }
+
+    fn shared(block: u32) -> Budget {
+        Budget::new(BudgetConfig { shared_block: Some(block), burst: 100, ..config() })
+    }
+
+    #[test]
+    fn a_single_node_never_asks_for_blocks() {
+        let mut budget = Budget::new(config());
+        assert_eq!(budget.ask_for_block(Duration::ZERO), None);
+        assert_eq!(budget.held(), None);
+        assert!(budget.try_acquire(Duration::ZERO).is_ok());
+    }
+
+    #[test]
+    fn in_a_cluster_nothing_goes_without_a_block_and_each_request_spends_one() {
+        let mut budget = shared(4);
+        let t0 = Duration::from_secs(10);
+        assert!(budget.try_acquire(t0).is_err(), "no block in hand yet");
+        assert_eq!(budget.ask_for_block(t0), Some(4));
+        assert_eq!(budget.ask_for_block(t0), None, "one request for a block at a time");
+        budget.block_answered(Some(BlockGrant::Granted(4)), t0);
+        assert_eq!(budget.held(), Some(4));
+        assert!(budget.try_acquire(t0).is_ok());
+        assert_eq!(budget.ask_for_block(t0), None, "three left: more than half a block");
+        assert!(budget.try_acquire(t0).is_ok());
+        assert_eq!(budget.ask_for_block(t0), Some(4), "half a block left: ask ahead");
+        assert!(budget.try_acquire(t0).is_ok());
+        assert!(budget.try_acquire(t0).is_ok());
+        assert_eq!(budget.held(), Some(0));
+        assert!(budget.try_acquire(t0).is_err(), "the block is spent and the next not here");
+        budget.block_answered(Some(BlockGrant::Granted(2)), t0);
+        assert!(budget.try_acquire(t0).is_ok(), "a short block (the window's last) still counts");
+    }
+
+    #[test]
+    fn a_spent_window_or_an_unreachable_ledger_holds_requests_until_the_next_try() {
+        let mut budget = shared(10);
+        let t0 = Duration::from_secs(10);
+        assert!(budget.ask_for_block(t0).is_some());
+        budget.block_answered(Some(BlockGrant::Spent { retry_after: Duration::from_secs(3600) }), t0);
+        let wait = budget.try_acquire(t0).expect_err("nothing in hand");
+        assert_eq!(wait, Duration::from_secs(3600));
+        assert_eq!(budget.ask_for_block(t0 + Duration::from_secs(3599)), None);
+        assert_eq!(budget.ask_for_block(t0 + Duration::from_secs(3600)), Some(10), "a new window");
+        budget.block_answered(None, t0 + Duration::from_secs(3600));
+        assert_eq!(budget.ask_for_block(t0 + Duration::from_millis(3_600_500)), None, "etcd down: wait a second");
+        assert_eq!(budget.ask_for_block(t0 + Duration::from_secs(3601)), Some(10));
+    }
+
+    #[test]
+    fn the_window_cap_is_the_share_of_the_orgs_allocation() {
+        let mut budget = Budget::new(BudgetConfig { daily_allocation: 100_000, share: 0.25, ..config() });
+        assert_eq!(budget.window_cap(), 25_000);
+        budget.observe(ApiUsage { used: 0, max: 200_000 });
+        assert_eq!(budget.window_cap(), 50_000, "the org's reported allocation rules");
     }
 
     #[test]

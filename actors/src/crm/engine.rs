@@ -165,6 +165,13 @@ pub enum Action {
         /// The request's number.
         id: u64,
     },
+    /// Take a block of the cluster's shared allowance from the ledger (no API request).
+    TakeBlock {
+        /// Requests to take.
+        requests: u64,
+        /// The most the cluster may spend in the window.
+        window_cap: u64,
+    },
 }
 
 /// A screen pop to publish, with when its call rang (for the ring-to-pop latency).
@@ -554,6 +561,17 @@ impl Engine {
         if !self.config.settings.enabled {
             return None;
         }
+        let wake = self.send_what_is_due(now, out);
+        // In a cluster, a block of the shared allowance is asked for once what was just spent
+        // leaves half a block or less, whatever the org's state: a probe needs none, but what
+        // follows a probe that finds room does.
+        if let Some(requests) = self.budget.ask_for_block(now) {
+            out.actions.push(Action::TakeBlock { requests, window_cap: self.budget.window_cap() });
+        }
+        wake
+    }
+
+    fn send_what_is_due(&mut self, now: Duration, out: &mut Outputs) -> Option<Duration> {
         let mut wake: Option<Duration> = None;
         let mut wake_at = |at: Duration| wake = Some(wake.map_or(at, |wake: Duration| wake.min(at)));
         let state = self.budget.state();
@@ -839,6 +857,11 @@ impl Engine {
                 self.failed(&failure, now);
             }
         }
+    }
+
+    /// Takes in the ledger's answer to an [`Action::TakeBlock`] (`None`: it could not be reached).
+    pub fn on_block(&mut self, grant: Option<crate::crm::budget::BlockGrant>, now: Duration) {
+        self.budget.block_answered(grant, now);
     }
 
     /// Hands back logs dead-lettered earlier (an administrator replays them).

@@ -2,8 +2,10 @@
 //! and the durable outbox the gateway keeps call logs in. Neither knows HTTP or SQL here.
 
 use std::future::Future;
+use std::pin::Pin;
 
 use crate::call::CallLogRecord;
+use crate::crm::budget::BlockGrant;
 
 /// A kind of CRM record a caller can be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -219,4 +221,20 @@ pub trait Outbox: Send + Sync + 'static {
     fn attempted(&self, keys: &[String]) -> Result<(), OutboxError>;
     /// The CRM refused this log for good: keep it aside with the reason.
     fn dead_letter(&self, key: &str, reason: &str) -> Result<(), OutboxError>;
+}
+
+/// Why the shared allowance's ledger gave no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("salesforce budget ledger: {0}")]
+pub struct LedgerError(pub String);
+
+/// What a ledger's answer is awaited as.
+pub type LedgerAnswer<'a> = Pin<Box<dyn Future<Output = Result<BlockGrant, LedgerError>> + Send + 'a>>;
+
+/// The counter a cluster's nodes take blocks of the org's allowance from (the gateway keeps it in
+/// etcd). Object-safe: a single node runs without one.
+pub trait BudgetLedger: Send + Sync + 'static {
+    /// Takes `requests` more of the current window's allowance, of which the cluster may spend
+    /// `window_cap` in all: fewer when less is left, none when it is spent.
+    fn take(&self, requests: u64, window_cap: u64) -> LedgerAnswer<'_>;
 }

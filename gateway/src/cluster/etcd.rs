@@ -1,6 +1,7 @@
 //! A small etcd v3 client over etcd's JSON gateway (`POST /v3/...`, keys and values in base64,
-//! 64-bit numbers as strings): leases, puts, prefix ranges, and the two transactions ownership
-//! needs (create-if-absent and delete-if-unchanged). Workspace Cargo.toml says why not gRPC.
+//! 64-bit numbers as strings): leases, puts, gets, prefix ranges, and the transactions ownership and
+//! the shared budget need (create-if-absent, delete-if-unchanged, put-if-unchanged). Workspace
+//! Cargo.toml says why not gRPC.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -208,6 +209,35 @@ impl Etcd {
             // Deleted between the compare and the range: nobody holds it now; try again later.
             None => Err(EtcdError::BadAnswer("the key vanished during the claim".to_owned())),
         }
+    }
+
+    /// One key, if it exists.
+    pub async fn get(&self, key: &str) -> Result<Option<KeyValue>, EtcdError> {
+        let answer = self.post("/v3/kv/range", json!({ "key": encode(key) })).await?;
+        answer["kvs"].get(0).map(key_value).transpose()
+    }
+
+    /// Writes `key` = `value` (no lease) only if nobody wrote it since it was read: last written at
+    /// `mod_revision`, or absent when that is `None`. Whether it did.
+    pub async fn put_if_unchanged(&self, key: &str, value: &str, mod_revision: Option<i64>) -> Result<bool, EtcdError> {
+        let key = encode(key);
+        let compare = match mod_revision {
+            Some(revision) => {
+                json!({ "key": key, "target": "MOD", "result": "EQUAL", "mod_revision": revision.to_string() })
+            }
+            None => json!({ "key": key, "target": "CREATE", "result": "EQUAL", "create_revision": "0" }),
+        };
+        let body = json!({
+            "compare": [compare],
+            "success": [{ "request_put": { "key": key, "value": encode(value) } }],
+        });
+        let answer = self.post("/v3/kv/txn", body).await?;
+        Ok(answer["succeeded"].as_bool().unwrap_or(false))
+    }
+
+    /// Deletes `key` whatever it holds.
+    pub async fn delete(&self, key: &str) -> Result<(), EtcdError> {
+        self.post("/v3/kv/deleterange", json!({ "key": encode(key) })).await.map(drop)
     }
 
     /// Deletes `key` only if it was last written at `mod_revision` (still our claim); whether it did.

@@ -11,6 +11,7 @@
 //! A lease's keys vanish together when it expires or is revoked, so a dead node's members key and
 //! its claims disappear in one revision: survivors see it gone and claim its lines.
 
+mod budget;
 mod etcd;
 mod lease;
 pub mod rendezvous;
@@ -27,6 +28,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub use budget::EtcdLedger;
 pub use etcd::{Created, Etcd, EtcdError, KeyValue};
 pub use lease::LeaseClock;
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use actors::call::LegNote;
 use actors::crm::actor::{self, CrmHandle, CrmParts, CrmStatus};
 use actors::crm::engine::CrmSettings;
-use actors::crm::port::{DeadLetter, OutboxError};
+use actors::crm::port::{BudgetLedger, DeadLetter, OutboxError};
 use actors::events::Publisher;
 use tokio_util::sync::CancellationToken;
 
@@ -56,8 +56,15 @@ impl std::fmt::Debug for Salesforce {
 impl Salesforce {
     /// Opens the outbox, builds the client and starts the budget actor, which first sends what a
     /// previous run left in the outbox.
-    pub async fn start(config: &SalesforceConfig, publisher: Arc<Publisher>) -> Result<Self, SalesforceError> {
-        let crm_config = config.crm()?;
+    /// In a cluster, `shared` is the cluster's ledger of the shared allowance and the size of the
+    /// blocks to take from it.
+    pub async fn start(
+        config: &SalesforceConfig,
+        publisher: Arc<Publisher>,
+        shared: Option<(Arc<dyn BudgetLedger>, u32)>,
+    ) -> Result<Self, SalesforceError> {
+        let mut crm_config = config.crm()?;
+        crm_config.budget.shared_block = shared.as_ref().map(|(_, block)| *block);
         let client = Arc::new(SalesforceClient::new(config)?);
         let path = config.outbox_path.clone();
         let outbox = Arc::new(
@@ -66,7 +73,8 @@ impl Salesforce {
                 .map_err(|error| OutboxError(error.to_string()))??,
         );
         let observer = Arc::new(MetricsObserver::new(outbox.dead_letter_count()?));
-        let parts = CrmParts { port: client, outbox: outbox.clone(), observer: observer.clone(), publisher };
+        let ledger = shared.map(|(ledger, _)| ledger);
+        let parts = CrmParts { port: client, outbox: outbox.clone(), observer: observer.clone(), publisher, ledger };
         let crm = actor::start(crm_config, parts).await?;
         Ok(Self { crm, outbox, observer })
     }

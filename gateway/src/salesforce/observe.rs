@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use actors::crm::actor::CrmObserver;
-use actors::crm::budget::BudgetState;
+use actors::crm::budget::{BlockGrant, BudgetState};
 use actors::crm::engine::Settled;
-use actors::crm::port::{ApiUsage, OutboxError, RecordKind};
+use actors::crm::port::{ApiUsage, LedgerError, OutboxError, RecordKind};
 use actors::events::PopResult;
 
 use crate::metrics::{self as m, CacheResult, RecordObject, ScreenPopResult};
@@ -47,6 +47,15 @@ impl MetricsObserver {
 }
 
 impl CrmObserver for MetricsObserver {
+    fn block(&self, answer: &Result<BlockGrant, LedgerError>, held: u64) {
+        let result = match answer {
+            Ok(BlockGrant::Granted(_)) => "granted",
+            Ok(BlockGrant::Spent { .. }) => "spent",
+            Err(_) => "unreachable",
+        };
+        m::salesforce_budget_block(result, held);
+    }
+
     fn popped(&self, result: &PopResult, latency: Duration) {
         let result = match result {
             PopResult::Single(_) => ScreenPopResult::Single,

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::call::CallLogRecord;
+use crate::crm::budget::BlockGrant;
 use crate::crm::port::ApiUsage;
 use crate::domain::LegOutcome;
 
@@ -517,6 +518,44 @@ fn requests_are_paced_by_the_budget() {
     let wake = wake.expect("the next permit");
     assert!(wake > ms(0) && wake <= ms(500), "{wake:?}");
     assert_eq!(upserts(&poll(&mut engine, wake).0).len(), 1);
+}
+
+fn blocks_asked(out: &Outputs) -> Vec<(u64, u64)> {
+    out.actions
+        .iter()
+        .filter_map(|action| match action {
+            Action::TakeBlock { requests, window_cap } => Some((*requests, *window_cap)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn in_a_cluster_requests_wait_for_a_block_of_the_shared_allowance() {
+    let mut config = config();
+    config.budget.shared_block = Some(2);
+    config.log_batch_max = 1;
+    let mut engine = Engine::new(config);
+    engine.on_logs((0..3).map(|n| log(&format!("C{n}"), "2001", "2002")).collect(), ms(0), &mut Outputs::default());
+    let (out, _) = poll(&mut engine, ms(0));
+    assert!(upserts(&out).is_empty(), "no block in hand");
+    assert_eq!(blocks_asked(&out), [(2, 86_400_000)], "the share of the allocation is the window's cap");
+    assert!(blocks_asked(&poll(&mut engine, ms(1)).0).is_empty(), "one request for a block at a time");
+
+    engine.on_block(Some(BlockGrant::Granted(2)), ms(5));
+    let (out, _) = poll(&mut engine, ms(5));
+    let [(first, _), _] = upserts(&out).try_into().expect("a block of two is two requests");
+    assert_eq!(blocks_asked(&out), [(2, 86_400_000)], "asked ahead, at half a block");
+    assert!(upserts(&poll(&mut engine, ms(6)).0).is_empty(), "spent");
+
+    // The org's allocation, once reported, sets the cap; a spent window holds the rest.
+    engine.on_upsert(first, ok(vec![RecordResult::Stored { id: "00T1".into() }]), ms(7));
+    engine.on_block(Some(BlockGrant::Spent { retry_after: Duration::from_secs(60) }), ms(7));
+    let (out, wake) = poll(&mut engine, ms(8));
+    assert!(upserts(&out).is_empty() && blocks_asked(&out).is_empty());
+    assert_eq!(wake, Some(ms(7) + Duration::from_secs(60)));
+    let (out, _) = poll(&mut engine, ms(7) + Duration::from_secs(60));
+    assert_eq!(blocks_asked(&out), [(2, 1_000)], "a new window, capped by the org's reported 1,000");
 }
 
 #[test]
