@@ -1,5 +1,6 @@
 //! Memory per idle agent line and per active call: starts 100,000 line actors and 50,000 call
-//! actors through the model's router and reads the process's resident memory before and after each.
+//! actors through the model's router and reads the process's resident memory before and after each,
+//! with the lines' actors running and after they have rested (`ModelConfig::line_idle`).
 //!
 //! Run with `cargo bench -p gateway --bench memory`; it prints its figures (it times nothing).
 
@@ -36,6 +37,9 @@ fn resident_bytes() -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
+/// How long a line actor may idle before it rests, here; in production a minute.
+const LINE_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+
 async fn settle(model: &runtime::Model<NoPbx>, lines: usize, calls: usize) {
     while model.actor_counts() != (lines, calls) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -44,13 +48,26 @@ async fn settle(model: &runtime::Model<NoPbx>, lines: usize, calls: usize) {
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
 }
 
+/// Waits until every line actor has rested, then a little more for the allocator to hand the
+/// freed pages back (jemalloc purges what has been free for some seconds as allocation goes on).
+async fn rest(model: &runtime::Model<NoPbx>, calls: usize) {
+    while model.actor_counts() != (0, calls) {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for _ in 0..40 {
+        // A little allocation activity drives jemalloc's decay, as a running gateway's would.
+        drop(std::hint::black_box(vec![0u8; 64 * 1024]));
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
 #[allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {
         let (logs_tx, _logs) = tokio::sync::mpsc::channel(1024);
         // Events go nowhere in this measurement: keep no history.
-        let config = ModelConfig { event_history: 0, event_buffer: 16, ..ModelConfig::default() };
+        let config = ModelConfig { event_history: 0, event_buffer: 16, line_idle: LINE_IDLE, ..ModelConfig::default() };
         let (model, mut router) = runtime::start(config, Arc::new(NoPbx), logs_tx).await.unwrap();
         let before = resident_bytes();
         for index in 0..LINES {
@@ -68,6 +85,8 @@ fn main() {
                 .await;
         }
         settle(&model, LINES, 0).await;
+        let with_line_actors = resident_bytes();
+        rest(&model, 0).await;
         let with_lines = resident_bytes();
         for index in 0..CALLS {
             let call = format!("C{index}");
@@ -103,14 +122,23 @@ fn main() {
                 .route(ModelInput::Line { device: line, input: LineInput::Call { call, state: ConnState::Connected } })
                 .await;
         }
-        settle(&model, LINES, CALLS).await;
+        // The calls' lines woke for the news of their call and rest again.
+        while model.actor_counts().1 != CALLS {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let peak = resident_bytes();
+        rest(&model, CALLS).await;
         let with_calls = resident_bytes();
         let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
-        println!("resident before:                 {:>8.1} MiB", mib(before));
-        println!("with {LINES} idle lines:        {:>8.1} MiB", mib(with_lines));
-        println!("with {CALLS} active calls too:   {:>8.1} MiB", mib(with_calls));
-        println!("per idle line:                   {:>8.0} bytes", (with_lines - before) as f64 / LINES as f64);
-        println!("per active call (and its line):  {:>8.0} bytes", (with_calls - with_lines) as f64 / CALLS as f64);
+        let per = |from: u64, to: u64, items: usize| to.saturating_sub(from) as f64 / items as f64;
+        println!("resident before:                             {:>8.1} MiB", mib(before));
+        println!("{LINES} lines, their actors running:        {:>8.1} MiB", mib(with_line_actors));
+        println!("{LINES} lines, idle (actors resting):       {:>8.1} MiB", mib(with_lines));
+        println!("and {CALLS} calls, as the last started:     {:>8.1} MiB", mib(peak));
+        println!("and {CALLS} calls, their lines resting:      {:>8.1} MiB", mib(with_calls));
+        println!("per line with its actor running:             {:>8.0} bytes", per(before, with_line_actors, LINES));
+        println!("per idle line:                               {:>8.0} bytes", per(before, with_lines, LINES));
+        println!("per active call, its line resting:           {:>8.0} bytes", per(with_lines, with_calls, CALLS));
         model.shutdown().await;
     });
 }

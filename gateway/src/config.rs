@@ -562,6 +562,9 @@ pub struct CallsConfig {
     pub sweep_interval_secs: u64,
     /// A call with no news for this many seconds is checked against the PBX by the sweep.
     pub sweep_idle_secs: u64,
+    /// A line actor with nothing to do for this many milliseconds (up to twice it) stops; the
+    /// line's state stays, and its next news starts an actor again. 0: line actors never rest.
+    pub line_idle_ms: u64,
     /// Events a subscriber may fall behind before it is cut off.
     pub event_buffer: usize,
     /// Recent events kept for subscribers that reconnect.
@@ -574,6 +577,7 @@ impl Default for CallsConfig {
             skip_missed_queue_records: false,
             sweep_interval_secs: 60,
             sweep_idle_secs: 300,
+            line_idle_ms: 60_000,
             event_buffer: 65_536,
             event_history: 65_536,
         }
@@ -590,6 +594,7 @@ impl CallsConfig {
             journal_legs: false,
             sweep_interval: Duration::from_secs(self.sweep_interval_secs),
             sweep_idle: Duration::from_secs(self.sweep_idle_secs),
+            line_idle: Duration::from_millis(self.line_idle_ms),
         }
     }
 }

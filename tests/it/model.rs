@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use actors::domain::{AgentState, ConnState, LegOutcome};
 use actors::events::ModelEvent;
-use actors::runtime::{CommandError, Model};
+use actors::runtime::{CommandError, Model, ModelStats};
 use gateway::app::Gateway;
 use gateway::bridge::LinkPort;
-use gateway::config::{Config, PbxConfig};
+use gateway::config::{CallsConfig, Config, PbxConfig};
 use loadtest::sim::inspect::{AgentDump, CallDump, PartyDump};
 use loadtest::sim::{FaultSettings, Layout, SimConfig, Simulator, StateDump, TrafficConfig};
 
@@ -135,7 +135,13 @@ async fn start(layout: Layout, seed: u64) -> (Simulator, Gateway) {
     })
     .await
     .unwrap();
-    let config = Config { pbx: PbxConfig { ..link_config(&simulator) }, ..Config::default() };
+    // Line actors rest after 100 ms idle (a minute in production), so lines rest and wake again
+    // all through the traffic: the mirror must stay true across it.
+    let config = Config {
+        pbx: PbxConfig { ..link_config(&simulator) },
+        calls: CallsConfig { line_idle_ms: 100, ..CallsConfig::default() },
+        ..Config::default()
+    };
     let gateway = Gateway::start(&config).await.unwrap();
     within(gateway.wait_resynced()).await;
     (simulator, gateway)
@@ -185,6 +191,8 @@ async fn the_gateway_mirrors_the_simulator_through_faults_and_link_drops() {
         converged(&simulator, gateway.model(), &format!("seed {seed}")).await;
         assert_eq!(gateway.progress().resyncs, resynced, "seed {seed}: the last stretch needed no resync");
         assert!(simulator.traffic_calls_started() > 10, "seed {seed}: traffic ran");
+        let rested = ModelStats::get(&gateway.model().stats().lines_rested);
+        assert!(rested > 0, "seed {seed}: line actors rested and woke during the traffic");
         gateway.shutdown(Duration::from_secs(5)).await;
         simulator.shutdown().await;
     }

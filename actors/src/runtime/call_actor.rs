@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use super::mailbox::{Mailbox, Queued, took_one};
+use super::mailbox::{Mailbox, Tally, took_one};
 use super::{CallOutcome, Context, Shared, bump, lock};
 use crate::call::{CallInput, CallLogRecord, CallState, LegNote, Party};
 use crate::domain::{Cause, LegOutcome, Millis};
@@ -58,13 +58,13 @@ pub(crate) struct CallActorState<P> {
     /// restarted actor starts empty and tells it again, which the journal takes as an update.
     journaled: Vec<(String, bool, String)>,
     /// Messages waiting for it (see [`Mailbox`]).
-    queued: Queued,
+    queued: Arc<Tally>,
 }
 
 impl<P: PbxPort> Actor for CallActor<P> {
     type Msg = CallMsg;
     type State = CallActorState<P>;
-    type Arguments = (Arc<Context<P>>, Shared<CallState>, Queued);
+    type Arguments = (Arc<Context<P>>, Shared<CallState>, Arc<Tally>);
 
     async fn pre_start(
         &self,

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::mailbox::{Queued, took_one};
+use super::mailbox::{Tally, took_one};
 use super::{Context, Shared, lock};
 use crate::events::{LineView, ModelEvent};
 use crate::line::{LineInput, LineState};
@@ -34,13 +34,13 @@ pub(crate) struct LineActorState<P> {
     context: Arc<Context<P>>,
     line: Shared<LineState>,
     /// Messages waiting for it (see [`super::mailbox::Mailbox`]).
-    queued: Queued,
+    queued: Arc<Tally>,
 }
 
 impl<P: PbxPort> Actor for LineActor<P> {
     type Msg = LineMsg;
     type State = LineActorState<P>;
-    type Arguments = (Arc<Context<P>>, Shared<LineState>, Queued);
+    type Arguments = (Arc<Context<P>>, Shared<LineState>, Arc<Tally>);
 
     async fn pre_start(
         &self,

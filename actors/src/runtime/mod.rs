@@ -28,7 +28,7 @@ pub use router::Router;
 
 use self::call_actor::{CallActor, CallMsg, CallOrder};
 use self::line_actor::{LineActor, LineMsg};
-use self::mailbox::{Mailbox, Queued};
+use self::mailbox::{Mailbox, Tally};
 use self::supervisor::Supervisor;
 use crate::call::{CallInput, CallState, LegNote, Party};
 use crate::domain::{CallId, ConnState, DeviceId, Direction, Millis};
@@ -129,6 +129,9 @@ pub struct ModelConfig {
     pub sweep_interval: Duration,
     /// A call with no news for this long is checked against the PBX by the sweep.
     pub sweep_idle: Duration,
+    /// A line actor with nothing to do for this long (one to two times it) is stopped; the line's
+    /// state stays in the registry and its next news starts an actor again. Zero: never.
+    pub line_idle: Duration,
 }
 
 impl Default for ModelConfig {
@@ -140,6 +143,7 @@ impl Default for ModelConfig {
             journal_legs: false,
             sweep_interval: Duration::from_secs(60),
             sweep_idle: Duration::from_secs(300),
+            line_idle: Duration::from_secs(60),
         }
     }
 }
@@ -159,6 +163,8 @@ pub struct ModelStats {
     pub restarts: AtomicU64,
     /// Calls closed by the sweep or a resync because the PBX no longer had them.
     pub orphans_closed: AtomicU64,
+    /// Line actors stopped because their line was idle (see [`ModelConfig::line_idle`]).
+    pub lines_rested: AtomicU64,
     /// Inputs routed.
     pub inputs: AtomicU64,
 }
@@ -254,19 +260,26 @@ impl CallEntry {
 /// actors cover a burst of endings and starts in one batch of events, at a few KB each.
 const CALL_POOL: usize = 256;
 
+/// A line in the registry. Its actor is stopped when the line has been idle for
+/// [`ModelConfig::line_idle`] and started again, over the same state, by the line's next news:
+/// an idle line costs its state, not an actor.
 #[derive(Clone)]
 pub(crate) struct LineEntry {
-    pub(crate) mailbox: Mailbox<LineMsg>,
+    pub(crate) mailbox: Option<Mailbox<LineMsg>>,
     pub(crate) state: Shared<LineState>,
 }
 
 impl LineEntry {
+    /// Sends to the line's actor; fails when it has none running (idle) or it is gone.
     pub(crate) fn cast(&self, message: LineMsg) -> Result<(), ractor::MessagingErr<LineMsg>> {
-        self.mailbox.cast(message)
+        match &self.mailbox {
+            Some(mailbox) => mailbox.cast(message),
+            None => Err(ractor::MessagingErr::SendErr(message)),
+        }
     }
 
-    pub(crate) fn actor(&self) -> &ActorRef<LineMsg> {
-        self.mailbox.actor()
+    pub(crate) fn actor(&self) -> Option<&ActorRef<LineMsg>> {
+        self.mailbox.as_ref().map(Mailbox::actor)
     }
 }
 
@@ -290,7 +303,8 @@ pub(crate) struct Context<P> {
     pub(crate) supervisor: std::sync::OnceLock<ActorCell>,
     /// Call actors whose call ended, waiting for another (at most [`CALL_POOL`]).
     idle_calls: Mutex<Vec<Mailbox<CallMsg>>>,
-    sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The periodic sweeps (orphan calls, idle lines).
+    sweepers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl<P: PbxPort> Context<P> {
@@ -337,7 +351,7 @@ impl<P: PbxPort> Context<P> {
         id: CallId,
         shared: Shared<CallState>,
     ) -> Result<CallEntry, ractor::SpawnErr> {
-        let queued = Queued::default();
+        let queued = Arc::<Tally>::default();
         let arguments = (self.clone(), shared.clone(), queued.clone());
         let (actor, _) = Actor::spawn_linked(None, CallActor::new(), arguments, self.supervisor()?).await?;
         self.members.insert(actor.get_id(), Member::Call(id.clone()));
@@ -347,19 +361,25 @@ impl<P: PbxPort> Context<P> {
         Ok(entry)
     }
 
-    /// Starts a line actor over `state` and registers it.
+    /// Starts a line actor over `state` with `first` in its mailbox, and registers it. The first
+    /// message is sent before the actor is registered, so the idle sweep cannot find it idle (and
+    /// stop it) before it has had it.
     pub(crate) async fn start_line_actor(
         self: &Arc<Self>,
         device: DeviceId,
         shared: Shared<LineState>,
-    ) -> Result<LineEntry, ractor::SpawnErr> {
-        let queued = Queued::default();
-        let arguments = (self.clone(), shared.clone(), queued.clone());
+        first: LineMsg,
+    ) -> Result<(), ractor::SpawnErr> {
+        let tally = Arc::<Tally>::default();
+        let arguments = (self.clone(), shared.clone(), tally.clone());
         let (actor, _) = Actor::spawn_linked(None, LineActor::new(), arguments, self.supervisor()?).await?;
         self.members.insert(actor.get_id(), Member::Line(device.clone()));
-        let entry = LineEntry { mailbox: Mailbox::new(actor, queued), state: shared };
-        self.lines.insert(device, entry.clone());
-        Ok(entry)
+        let mailbox = Mailbox::new(actor, tally);
+        if mailbox.cast(first).is_err() {
+            tracing::debug!(device, "a line actor stopped as it started; its input is left to a resnapshot");
+        }
+        self.lines.insert(device, LineEntry { mailbox: Some(mailbox), state: shared });
+        Ok(())
     }
 
     /// The login id of the agent on a line, for call log records.
@@ -409,12 +429,15 @@ pub async fn start<P: PbxPort>(
         stats: ModelStats::default(),
         supervisor: std::sync::OnceLock::new(),
         idle_calls: Mutex::new(Vec::new()),
-        sweeper: Mutex::new(None),
+        sweepers: Mutex::new(Vec::new()),
     });
     let (supervisor, _) = Actor::spawn(None, Supervisor::new(), context.clone()).await?;
     let _ = context.supervisor.set(supervisor.get_cell());
-    let sweeper = tokio::spawn(supervisor::sweep(context.clone()));
-    *lock(&context.sweeper) = Some(sweeper);
+    let mut sweepers = vec![tokio::spawn(supervisor::sweep(context.clone()))];
+    if !context.config.line_idle.is_zero() {
+        sweepers.push(tokio::spawn(supervisor::rest_idle_lines(context.clone())));
+    }
+    *lock(&context.sweepers) = sweepers;
     let router = Router::new(context.clone());
     Ok((Model { context, supervisor }, router))
 }
@@ -465,9 +488,10 @@ impl<P: PbxPort> Model<P> {
         calls
     }
 
-    /// Live actors: (lines, calls).
+    /// Live actors: (lines, calls). An idle line has none (see [`ModelConfig::line_idle`]).
     pub fn actor_counts(&self) -> (usize, usize) {
-        (self.context.lines.len(), self.context.calls.len())
+        let lines = self.context.lines.iter().filter(|entry| entry.mailbox.is_some()).count();
+        (lines, self.context.calls.len())
     }
 
     /// How many messages wait in the line actors' and the call actors' mailboxes. Reads one count
@@ -475,7 +499,9 @@ impl<P: PbxPort> Model<P> {
     pub fn mailbox_depths(&self) -> (MailboxDepth, MailboxDepth) {
         let mut lines = MailboxDepth::default();
         for entry in self.context.lines.iter() {
-            lines.add(entry.mailbox.queued());
+            if let Some(mailbox) = &entry.mailbox {
+                lines.add(mailbox.queued());
+            }
         }
         let mut calls = MailboxDepth::default();
         for entry in self.context.calls.iter() {
@@ -496,9 +522,9 @@ impl<P: PbxPort> Model<P> {
         self.context.lines.get(device).is_some_and(|entry| entry.cast(LineMsg::Crash).is_ok())
     }
 
-    /// Stops every actor and the sweep.
+    /// Stops every actor and the sweeps.
     pub async fn shutdown(&self) {
-        if let Some(sweeper) = lock(&self.context.sweeper).take() {
+        for sweeper in lock(&self.context.sweepers).drain(..) {
             sweeper.abort();
         }
         let _ = self.supervisor.stop_and_wait(Some("model shutting down".to_owned()), None).await;

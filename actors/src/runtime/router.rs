@@ -103,9 +103,9 @@ impl<P: PbxPort> Router<P> {
     /// restart it, and none writes a record.
     fn forget(&mut self, devices: &[String]) {
         for device in devices {
-            if let Some((_, entry)) = self.context.lines.remove(device) {
-                self.context.members.remove(&entry.actor().get_id());
-                entry.actor().stop(Some("line released".to_owned()));
+            if let Some(actor) = self.context.lines.remove(device).and_then(|(_, entry)| entry.actor().cloned()) {
+                self.context.members.remove(&actor.get_id());
+                actor.stop(Some("line released".to_owned()));
             }
         }
         let forgotten: HashSet<&String> = devices.iter().collect();
@@ -161,22 +161,23 @@ impl<P: PbxPort> Router<P> {
     }
 
     async fn route_line(&mut self, device: String, inputs: Vec<LineInput>) {
-        let entry = self.context.lines.get(&device).map(|entry| entry.clone());
-        let entry = match entry {
-            Some(entry) => entry,
-            None => {
-                let state = Arc::new(std::sync::Mutex::new(LineState::new(device.clone())));
-                match self.context.start_line_actor(device.clone(), state).await {
-                    Ok(entry) => entry,
-                    Err(error) => {
-                        tracing::error!(device, %error, "line actor could not be started");
-                        return;
+        // Sent while the registry's guard is held, so that the idle sweep cannot stop the actor
+        // between the look-up and the send (it stops only actors with nothing sent to them).
+        let state = match self.context.lines.get(&device) {
+            Some(entry) => match &entry.mailbox {
+                Some(mailbox) => {
+                    if mailbox.cast(LineMsg::Apply(inputs)).is_err() {
+                        tracing::debug!(device, "line actor unavailable; input left to its resnapshot");
                     }
+                    return;
                 }
-            }
+                // Idle: its actor was stopped; a new one takes over the same state.
+                None => entry.state.clone(),
+            },
+            None => Arc::new(std::sync::Mutex::new(LineState::new(device.clone()))),
         };
-        if entry.cast(LineMsg::Apply(inputs)).is_err() {
-            tracing::debug!(device, "line actor unavailable; input left to its resnapshot");
+        if let Err(error) = self.context.start_line_actor(device.clone(), state, LineMsg::Apply(inputs)).await {
+            tracing::error!(device, %error, "line actor could not be started");
         }
     }
 

@@ -8,6 +8,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use super::call_actor::CallOrder;
 use super::line_actor::LineMsg;
+use super::mailbox::Mailbox;
 use super::{Context, Member, bump, lock};
 use crate::port::PbxPort;
 
@@ -90,16 +91,14 @@ async fn restart<P: PbxPort>(context: &Arc<Context<P>>, member: Member, cell: &r
         }
         Member::Line(device) => {
             let Some(entry) = context.lines.get(&device).map(|entry| entry.clone()) else { return };
-            if entry.actor().get_id() != cell.get_id() {
+            if entry.actor().map(|actor| actor.get_id()) != Some(cell.get_id()) {
                 return;
             }
             tracing::error!(device, why, "line actor crashed; restarting it");
             bump(&context.stats.restarts);
-            match context.start_line_actor(device.clone(), entry.state.clone()).await {
-                Ok(entry) => {
-                    let _ = entry.cast(LineMsg::Resnapshot);
-                }
-                Err(error) => tracing::error!(device, %error, "line actor could not be restarted"),
+            if let Err(error) = context.start_line_actor(device.clone(), entry.state.clone(), LineMsg::Resnapshot).await
+            {
+                tracing::error!(device, %error, "line actor could not be restarted");
             }
         }
     }
@@ -111,6 +110,37 @@ pub(crate) fn wall_clock_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|elapsed| elapsed.as_millis() as u64)
         .unwrap_or_default()
+}
+
+/// Periodically stops the actors of lines that had nothing to do since the last look (see
+/// [`super::ModelConfig::line_idle`]).
+pub(crate) async fn rest_idle_lines<P: PbxPort>(context: Arc<Context<P>>) {
+    let mut ticks = tokio::time::interval(context.config.line_idle);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        rest_idle_lines_once(&context);
+    }
+}
+
+/// Stops the actor of every line that has not started on a message since the last call, and has
+/// none waiting; returns how many. The line's state stays in the registry.
+pub(crate) fn rest_idle_lines_once<P>(context: &Context<P>) -> usize {
+    let mut stopped = 0;
+    // Each registry shard is write-locked while it is looked through, so nothing is sent to an
+    // actor between the check that it is idle and its removal (the router sends under a read
+    // guard). ractor's `stop` lets a message already begun finish first.
+    for mut entry in context.lines.iter_mut() {
+        if !entry.mailbox.as_ref().is_some_and(Mailbox::idle_since_last_asked) {
+            continue;
+        }
+        let Some(mailbox) = entry.mailbox.take() else { continue };
+        context.members.remove(&mailbox.actor().get_id());
+        mailbox.actor().stop(Some("idle".to_owned()));
+        bump(&context.stats.lines_rested);
+        stopped += 1;
+    }
+    stopped
 }
 
 /// Periodically asks the PBX about calls with no news for a while, so a call whose end was never

@@ -333,9 +333,9 @@ async fn mailbox_depth_counts_what_waits_and_a_killed_actors_backlog_goes_with_i
 
     // The line actor blocks on a snapshot the PBX is slow to give; news piles up behind it.
     let slow_pbx = fixture.pbx.line_snapshots.write().await;
-    let first = model.context.lines.get("2001").map(|entry| entry.clone()).unwrap();
+    let first = model.context.lines.get("2001").and_then(|entry| entry.mailbox.clone()).unwrap();
     first.cast(LineMsg::Resnapshot).unwrap();
-    eventually(|| first.mailbox.queued() == 0).await;
+    eventually(|| first.queued() == 0).await;
     for state in [ConnState::Alerting, ConnState::Connected, ConnState::Held] {
         fixture.router.route(line("2001", LineInput::Call { call: "C1".into(), state })).await;
     }
@@ -346,15 +346,50 @@ async fn mailbox_depth_counts_what_waits_and_a_killed_actors_backlog_goes_with_i
     // successor starts with an empty mailbox and asks for a snapshot of its own.
     first.actor().kill();
     eventually(|| ModelStats::get(&model.stats().restarts) == 1).await;
-    eventually(|| {
-        model.context.lines.get("2001").is_some_and(|entry| entry.actor().get_id() != first.actor().get_id())
-    })
-    .await;
+    let restarted = |entry: &LineEntry| entry.actor().is_some_and(|actor| actor.get_id() != first.actor().get_id());
+    eventually(|| model.context.lines.get("2001").is_some_and(|entry| restarted(&entry))).await;
     eventually(|| model.mailbox_depths().0 == MailboxDepth::default()).await;
     drop(slow_pbx);
     fixture.router.route(line("2001", agent("bob"))).await;
     eventually(|| model.line("2001").is_some_and(|line| line.agent.is_some_and(|agent| agent.login_id == "bob"))).await;
     assert_eq!(model.mailbox_depths(), (MailboxDepth::default(), MailboxDepth::default()));
+    model.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_idle_lines_actor_rests_and_its_next_news_wakes_one_over_the_same_state() {
+    // The periodic rest is off; the test makes each pass itself.
+    let mut fixture = fixture(ModelConfig { line_idle: Duration::ZERO, ..ModelConfig::default() }).await;
+    answered_call(&mut fixture).await;
+    fixture.router.route(line("2002", agent("bob"))).await;
+    let model = fixture.model.clone();
+    eventually(|| model.line("2002").is_some_and(|line| line.agent.is_some())).await;
+    eventually(|| model.line("2001").is_some_and(|line| line.calls.len() == 1)).await;
+    assert_eq!(model.actor_counts(), (2, 1));
+
+    // Both worked since the last look (there was none): they stay. Nothing since: they rest.
+    assert_eq!(supervisor::rest_idle_lines_once(&model.context), 0);
+    fixture.router.route(line("2002", LineInput::Call { call: "C9".into(), state: ConnState::Alerting })).await;
+    eventually(|| model.line("2002").is_some_and(|line| line.calls.len() == 1)).await;
+    assert_eq!(supervisor::rest_idle_lines_once(&model.context), 1, "2001 was idle, 2002 was not");
+    assert_eq!(model.actor_counts(), (1, 1));
+    assert_eq!(supervisor::rest_idle_lines_once(&model.context), 1);
+    assert_eq!(model.actor_counts(), (0, 1), "the call's actor is not a line's");
+    assert!(model.context.members.iter().all(|member| matches!(member.value(), Member::Call(_))));
+
+    // A resting line is still known, queried and checked, without an actor.
+    let anna = model.line("2001").expect("still mirrored");
+    assert_eq!(anna.agent.as_ref().map(|agent| agent.login_id.as_str()), Some("anna"));
+    assert_eq!(anna.calls, [("C1".to_owned(), ConnState::Connected)]);
+    assert!(matches!(model.retrieve("2001", "C1").await, Err(CommandError::Refused(_))), "C1 is not held");
+
+    // Its next news starts an actor over the state it left, and nothing was restarted.
+    fixture.router.route(line("2001", LineInput::Call { call: "C1".into(), state: ConnState::Held })).await;
+    eventually(|| model.line("2001").is_some_and(|line| line.calls == [("C1".to_owned(), ConnState::Held)])).await;
+    let anna = model.line("2001").unwrap();
+    assert_eq!(anna.agent.map(|agent| agent.login_id), Some("anna".to_owned()), "the state it rested with");
+    assert_eq!(model.actor_counts(), (1, 1));
+    assert_eq!(ModelStats::get(&model.stats().restarts), 0, "a rest is not a crash");
     model.shutdown().await;
 }
 
