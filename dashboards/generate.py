@@ -192,9 +192,11 @@ panel("stat", "Process restarts (1h)", "Times each gateway process started in th
 # ---- Cluster ------------------------------------------------------------------------------------
 row("Cluster")
 panel("timeseries", "Cluster members seen", "Members of its cluster each node sees. Nodes disagreeing means a partition.", "none",
-      [(f"max by (instance) (switchboard_cluster_members{{{F}}})", "{{instance}}")], width=12)
+      [(f"max by (instance) (switchboard_cluster_members{{{F}}})", "{{instance}}")], width=8)
 panel("timeseries", "Owned lines", "Agent lines each node owns in its cluster.", "none",
-      [(f"max by (instance) (switchboard_cluster_owned_lines{{{F}}})", "{{instance}}")], width=12, stack=True)
+      [(f"max by (instance) (switchboard_cluster_owned_lines{{{F}}})", "{{instance}}")], width=8, stack=True)
+panel("timeseries", "Forwarded requests", "gRPC requests passed to another node (the line's owner, or every member for a call id, a listing or an event stream), by outcome. Refused: not sent, the line was moving; unreachable: the other node did not answer.", "reqps",
+      [(rate("switchboard_grpc_forwarded_requests_total", by="outcome"), "{{outcome}}")], width=8, stack=True)
 
 
 def layout():

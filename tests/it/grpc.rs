@@ -18,17 +18,17 @@ use tonic::{Code, Request, Status};
 
 use crate::support::{PATIENCE, link_config, within};
 
-const TOKEN: &str = "test-token-with-every-scope";
+pub(crate) const TOKEN: &str = "test-token-with-every-scope";
 const READ_ONLY: &str = "test-token-that-only-reads";
 
-type Authed = InterceptedService<Channel, fn(Request<()>) -> Result<Request<()>, Status>>;
+pub(crate) type Authed = InterceptedService<Channel, fn(Request<()>) -> Result<Request<()>, Status>>;
 
-fn bearer(mut request: Request<()>) -> Result<Request<()>, Status> {
+pub(crate) fn bearer(mut request: Request<()>) -> Result<Request<()>, Status> {
     request.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
     Ok(request)
 }
 
-fn grpc_config() -> GrpcConfig {
+pub(crate) fn grpc_config() -> GrpcConfig {
     GrpcConfig {
         tokens: vec![
             TokenConfig { name: "tests".into(), token: Secret::new(TOKEN), scopes: vec!["admin".into()] },
