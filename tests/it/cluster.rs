@@ -30,9 +30,9 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
-use tonic::{Code, Request, Status};
+use tonic::{Code, Request};
 
-use crate::grpc::{Authed, bearer, grpc_config};
+use crate::grpc::{Authed, clients, grpc_config};
 use crate::support::{PATIENCE, link_config, within};
 
 /// A single-member etcd on loopback, killed and its data dir removed when dropped.
@@ -506,15 +506,8 @@ async fn api_node(simulator: &Simulator, etcd_url: String, name: &'static str, p
     let server =
         GrpcServer::start_routed(gateway.model().clone(), None, placement, listener, &config.grpc, &[]).await.unwrap();
     let channel = Endpoint::from_shared(format!("http://{address}")).unwrap().connect().await.unwrap();
-    let authed = bearer as fn(Request<()>) -> Result<Request<()>, Status>;
-    ApiNode {
-        name,
-        gateway,
-        server,
-        calls: CallControlClient::with_interceptor(channel.clone(), authed),
-        agents: AgentsClient::with_interceptor(channel.clone(), authed),
-        events: EventsClient::with_interceptor(channel, authed),
-    }
+    let (calls, agents, events) = clients(&channel);
+    ApiNode { name, gateway, server, calls, agents, events }
 }
 
 impl ApiNode {

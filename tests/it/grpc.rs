@@ -74,16 +74,18 @@ async fn api() -> Api {
         .connect()
         .await
         .unwrap();
+    let (calls, agents, events) = clients(&channel);
+    Api { simulator, gateway, server, calls, agents, events, channel }
+}
+
+/// Clients of each service over `channel`, sending the bearer token of every scope.
+pub(crate) fn clients(channel: &Channel) -> (CallControlClient<Authed>, AgentsClient<Authed>, EventsClient<Authed>) {
     let authed = bearer as fn(Request<()>) -> Result<Request<()>, Status>;
-    Api {
-        simulator,
-        gateway,
-        server,
-        calls: CallControlClient::with_interceptor(channel.clone(), authed),
-        agents: AgentsClient::with_interceptor(channel.clone(), authed),
-        events: EventsClient::with_interceptor(channel.clone(), authed),
-        channel,
-    }
+    (
+        CallControlClient::with_interceptor(channel.clone(), authed),
+        AgentsClient::with_interceptor(channel.clone(), authed),
+        EventsClient::with_interceptor(channel.clone(), authed),
+    )
 }
 
 impl Api {

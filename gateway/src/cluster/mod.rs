@@ -196,10 +196,7 @@ impl Placement {
             None if self.lines.borrow().contains(line) => return Ok(Owner::Moving),
             None => return Ok(Owner::Unknown),
         };
-        let advertise = match self.shared.members.borrow().get(&holder) {
-            Some(member) => Some(member.advertise.clone()),
-            None => None,
-        };
+        let advertise = self.shared.members.borrow().get(&holder).map(|member| member.advertise.clone());
         let advertise = match advertise {
             Some(advertise) => Some(advertise),
             None => {

@@ -12,7 +12,7 @@ use proto::api::{self, agents_server::Agents};
 use tonic::{Request, Response, Status};
 
 use super::convert;
-use super::forward::{self, Routed, Routing, agents};
+use super::forward::{self, Routing, agents, here_or_owner};
 use super::guard::{Guard, Scope};
 use super::idempotency::RequestIds;
 use super::status::{command_status, invalid, required};
@@ -30,25 +30,6 @@ pub(crate) struct AgentsService {
 }
 
 type Reply<T> = Result<Response<T>, Status>;
-
-/// The request's message to carry out here, or returns the answer of the node that serves the
-/// request's line.
-macro_rules! here_or_owner {
-    ($self:ident, $request:ident, $method:literal, $client_method:ident) => {
-        match forward::route(
-            &$self.routing,
-            agents($method),
-            $request,
-            |request| &request.line,
-            |channel, request| async move { AgentsClient::new(channel).$client_method(request).await },
-        )
-        .await?
-        {
-            Routed::Here(request) => request.into_inner(),
-            Routed::There(reply) => return Ok(reply),
-        }
-    };
-}
 
 /// How long a command's answer waits for the PBX's event to show in the line, so the caller gets
 /// the line as the command left it. The PBX confirms a command before it sends its events.
@@ -76,7 +57,7 @@ impl AgentsService {
 impl Agents for AgentsService {
     async fn log_in(&self, request: Request<api::LogInRequest>) -> Reply<api::Line> {
         self.guard.admit(&request, Scope::Control)?;
-        let request = here_or_owner!(self, request, "LogIn", log_in);
+        let request = here_or_owner!(self, request, agents("LogIn"), AgentsClient, log_in);
         let line = required("line", &request.line)?;
         let (agent_id, default_roles) = match (request.agent_id.trim(), request.email.trim()) {
             ("", "") => return Err(invalid("agent_id", "or email is required")),
@@ -101,7 +82,7 @@ impl Agents for AgentsService {
 
     async fn log_out(&self, request: Request<api::LogOutRequest>) -> Reply<api::Line> {
         self.guard.admit(&request, Scope::Control)?;
-        let request = here_or_owner!(self, request, "LogOut", log_out);
+        let request = here_or_owner!(self, request, agents("LogOut"), AgentsClient, log_out);
         let line = required("line", &request.line)?;
         self.request_ids
             .once("LogOut", &request.request_id, async {
@@ -114,7 +95,7 @@ impl Agents for AgentsService {
 
     async fn set_presence(&self, request: Request<api::SetPresenceRequest>) -> Reply<api::Line> {
         self.guard.admit(&request, Scope::Control)?;
-        let request = here_or_owner!(self, request, "SetPresence", set_presence);
+        let request = here_or_owner!(self, request, agents("SetPresence"), AgentsClient, set_presence);
         let line = required("line", &request.line)?;
         let presence = api::Presence::try_from(request.presence).unwrap_or(api::Presence::Unspecified);
         let state = match presence {
@@ -140,7 +121,7 @@ impl Agents for AgentsService {
 
     async fn get_line(&self, request: Request<api::GetLineRequest>) -> Reply<api::Line> {
         self.guard.admit(&request, Scope::Read)?;
-        let request = here_or_owner!(self, request, "GetLine", get_line);
+        let request = here_or_owner!(self, request, agents("GetLine"), AgentsClient, get_line);
         let line = required("line", &request.line)?;
         self.line_now(line).map(Response::new)
     }

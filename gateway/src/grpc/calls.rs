@@ -10,7 +10,7 @@ use proto::api::{self, call_control_server::CallControl};
 use tonic::{Request, Response, Status};
 
 use super::convert;
-use super::forward::{self, Routed, Routing, call_control};
+use super::forward::{self, Routing, call_control, here_or_owner};
 use super::guard::{Guard, Scope};
 use super::idempotency::RequestIds;
 use super::status::{command_status, required};
@@ -25,25 +25,6 @@ pub(crate) struct CallControlService {
 }
 
 type Reply<T> = Result<Response<T>, Status>;
-
-/// The request's message to carry out here, or returns the answer of the node that serves the
-/// request's line.
-macro_rules! here_or_owner {
-    ($self:ident, $request:ident, $method:literal, $client_method:ident) => {
-        match forward::route(
-            &$self.routing,
-            call_control($method),
-            $request,
-            |request| &request.line,
-            |channel, request| async move { CallControlClient::new(channel).$client_method(request).await },
-        )
-        .await?
-        {
-            Routed::Here(request) => request.into_inner(),
-            Routed::There(reply) => return Ok(reply),
-        }
-    };
-}
 
 impl CallControlService {
     async fn once<T: prost::Message + Default>(
@@ -60,7 +41,7 @@ impl CallControlService {
 impl CallControl for CallControlService {
     async fn make_call(&self, request: Request<api::MakeCallRequest>) -> Reply<api::MakeCallResponse> {
         self.guard.admit(&request, Scope::Control)?;
-        let request = here_or_owner!(self, request, "MakeCall", make_call);
+        let request = here_or_owner!(self, request, call_control("MakeCall"), CallControlClient, make_call);
         let line = required("line", &request.line)?;
         let number = required("number", &request.number)?;
         self.once("MakeCall", &request.request_id, async {
@@ -72,7 +53,7 @@ impl CallControl for CallControlService {
 
     async fn answer(&self, request: Request<api::CallRequest>) -> Reply<api::CallResponse> {
         self.guard.admit(&request, Scope::Control)?;
-        let request = here_or_owner!(self, request, "Answer", answer);
+        let request = here_or_owner!(self, request, call_control("Answer"), CallControlClient, answer);
         let (line, call) = (required("line", &request.line)?, required("call_id", &request.call_id)?);
         self.once("Answer", &request.request_id, async {
             self.model.answer(line, call).await.map_err(command_status)?;
@@ -83,7 +64,7 @@ impl CallControl for CallControlService {
 
     async fn hang_up(&self, request: Request<api::CallRequest>) -> Reply<api::CallResponse> {
         self.guard.admit(&request, Scope::Control)?;
-        let request = here_or_owner!(self, request, "HangUp", hang_up);
+        let request = here_or_owner!(self, request, call_control("HangUp"), CallControlClient, hang_up);
         let (line, call) = (required("line", &request.line)?, required("call_id", &request.call_id)?);
         self.once("HangUp", &request.request_id, async {
             self.model.hang_up(line, call).await.map_err(command_status)?;
@@ -94,7 +75,7 @@ impl CallControl for CallControlService {
 
     async fn hold(&self, request: Request<api::CallRequest>) -> Reply<api::CallResponse> {
         self.guard.admit(&request, Scope::Control)?;
-        let request = here_or_owner!(self, request, "Hold", hold);
+        let request = here_or_owner!(self, request, call_control("Hold"), CallControlClient, hold);
         let (line, call) = (required("line", &request.line)?, required("call_id", &request.call_id)?);
         self.once("Hold", &request.request_id, async {
             self.model.hold(line, call).await.map_err(command_status)?;
@@ -105,7 +86,7 @@ impl CallControl for CallControlService {
 
     async fn retrieve(&self, request: Request<api::CallRequest>) -> Reply<api::CallResponse> {
         self.guard.admit(&request, Scope::Control)?;
-        let request = here_or_owner!(self, request, "Retrieve", retrieve);
+        let request = here_or_owner!(self, request, call_control("Retrieve"), CallControlClient, retrieve);
         let (line, call) = (required("line", &request.line)?, required("call_id", &request.call_id)?);
         self.once("Retrieve", &request.request_id, async {
             self.model.retrieve(line, call).await.map_err(command_status)?;
@@ -116,7 +97,7 @@ impl CallControl for CallControlService {
 
     async fn park(&self, request: Request<api::CallRequest>) -> Reply<api::ParkResponse> {
         self.guard.admit(&request, Scope::Control)?;
-        let request = here_or_owner!(self, request, "Park", park);
+        let request = here_or_owner!(self, request, call_control("Park"), CallControlClient, park);
         let (line, call) = (required("line", &request.line)?, required("call_id", &request.call_id)?);
         self.once("Park", &request.request_id, async {
             let park_id = self.model.park(line, call).await.map_err(command_status)?;
@@ -130,7 +111,7 @@ impl CallControl for CallControlService {
         request: Request<api::RetrieveParkedRequest>,
     ) -> Reply<api::RetrieveParkedResponse> {
         self.guard.admit(&request, Scope::Control)?;
-        let request = here_or_owner!(self, request, "RetrieveParked", retrieve_parked);
+        let request = here_or_owner!(self, request, call_control("RetrieveParked"), CallControlClient, retrieve_parked);
         let (line, park_id) = (required("line", &request.line)?, required("park_id", &request.park_id)?);
         self.once("RetrieveParked", &request.request_id, async {
             let call_id = self.model.retrieve_parked(line, park_id).await.map_err(command_status)?;
@@ -141,7 +122,7 @@ impl CallControl for CallControlService {
 
     async fn blind_transfer(&self, request: Request<api::BlindTransferRequest>) -> Reply<api::CallResponse> {
         self.guard.admit(&request, Scope::Control)?;
-        let request = here_or_owner!(self, request, "BlindTransfer", blind_transfer);
+        let request = here_or_owner!(self, request, call_control("BlindTransfer"), CallControlClient, blind_transfer);
         let (line, call) = (required("line", &request.line)?, required("call_id", &request.call_id)?);
         let destination = required("destination", &request.destination)?;
         self.once("BlindTransfer", &request.request_id, async {
@@ -156,7 +137,8 @@ impl CallControl for CallControlService {
         request: Request<api::StartConsultationRequest>,
     ) -> Reply<api::StartConsultationResponse> {
         self.guard.admit(&request, Scope::Control)?;
-        let request = here_or_owner!(self, request, "StartConsultation", start_consultation);
+        let request =
+            here_or_owner!(self, request, call_control("StartConsultation"), CallControlClient, start_consultation);
         let (line, call) = (required("line", &request.line)?, required("call_id", &request.call_id)?);
         let destination = required("destination", &request.destination)?;
         self.once("StartConsultation", &request.request_id, async {
@@ -172,7 +154,13 @@ impl CallControl for CallControlService {
         request: Request<api::TwoCallRequest>,
     ) -> Reply<api::CompleteConsultationResponse> {
         self.guard.admit(&request, Scope::Control)?;
-        let request = here_or_owner!(self, request, "CompleteConsultation", complete_consultation);
+        let request = here_or_owner!(
+            self,
+            request,
+            call_control("CompleteConsultation"),
+            CallControlClient,
+            complete_consultation
+        );
         let (line, held, active) = two_calls(&request)?;
         self.once("CompleteConsultation", &request.request_id, async {
             let call_id = self.model.consult_complete(line, held, active).await.map_err(command_status)?;
@@ -183,7 +171,8 @@ impl CallControl for CallControlService {
 
     async fn cancel_consultation(&self, request: Request<api::TwoCallRequest>) -> Reply<api::CallResponse> {
         self.guard.admit(&request, Scope::Control)?;
-        let request = here_or_owner!(self, request, "CancelConsultation", cancel_consultation);
+        let request =
+            here_or_owner!(self, request, call_control("CancelConsultation"), CallControlClient, cancel_consultation);
         let (line, held, active) = two_calls(&request)?;
         self.once("CancelConsultation", &request.request_id, async {
             self.model.consult_cancel(line, held, active).await.map_err(command_status)?;
@@ -194,7 +183,7 @@ impl CallControl for CallControlService {
 
     async fn conference(&self, request: Request<api::TwoCallRequest>) -> Reply<api::ConferenceResponse> {
         self.guard.admit(&request, Scope::Control)?;
-        let request = here_or_owner!(self, request, "Conference", conference);
+        let request = here_or_owner!(self, request, call_control("Conference"), CallControlClient, conference);
         let (line, held, active) = two_calls(&request)?;
         self.once("Conference", &request.request_id, async {
             let call_id = self.model.conference(line, held, active).await.map_err(command_status)?;
@@ -205,7 +194,7 @@ impl CallControl for CallControlService {
 
     async fn alternate(&self, request: Request<api::TwoCallRequest>) -> Reply<api::CallResponse> {
         self.guard.admit(&request, Scope::Control)?;
-        let request = here_or_owner!(self, request, "Alternate", alternate);
+        let request = here_or_owner!(self, request, call_control("Alternate"), CallControlClient, alternate);
         let (line, held, active) = two_calls(&request)?;
         self.once("Alternate", &request.request_id, async {
             self.model.alternate(line, active, held).await.map_err(command_status)?;
@@ -222,21 +211,13 @@ impl CallControl for CallControlService {
             return Err(Status::invalid_argument("notes are limited to 32 KiB and a disposition to 1 KiB"));
         }
         let here = self.set_notes_here(call, &request);
-        if self.routing.is_none() {
-            return here.map(Response::new);
-        }
         // A call between lines of several nodes is in each of their models, and each node logs its
         // own lines' legs: the notes go to every member that has the call.
-        let there = forward::ask_all(
-            &self.routing,
-            call_control("SetCallNotes"),
-            &metadata,
-            &request,
-            |channel, request| async move { CallControlClient::new(channel).set_call_notes(request).await },
-        )
-        .await;
-        forward::found_anywhere(call, std::iter::once(here).chain(there.into_iter().map(|(_, answer)| answer)))
-            .map(Response::new)
+        let rpc = call_control("SetCallNotes");
+        forward::here_or_anywhere(&self.routing, rpc, call, here, &metadata, &request, |channel, request| async move {
+            CallControlClient::new(channel).set_call_notes(request).await
+        })
+        .await
     }
 
     async fn get_call(&self, request: Request<api::GetCallRequest>) -> Reply<api::Call> {
@@ -247,20 +228,12 @@ impl CallControl for CallControlService {
             Some(view) => return Ok(Response::new(convert::call(view))),
             None => Err(Status::not_found(format!("no call {call} in progress"))),
         };
-        if self.routing.is_none() {
-            return here.map(Response::new);
-        }
         // Call ids are the PBX's, so they say nothing of where a call is: ask the members at once.
-        let there = forward::ask_all(
-            &self.routing,
-            call_control("GetCall"),
-            &metadata,
-            &request,
-            |channel, request| async move { CallControlClient::new(channel).get_call(request).await },
-        )
-        .await;
-        forward::found_anywhere(call, std::iter::once(here).chain(there.into_iter().map(|(_, answer)| answer)))
-            .map(Response::new)
+        let rpc = call_control("GetCall");
+        forward::here_or_anywhere(&self.routing, rpc, call, here, &metadata, &request, |channel, request| async move {
+            CallControlClient::new(channel).get_call(request).await
+        })
+        .await
     }
 }
 

@@ -33,12 +33,9 @@ type Sender = mpsc::Sender<Result<api::Event, Status>>;
 const RETRY_FIRST: Duration = Duration::from_millis(250);
 const RETRY_MOST: Duration = Duration::from_secs(5);
 
-/// What one source (this node, or another member) said.
-enum Said {
-    Event(api::Event),
-    /// The source's stream ended with this status; another member's is asked again.
-    Broke(Status),
-}
+/// What one source (this node, or another member) said: an event, or the status its stream ended
+/// with (another member's is asked again).
+type Said = Result<api::Event, Status>;
 
 type Source = Pin<Box<dyn Stream<Item = Said> + Send + Sync>>;
 
@@ -66,11 +63,7 @@ pub(crate) fn merge(
         as_of: 0,
         me: me.clone(),
     };
-    let here = ReceiverStream::new(here).map(|said| match said {
-        Ok(event) => Said::Event(event),
-        Err(status) => Said::Broke(status),
-    });
-    merge.sources.insert(me.clone(), Box::pin(here));
+    merge.sources.insert(me.clone(), Box::pin(ReceiverStream::new(here)));
     merge.waiting.insert(me);
     tokio::spawn(merge.run());
 }
@@ -113,13 +106,13 @@ impl Merge {
             };
             let going_on = match said {
                 None => false,
-                Some((node, Said::Event(event))) => self.take(node, event).await,
-                Some((node, Said::Broke(status))) if node == self.me => {
+                Some((node, Ok(event))) => self.take(node, event).await,
+                Some((node, Err(status))) if node == self.me => {
                     // This node's stream ends only for good: shutting down, too slow, model gone.
                     let _ = self.sender.send(Err(status)).await;
                     false
                 }
-                Some((node, Said::Broke(status))) => {
+                Some((node, Err(status))) => {
                     tracing::info!(node, %status, "a member's event stream broke; asking it again");
                     self.waiting.remove(&node);
                     self.snapshot_complete_if_ready().await
@@ -244,7 +237,7 @@ async fn relay(
                     match message {
                         Ok(Some(event)) => {
                             pause = RETRY_FIRST;
-                            if out.send(Said::Event(event)).await.is_err() {
+                            if out.send(Ok(event)).await.is_err() {
                                 return;
                             }
                         }
@@ -254,7 +247,7 @@ async fn relay(
                 }
             }
         };
-        if out.send(Said::Broke(broke)).await.is_err() {
+        if out.send(Err(broke)).await.is_err() {
             return;
         }
         tokio::select! {

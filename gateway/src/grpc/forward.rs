@@ -305,6 +305,27 @@ fn caller_deadline(metadata: &MetadataMap) -> Option<Duration> {
     })
 }
 
+/// In a handler: the request's message to carry out here, or returns the answer of the node that
+/// serves the request's line. `$rpc` names the method, `$client` is the generated client type and
+/// `$client_method` its method.
+macro_rules! here_or_owner {
+    ($self:ident, $request:ident, $rpc:expr, $client:ident, $client_method:ident) => {
+        match $crate::grpc::forward::route(
+            &$self.routing,
+            $rpc,
+            $request,
+            |request| &request.line,
+            |channel, request| async move { $client::new(channel).$client_method(request).await },
+        )
+        .await?
+        {
+            $crate::grpc::forward::Routed::Here(request) => request.into_inner(),
+            $crate::grpc::forward::Routed::There(reply) => return Ok(reply),
+        }
+    };
+}
+pub(crate) use here_or_owner;
+
 /// Carries `request` out at the owner of its line when another node serves it. `line` picks the
 /// line from the request; an empty one runs here, where the handler's own checks refuse it.
 pub(crate) async fn route<Req, Resp, Fut>(
@@ -362,6 +383,28 @@ where
         }
     });
     futures::future::join_all(asks).await
+}
+
+/// A request by call id: this node's answer on a single node; in a cluster, the first answer of
+/// this node or any member (asked all at once) that found the call.
+pub(crate) async fn here_or_anywhere<Req, Resp, Fut>(
+    routing: &Routing,
+    rpc: Rpc,
+    call_id: &str,
+    here: Result<Resp, Status>,
+    metadata: &MetadataMap,
+    message: &Req,
+    call: impl Fn(Channel, Request<Req>) -> Fut,
+) -> Result<Response<Resp>, Status>
+where
+    Req: Clone,
+    Fut: Future<Output = Result<Response<Resp>, Status>>,
+{
+    if routing.is_none() {
+        return here.map(Response::new);
+    }
+    let there = ask_all(routing, rpc, metadata, message, call).await;
+    found_anywhere(call_id, std::iter::once(here).chain(there.into_iter().map(|(_, answer)| answer))).map(Response::new)
 }
 
 /// The first answer that found the call; else the first failure other than "not found"; else
