@@ -732,6 +732,23 @@ async fn requests_for_any_line_and_events_of_every_line_work_from_any_node() {
     })
     .await;
     assert!(new_owner == "node-1" || new_owner == "node-2", "{new_owner}");
+    // It comes back and takes its lines again: the stream asks the new member too, and the agent
+    // logging out there through another node shows in it, from node-3.
+    nodes.push(api_node(&simulator, etcd_server.url.clone(), "node-3", prefix).await);
+    {
+        let serving: Vec<(&str, &Gateway)> = nodes.iter().map(|node| (node.name, &node.gateway)).collect();
+        assert_eq!(one_owner_each(&etcd, prefix, &lines, &serving).await, owners);
+    }
+    let logout = api::LogOutRequest { line: moved_line.clone(), ..Default::default() };
+    assert!(nodes[0].agents.log_out(logout).await.unwrap().into_inner().agent.is_none());
+    until_event(&mut stream, |event| match &event.event {
+        Some(E::Line(line)) if line.line == moved_line && line.agent.is_none() => {
+            assert_eq!(event.node, "node-3");
+            Some(())
+        }
+        _ => None,
+    })
+    .await;
     drop(stream);
     for node in nodes {
         node.stop().await;
