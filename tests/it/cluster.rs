@@ -15,7 +15,7 @@ use std::time::Duration;
 use actors::runtime::Model;
 use gateway::app::Gateway;
 use gateway::bridge::LinkPort;
-use gateway::cluster::{Etcd, rendezvous};
+use gateway::cluster::{Created, Etcd, rendezvous};
 use gateway::config::{ClusterConfig, Config};
 use gateway::grpc::GrpcServer;
 use loadtest::sim::inspect::AgentDump;
@@ -716,6 +716,15 @@ async fn requests_for_any_line_and_events_of_every_line_work_from_any_node() {
     assert_eq!(nodes[2].calls.make_call(dial).await.unwrap_err().code(), Code::NotFound);
     let no_call = nodes[0].calls.get_call(api::GetCallRequest { call_id: "C-none".into() }).await.unwrap_err();
     assert_eq!((no_call.code(), no_call.message()), (Code::NotFound, "no call C-none in progress on any cluster node"));
+    // A claim whose holder is no member (its lease lapsing, say) is a line on the move: retry.
+    let ghost = format!("{prefix}/owners/7777");
+    let Ok(Created::Won { revision }) = etcd.create(&ghost, "node-gone", 0).await else { panic!("7777 claimed") };
+    let moving = nodes[1].agents.get_line(api::GetLineRequest { line: "7777".into() }).await.unwrap_err();
+    assert_eq!(
+        (moving.code(), moving.message()),
+        (Code::Unavailable, "line 7777 is moving between cluster nodes; retry shortly")
+    );
+    assert!(etcd.delete_if(&ghost, revision).await.unwrap());
     let mut looped = Request::new(api::GetLineRequest { line: station[1].clone() });
     looped.metadata_mut().insert("x-switchboard-forwarded-by", "node-9".parse().unwrap());
     let moved = nodes[0].agents.get_line(looped).await.unwrap_err();

@@ -119,6 +119,12 @@ impl GrpcServer {
         config: &GrpcConfig,
         agents: &[AgentConfig],
     ) -> Result<Self, StartError> {
+        if placement.is_some() && config.tls_cert.is_some() {
+            tracing::warn!(
+                "forwarding between cluster nodes speaks plaintext grpc: with grpc tls on, requests for lines \
+                 other nodes serve, and their events, fail as unreachable"
+            );
+        }
         let routing: forward::Routing = placement.map(|placement| Arc::new(forward::Peers::new(placement)));
         let local_addr = listener.local_addr().map_err(StartError::Listen)?;
         let shutdown = CancellationToken::new();
