@@ -120,9 +120,10 @@ async fn run(config: Config, stop: impl std::future::Future<Output = ()>, ready:
         tracing::warn!("no grpc.tokens configured: every api request will be refused as unauthenticated");
     }
     let gateway = Gateway::start(&config).await.context("starting the gateway")?;
-    let api = GrpcServer::start_with(
+    let api = GrpcServer::start_routed(
         gateway.model().clone(),
         gateway.salesforce().cloned(),
+        gateway.cluster().map(gateway::cluster::Cluster::placement),
         listener,
         &config.grpc,
         &config.agents,

@@ -103,6 +103,35 @@ pub const GRPC_ACTIVE_STREAMS: &str = "switchboard_grpc_active_streams";
 pub const GRPC_AUTH_FAILURES: &str = "switchboard_grpc_auth_failures_total";
 /// Requests refused because their client was over its rate limit.
 pub const GRPC_RATE_LIMITED: &str = "switchboard_grpc_rate_limited_total";
+/// Requests this node passed to another cluster node (the owner of their line, or every member for
+/// a call id or a listing; each stream an Events subscriber opens on another member counts once);
+/// labels `service`, `method` ([`FORWARDED_METHODS`]) and `outcome` ([`ForwardOutcome`]).
+pub const GRPC_FORWARDED: &str = "switchboard_grpc_forwarded_requests_total";
+
+/// Every (service, method) a cluster node forwards.
+pub const FORWARDED_METHODS: [(&str, &str); 21] = [
+    ("switchboard.v1.CallControl", "MakeCall"),
+    ("switchboard.v1.CallControl", "Answer"),
+    ("switchboard.v1.CallControl", "HangUp"),
+    ("switchboard.v1.CallControl", "Hold"),
+    ("switchboard.v1.CallControl", "Retrieve"),
+    ("switchboard.v1.CallControl", "Park"),
+    ("switchboard.v1.CallControl", "RetrieveParked"),
+    ("switchboard.v1.CallControl", "BlindTransfer"),
+    ("switchboard.v1.CallControl", "StartConsultation"),
+    ("switchboard.v1.CallControl", "CompleteConsultation"),
+    ("switchboard.v1.CallControl", "CancelConsultation"),
+    ("switchboard.v1.CallControl", "Conference"),
+    ("switchboard.v1.CallControl", "Alternate"),
+    ("switchboard.v1.CallControl", "SetCallNotes"),
+    ("switchboard.v1.CallControl", "GetCall"),
+    ("switchboard.v1.Agents", "LogIn"),
+    ("switchboard.v1.Agents", "LogOut"),
+    ("switchboard.v1.Agents", "SetPresence"),
+    ("switchboard.v1.Agents", "GetLine"),
+    ("switchboard.v1.Agents", "ListLines"),
+    ("switchboard.v1.Events", "Subscribe"),
+];
 
 // ---- Salesforce, outbox, cluster ----------------------------------------------------------------
 
@@ -281,6 +310,21 @@ label_enum!(
 );
 
 label_enum!(
+    /// How a request forwarded to another cluster node went.
+    ForwardOutcome {
+        /// The other node answered OK (or, for a stream, opened it).
+        Ok => "ok",
+        /// The other node answered with an error status (passed on to the caller as it was).
+        Error => "error",
+        /// The other node did not answer: refused connection, cut, or silent until the deadline.
+        Unreachable => "unreachable",
+        /// Not sent: the line had no serving owner (mid-handover), etcd could not say who owns it,
+        /// or the request had been forwarded here already and the line moved on (the loop guard).
+        Refused => "refused",
+    }
+);
+
+label_enum!(
     /// A caller lookup's cache result.
     CacheResult {
         /// Answered from the cache.
@@ -402,6 +446,11 @@ pub fn outbox_retried() {
 /// Records a record given up on and moved to the dead letters.
 pub fn outbox_dead_lettered() {
     counter!(OUTBOX_DEAD_LETTERED).increment(1);
+}
+
+/// Counts a request forwarded to another cluster node (or not sent, [`ForwardOutcome::Refused`]).
+pub fn grpc_forwarded(service: &'static str, method: &'static str, outcome: ForwardOutcome) {
+    counter!(GRPC_FORWARDED, "service" => service, "method" => method, "outcome" => outcome.as_str()).increment(1);
 }
 
 /// Publishes what this node sees of its cluster.
@@ -548,6 +597,12 @@ pub fn register() {
     for reason in ["unauthenticated", "permission_denied"] {
         counter!(GRPC_AUTH_FAILURES, "reason" => reason).absolute(0);
     }
+    for (service, method) in FORWARDED_METHODS {
+        for outcome in ForwardOutcome::ALL {
+            counter!(GRPC_FORWARDED, "service" => service, "method" => method, "outcome" => outcome.as_str())
+                .absolute(0);
+        }
+    }
     for operation in SalesforceOperation::ALL {
         for outcome in SalesforceOutcome::ALL {
             counter!(SALESFORCE_REQUESTS, "operation" => operation.as_str(), "outcome" => outcome.as_str()).absolute(0);
@@ -618,6 +673,10 @@ fn describe() {
     describe_gauge!(GRPC_ACTIVE_STREAMS, "gRPC server streams open, by service and method.");
     describe_counter!(GRPC_AUTH_FAILURES, "gRPC requests refused for their credentials, by reason.");
     describe_counter!(GRPC_RATE_LIMITED, "gRPC requests refused because their client was over its rate limit.");
+    describe_counter!(
+        GRPC_FORWARDED,
+        "gRPC requests passed to another cluster node, by service, method and outcome (refused: not sent)."
+    );
     describe_counter!(SALESFORCE_REQUESTS, "Salesforce API requests, by operation and outcome.");
     describe_histogram!(SALESFORCE_REQUEST_DURATION, "Seconds per Salesforce API request, by operation.");
     describe_histogram!(SALESFORCE_BATCH_SIZE, "Numbers per search or records per upsert, by operation.");

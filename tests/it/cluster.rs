@@ -2,7 +2,8 @@
 //! temporary data dir) and three gateways sharing one PBX simulator: the lines spread evenly, each
 //! with exactly one owner; a killed node's lines move to the survivors, who mirror them as the
 //! simulator has them; a joining node takes only its share; a node cut off from etcd stops serving
-//! its lines before another takes them.
+//! its lines before another takes them; requests for any line, and event streams of every line,
+//! work from any node.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -14,16 +15,24 @@ use std::time::Duration;
 use actors::runtime::Model;
 use gateway::app::Gateway;
 use gateway::bridge::LinkPort;
-use gateway::cluster::{Etcd, EtcdLedger, rendezvous};
+use gateway::cluster::{Created, Etcd, EtcdLedger, rendezvous};
 use gateway::config::{ClusterConfig, Config};
+use gateway::grpc::GrpcServer;
 use loadtest::sim::inspect::AgentDump;
 use loadtest::sim::{Layout, SimConfig, Simulator, TrafficConfig};
+use proto::api::agents_client::AgentsClient;
+use proto::api::call_control_client::CallControlClient;
+use proto::api::events_client::EventsClient;
+use proto::api::{self, event::Event as E};
 use proto::pbx::DeviceKind;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+use tonic::{Code, Request};
 
+use crate::grpc::{Authed, clients, grpc_config};
 use crate::support::{PATIENCE, link_config, within};
 
 /// A single-member etcd on loopback, killed and its data dir removed when dropped.
@@ -540,4 +549,284 @@ async fn nodes_share_one_salesforce_allowance_taken_in_blocks_from_etcd() {
     let unreachable = ledger();
     let error = unreachable.take_at(BLOCK, CAP, two_days_later).await.expect_err("etcd is gone");
     assert!(error.to_string().contains("unreachable"), "{error}");
+}
+
+/// A cluster node with its gRPC API, and clients of that API.
+struct ApiNode {
+    name: &'static str,
+    gateway: Gateway,
+    server: GrpcServer,
+    calls: CallControlClient<Authed>,
+    agents: AgentsClient<Authed>,
+    events: EventsClient<Authed>,
+}
+
+async fn api_node(simulator: &Simulator, etcd_url: String, name: &'static str, prefix: &str) -> ApiNode {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
+    let address = listener.local_addr().expect("bound");
+    let mut config = node_config(simulator, etcd_url, name, prefix);
+    config.cluster.advertise = address.to_string();
+    config.grpc = grpc_config();
+    let gateway = Gateway::start(&config).await.unwrap();
+    let placement = gateway.cluster().map(gateway::cluster::Cluster::placement);
+    let server =
+        GrpcServer::start_routed(gateway.model().clone(), None, placement, listener, &config.grpc, &[]).await.unwrap();
+    let channel = Endpoint::from_shared(format!("http://{address}")).unwrap().connect().await.unwrap();
+    let (calls, agents, events) = clients(&channel);
+    ApiNode { name, gateway, server, calls, agents, events }
+}
+
+impl ApiNode {
+    async fn stop(self) {
+        self.server.shutdown(Duration::from_secs(5)).await;
+        self.gateway.shutdown(Duration::from_secs(5)).await;
+    }
+
+    /// Waits until the line shows the call in `state`, asking this node.
+    async fn until_call_state(&mut self, line: &str, call: &str, state: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let shown = self.agents.get_line(api::GetLineRequest { line: line.into() }).await.unwrap().into_inner();
+            if shown.calls.iter().any(|shown| shown.call_id == call && shown.state == state) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{line} never showed {call} {state} at {}: {shown:?}", self.name);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn stations(simulator: &Simulator) -> BTreeSet<String> {
+    simulator.with_pbx(|pbx| {
+        pbx.devices()
+            .into_iter()
+            .filter(|device| device.kind == DeviceKind::Station as i32)
+            .map(|device| device.device_id)
+            .collect()
+    })
+}
+
+fn call_request(line: &str, call: &str) -> api::CallRequest {
+    api::CallRequest {
+        request_id: format!("{line}-{call}-{}", next_request()),
+        line: line.into(),
+        call_id: call.into(),
+    }
+}
+
+/// A number unique within the run, for request ids.
+fn next_request() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Reads `stream` until `wanted` picks something out of an event, failing after [`PATIENCE`].
+async fn until_event<T>(
+    stream: &mut tonic::Streaming<api::Event>,
+    mut wanted: impl FnMut(&api::Event) -> Option<T>,
+) -> T {
+    within(async {
+        loop {
+            let event = stream.message().await.expect("the stream goes on").expect("the stream is open");
+            if let Some(found) = wanted(&event) {
+                return found;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_for_any_line_and_events_of_every_line_work_from_any_node() {
+    let etcd_server = EtcdServer::start().await;
+    let etcd = Etcd::new(std::slice::from_ref(&etcd_server.url), Duration::from_secs(2)).expect("an etcd client");
+    let simulator = simulator(12).await;
+    let lines = devices(&simulator);
+    let stations = stations(&simulator);
+    let prefix = "/it-route";
+    let mut nodes = Vec::new();
+    for name in ["node-1", "node-2", "node-3"] {
+        nodes.push(api_node(&simulator, etcd_server.url.clone(), name, prefix).await);
+    }
+    let owners = {
+        let serving: Vec<(&str, &Gateway)> = nodes.iter().map(|node| (node.name, &node.gateway)).collect();
+        let owners = one_owner_each(&etcd, prefix, &lines, &serving).await;
+        for (name, gateway) in serving {
+            mirrors(&simulator, name, gateway).await;
+        }
+        owners
+    };
+    // One station owned by each node, by index: station[k] is node k's.
+    let station: Vec<String> = nodes
+        .iter()
+        .map(|node| stations.iter().find(|line| owners[*line] == node.name).expect("each node owns a station").clone())
+        .collect();
+
+    // A stream on node-1 opens with every node's lines, each once and tagged with its owner.
+    let mut stream = nodes[0].events.subscribe(api::SubscribeRequest::default()).await.unwrap().into_inner();
+    let mut snapshot: Vec<(String, String)> = Vec::new();
+    until_event(&mut stream, |event| match &event.event {
+        Some(E::Line(line)) => {
+            snapshot.push((line.line.clone(), event.node.clone()));
+            None
+        }
+        Some(E::SnapshotComplete(complete)) => {
+            assert!(!complete.resume_failed);
+            Some(())
+        }
+        _ => None,
+    })
+    .await;
+    let seen_stations: Vec<&(String, String)> = snapshot.iter().filter(|(line, _)| stations.contains(line)).collect();
+    assert_eq!(seen_stations.len(), stations.len(), "each station once in the snapshot: {snapshot:?}");
+    for (line, node) in seen_stations {
+        assert_eq!(node, &owners[line], "line {line} in the snapshot");
+    }
+
+    for k in 0..3 {
+        let (line, owner) = (station[k].clone(), nodes[k].name);
+        let (entry, other) = ((k + 1) % 3, (k + 2) % 3);
+        // Agents: log in and set presence through nodes that do not own the line.
+        let agent = format!("agent-{k}");
+        let login = api::LogInRequest {
+            request_id: format!("login-{k}"),
+            line: line.clone(),
+            agent_id: agent.clone(),
+            ..Default::default()
+        };
+        let shown = nodes[entry].agents.log_in(login).await.unwrap().into_inner();
+        assert_eq!(
+            shown.agent.map(|agent| agent.agent_id),
+            Some(agent.clone()),
+            "login of {line} via {}",
+            nodes[entry].name
+        );
+        let ready = api::SetPresenceRequest {
+            request_id: format!("ready-{k}"),
+            line: line.clone(),
+            presence: api::Presence::Available as i32,
+            reason: String::new(),
+        };
+        let shown = nodes[other].agents.set_presence(ready).await.unwrap().into_inner();
+        assert_eq!(shown.presence, api::Presence::Available as i32);
+        for node in &mut nodes {
+            let shown = node.agents.get_line(api::GetLineRequest { line: line.clone() }).await.unwrap().into_inner();
+            assert_eq!(shown.agent.map(|agent| agent.agent_id), Some(agent.clone()), "{line} read via {}", node.name);
+        }
+        // node-1's stream sees the login, from the line's owner.
+        until_event(&mut stream, |event| match &event.event {
+            Some(E::Line(shown)) if shown.line == line && shown.agent.is_some() => {
+                assert_eq!(event.node, owner);
+                Some(())
+            }
+            _ => None,
+        })
+        .await;
+
+        // Call control: dial, answer, hold, retrieve, notes and hang up, each through a non-owner.
+        let number = format!("+4930555000{k}");
+        let dial = api::MakeCallRequest { request_id: format!("dial-{k}"), line: line.clone(), number: number.clone() };
+        let call = nodes[entry].calls.make_call(dial).await.unwrap().into_inner().call_id;
+        nodes[other].until_call_state(&line, &call, "initiated").await;
+        nodes[entry].calls.answer(call_request(&line, &call)).await.unwrap();
+        let far_end = proto::pbx::ConnectionId { call_id: call.clone(), device_id: number };
+        simulator.with_pbx(|pbx| pbx.answer_call(&far_end)).unwrap();
+        nodes[other].until_call_state(&line, &call, "connected").await;
+        nodes[other].calls.hold(call_request(&line, &call)).await.unwrap();
+        nodes[entry].until_call_state(&line, &call, "held").await;
+        nodes[entry].calls.retrieve(call_request(&line, &call)).await.unwrap();
+        nodes[other].until_call_state(&line, &call, "connected").await;
+        let shown =
+            nodes[entry].calls.get_call(api::GetCallRequest { call_id: call.clone() }).await.unwrap().into_inner();
+        assert_eq!((shown.call_id.as_str(), shown.calling.as_str()), (call.as_str(), line.as_str()));
+        let notes = api::SetCallNotesRequest {
+            request_id: String::new(),
+            call_id: call.clone(),
+            notes: format!("noted via {}", nodes[other].name),
+            disposition: "resolved".into(),
+        };
+        nodes[other].calls.set_call_notes(notes).await.unwrap();
+        nodes[entry].calls.hang_up(call_request(&line, &call)).await.unwrap();
+        // The owner logs the leg, with the notes taken on another node; node-1's stream has it.
+        let record = until_event(&mut stream, |event| match &event.event {
+            Some(E::CallLog(record)) if record.call_id == call || record.root_call_id == call => {
+                Some((record.clone(), event.node.clone()))
+            }
+            _ => None,
+        })
+        .await;
+        assert_eq!((record.0.line.as_str(), record.1.as_str()), (line.as_str(), owner));
+        assert_eq!(record.0.notes, format!("noted via {}", nodes[other].name));
+    }
+
+    // A listing from any node has every node's lines, page by page.
+    let mut listed = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let request = api::ListLinesRequest { page_size: 5, page_token: page_token.clone(), ..Default::default() };
+        let page = nodes[2].agents.list_lines(request).await.unwrap().into_inner();
+        listed.extend(page.lines.into_iter().map(|line| line.line));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    let listed_stations: Vec<&String> = listed.iter().filter(|line| stations.contains(*line)).collect();
+    assert_eq!(listed_stations, stations.iter().collect::<Vec<_>>());
+
+    // Clear errors: a line no node has, a call no node has, and a request that was forwarded
+    // already to a node that does not serve its line (the loop guard).
+    let unknown = nodes[1].agents.get_line(api::GetLineRequest { line: "9999".into() }).await.unwrap_err();
+    assert_eq!((unknown.code(), unknown.message()), (Code::NotFound, "no line 9999 in the cluster"));
+    let dial = api::MakeCallRequest { request_id: String::new(), line: "9999".into(), number: "+4930555".into() };
+    assert_eq!(nodes[2].calls.make_call(dial).await.unwrap_err().code(), Code::NotFound);
+    let no_call = nodes[0].calls.get_call(api::GetCallRequest { call_id: "C-none".into() }).await.unwrap_err();
+    assert_eq!((no_call.code(), no_call.message()), (Code::NotFound, "no call C-none in progress on any cluster node"));
+    // A claim whose holder is no member (its lease lapsing, say) is a line on the move: retry.
+    let ghost = format!("{prefix}/owners/7777");
+    let Ok(Created::Won { revision }) = etcd.create(&ghost, "node-gone", 0).await else { panic!("7777 claimed") };
+    let moving = nodes[1].agents.get_line(api::GetLineRequest { line: "7777".into() }).await.unwrap_err();
+    assert_eq!(
+        (moving.code(), moving.message()),
+        (Code::Unavailable, "line 7777 is moving between cluster nodes; retry shortly")
+    );
+    assert!(etcd.delete_if(&ghost, revision).await.unwrap());
+    let mut looped = Request::new(api::GetLineRequest { line: station[1].clone() });
+    looped.metadata_mut().insert("x-switchboard-forwarded-by", "node-9".parse().unwrap());
+    let moved = nodes[0].agents.get_line(looped).await.unwrap_err();
+    assert_eq!(moved.code(), Code::Unavailable);
+    assert!(moved.message().contains(&format!("line {} moved", station[1])), "{moved:?}");
+
+    // node-3 leaves: node-1's stream follows, and shows its lines again from their new owners.
+    let third = nodes.pop().expect("three nodes");
+    third.stop().await;
+    let moved_line = station[2].clone();
+    let new_owner = until_event(&mut stream, |event| match &event.event {
+        Some(E::Line(line)) if line.line == moved_line && event.node != "node-3" => Some(event.node.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(new_owner == "node-1" || new_owner == "node-2", "{new_owner}");
+    // It comes back and takes its lines again: the stream asks the new member too, and the agent
+    // logging out there through another node shows in it, from node-3.
+    nodes.push(api_node(&simulator, etcd_server.url.clone(), "node-3", prefix).await);
+    {
+        let serving: Vec<(&str, &Gateway)> = nodes.iter().map(|node| (node.name, &node.gateway)).collect();
+        assert_eq!(one_owner_each(&etcd, prefix, &lines, &serving).await, owners);
+    }
+    let logout = api::LogOutRequest { line: moved_line.clone(), ..Default::default() };
+    assert!(nodes[0].agents.log_out(logout).await.unwrap().into_inner().agent.is_none());
+    until_event(&mut stream, |event| match &event.event {
+        Some(E::Line(line)) if line.line == moved_line && line.agent.is_none() => {
+            assert_eq!(event.node, "node-3");
+            Some(())
+        }
+        _ => None,
+    })
+    .await;
+    drop(stream);
+    for node in nodes {
+        node.stop().await;
+    }
+    simulator.shutdown().await;
 }

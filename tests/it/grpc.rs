@@ -18,17 +18,17 @@ use tonic::{Code, Request, Status};
 
 use crate::support::{PATIENCE, link_config, within};
 
-const TOKEN: &str = "test-token-with-every-scope";
+pub(crate) const TOKEN: &str = "test-token-with-every-scope";
 const READ_ONLY: &str = "test-token-that-only-reads";
 
-type Authed = InterceptedService<Channel, fn(Request<()>) -> Result<Request<()>, Status>>;
+pub(crate) type Authed = InterceptedService<Channel, fn(Request<()>) -> Result<Request<()>, Status>>;
 
-fn bearer(mut request: Request<()>) -> Result<Request<()>, Status> {
+pub(crate) fn bearer(mut request: Request<()>) -> Result<Request<()>, Status> {
     request.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
     Ok(request)
 }
 
-fn grpc_config() -> GrpcConfig {
+pub(crate) fn grpc_config() -> GrpcConfig {
     GrpcConfig {
         tokens: vec![
             TokenConfig { name: "tests".into(), token: Secret::new(TOKEN), scopes: vec!["admin".into()] },
@@ -74,16 +74,18 @@ async fn api() -> Api {
         .connect()
         .await
         .unwrap();
+    let (calls, agents, events) = clients(&channel);
+    Api { simulator, gateway, server, calls, agents, events, channel }
+}
+
+/// Clients of each service over `channel`, sending the bearer token of every scope.
+pub(crate) fn clients(channel: &Channel) -> (CallControlClient<Authed>, AgentsClient<Authed>, EventsClient<Authed>) {
     let authed = bearer as fn(Request<()>) -> Result<Request<()>, Status>;
-    Api {
-        simulator,
-        gateway,
-        server,
-        calls: CallControlClient::with_interceptor(channel.clone(), authed),
-        agents: AgentsClient::with_interceptor(channel.clone(), authed),
-        events: EventsClient::with_interceptor(channel.clone(), authed),
-        channel,
-    }
+    (
+        CallControlClient::with_interceptor(channel.clone(), authed),
+        AgentsClient::with_interceptor(channel.clone(), authed),
+        EventsClient::with_interceptor(channel.clone(), authed),
+    )
 }
 
 impl Api {

@@ -1,7 +1,7 @@
 //! Switchboard's end-to-end tests, one binary: real servers on loopback, port 0.
 //!
 //! - `cluster`: three gateways and a real etcd sharing one simulator's lines: spread, failover,
-//!   joins, and self-fencing when cut off from etcd.
+//!   joins, self-fencing when cut off from etcd, and requests and event streams from any node.
 //! - `dashboards`: the Grafana dashboards' conventions; promtool checks and unit-tests the rules.
 //! - `grpc`: the gRPC API over real sockets: call control, agents, events, status codes.
 //! - `link`: the gateway's PBX link client against the simulator: resync, reconnect, heartbeats,

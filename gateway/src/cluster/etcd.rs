@@ -191,6 +191,12 @@ impl Etcd {
         Ok((kvs, int(&answer["header"]["revision"])))
     }
 
+    /// One key, if it exists.
+    pub async fn get(&self, key: &str) -> Result<Option<KeyValue>, EtcdError> {
+        let answer = self.post("/v3/kv/range", json!({ "key": encode(key) })).await?;
+        answer["kvs"].get(0).map(key_value).transpose()
+    }
+
     /// Writes `key` = `value` on lease `lease` only if the key does not exist (its create revision
     /// is 0): the compare-and-set of a claim. Otherwise returns who holds it.
     pub async fn create(&self, key: &str, value: &str, lease: i64) -> Result<Created, EtcdError> {
@@ -209,12 +215,6 @@ impl Etcd {
             // Deleted between the compare and the range: nobody holds it now; try again later.
             None => Err(EtcdError::BadAnswer("the key vanished during the claim".to_owned())),
         }
-    }
-
-    /// One key, if it exists.
-    pub async fn get(&self, key: &str) -> Result<Option<KeyValue>, EtcdError> {
-        let answer = self.post("/v3/kv/range", json!({ "key": encode(key) })).await?;
-        answer["kvs"].get(0).map(key_value).transpose()
     }
 
     /// Writes `key` = `value` (no lease) only if nobody wrote it since it was read: last written at

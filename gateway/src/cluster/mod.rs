@@ -10,6 +10,9 @@
 //!
 //! A lease's keys vanish together when it expires or is revoked, so a dead node's members key and
 //! its claims disappear in one revision: survivors see it gone and claim its lines.
+//!
+//! [`Placement`] tells the gRPC edge where a line is served, so a request can be forwarded to its
+//! owner.
 
 mod budget;
 mod etcd;
@@ -124,9 +127,102 @@ impl Shared {
     }
 }
 
+/// Where a line is served, as far as this node can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// This node serves it.
+    Here,
+    /// Another member holds its claim and is reached at `advertise`.
+    Node {
+        /// The member's node id.
+        id: String,
+        /// Its gRPC address.
+        advertise: String,
+    },
+    /// The cluster shares it but no member serves it at the moment: it is being handed over, or
+    /// its owner died and a survivor has yet to claim it.
+    Moving,
+    /// The cluster does not share such a line (the PBX does not list it).
+    Unknown,
+}
+
+/// Where the lines are: this node's, the members' addresses and each line's claim in etcd. The
+/// gRPC edge routes requests with it. Cheap to clone.
+#[derive(Clone)]
+pub struct Placement {
+    shared: Arc<Shared>,
+    etcd: Arc<Etcd>,
+    prefix: String,
+    lines: watch::Receiver<Arc<BTreeSet<String>>>,
+}
+
+impl std::fmt::Debug for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Placement").field("node", &self.shared.node_id).finish_non_exhaustive()
+    }
+}
+
+impl Placement {
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.shared.node_id
+    }
+
+    /// Whether this node serves `line` now.
+    pub fn serves(&self, line: &str) -> bool {
+        self.shared.owned.borrow().contains_key(line)
+    }
+
+    /// The live members as last read from etcd, this node included.
+    pub fn members(&self) -> Arc<BTreeMap<String, Member>> {
+        self.shared.members.borrow().clone()
+    }
+
+    /// A receiver that sees every change of the members.
+    pub fn watch_members(&self) -> watch::Receiver<Arc<BTreeMap<String, Member>>> {
+        self.shared.members.subscribe()
+    }
+
+    /// Where `line` is served. The claim in etcd is the truth (rendezvous hashing says only where
+    /// a line should go, not whether it has got there); a member that claimed the line since this
+    /// node last read the members is looked up in etcd too.
+    pub async fn owner(&self, line: &str) -> Result<Owner, EtcdError> {
+        if self.serves(line) {
+            return Ok(Owner::Here);
+        }
+        let claim = self.etcd.get(&format!("{}/owners/{line}", self.prefix)).await?.map(|kv| kv.value);
+        let holder = match claim {
+            Some(holder) if holder != self.shared.node_id => holder,
+            // Claimed here but not served yet (or being released): it is on its way.
+            Some(_) => return Ok(Owner::Moving),
+            None if self.lines.borrow().contains(line) => return Ok(Owner::Moving),
+            None => return Ok(Owner::Unknown),
+        };
+        let advertise = self.shared.members.borrow().get(&holder).map(|member| member.advertise.clone());
+        let advertise = match advertise {
+            Some(advertise) => Some(advertise),
+            None => {
+                self.etcd.get(&format!("{}/members/{holder}", self.prefix)).await?.map(|kv| advertise_of(&kv.value))
+            }
+        };
+        Ok(match advertise {
+            Some(advertise) if !advertise.is_empty() => Owner::Node { id: holder, advertise },
+            // The holder's member key is gone: its lease lapsed and the claim goes with it.
+            _ => Owner::Moving,
+        })
+    }
+}
+
+/// The address in a member's value (`{"advertise": "ip:port"}`); empty if it has none.
+fn advertise_of(value: &str) -> String {
+    let value: serde_json::Value = serde_json::from_str(value).unwrap_or_default();
+    value["advertise"].as_str().unwrap_or_default().to_owned()
+}
+
 /// A running cluster member.
 pub struct Cluster {
     shared: Arc<Shared>,
+    placement: Placement,
     shutdown: CancellationToken,
     node: JoinHandle<()>,
     guard: JoinHandle<()>,
@@ -152,7 +248,7 @@ impl Cluster {
         serve: Serve,
     ) -> Result<Self, ClusterError> {
         let clock = LeaseClock::new(Duration::from_secs(config.lease_ttl_secs));
-        let etcd = Etcd::new(&config.etcd_endpoints, clock.request_timeout())?;
+        let etcd = Arc::new(Etcd::new(&config.etcd_endpoints, clock.request_timeout())?);
         let shared = Arc::new(Shared {
             node_id,
             owned: watch::channel(Arc::default()).0,
@@ -166,17 +262,12 @@ impl Cluster {
         });
         let shutdown = CancellationToken::new();
         let guard = tokio::spawn(guard(shared.clone()));
-        let node = Node {
-            shared: shared.clone(),
-            etcd,
-            clock,
-            prefix: config.key_prefix.trim_end_matches('/').to_owned(),
-            advertise,
-            lines,
-            shutdown: shutdown.clone(),
-        };
+        let prefix = config.key_prefix.trim_end_matches('/').to_owned();
+        let placement =
+            Placement { shared: shared.clone(), etcd: etcd.clone(), prefix: prefix.clone(), lines: lines.clone() };
+        let node = Node { shared: shared.clone(), etcd, clock, prefix, advertise, lines, shutdown: shutdown.clone() };
         let node = tokio::spawn(node.run());
-        Ok(Self { shared, shutdown, node, guard })
+        Ok(Self { shared, placement, shutdown, node, guard })
     }
 
     /// This node's id.
@@ -197,6 +288,11 @@ impl Cluster {
     /// The live members as last read from etcd.
     pub fn members(&self) -> Arc<BTreeMap<String, Member>> {
         self.shared.members.borrow().clone()
+    }
+
+    /// Where the lines are, for routing requests to their owners.
+    pub fn placement(&self) -> Placement {
+        self.placement.clone()
     }
 
     /// The counters.
@@ -249,7 +345,7 @@ async fn guard(shared: Arc<Shared>) {
 
 struct Node {
     shared: Arc<Shared>,
-    etcd: Etcd,
+    etcd: Arc<Etcd>,
     clock: LeaseClock,
     prefix: String,
     advertise: String,
@@ -411,9 +507,7 @@ impl Node {
             .iter()
             .filter_map(|kv| {
                 let id = kv.key.strip_prefix(&prefix)?.to_owned();
-                let value: serde_json::Value = serde_json::from_str(&kv.value).unwrap_or_default();
-                let advertise = value["advertise"].as_str().unwrap_or_default().to_owned();
-                Some((id, Member { advertise }))
+                Some((id, Member { advertise: advertise_of(&kv.value) }))
             })
             .collect();
         let ids = members.keys().cloned().collect();

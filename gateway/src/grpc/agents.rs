@@ -1,4 +1,5 @@
-//! The Agents service: log in and out, presence, and reading lines.
+//! The Agents service: log in and out, presence, and reading lines. In a cluster a request for a
+//! line another node serves runs there, and a listing merges every member's lines.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -6,10 +7,12 @@ use std::time::Duration;
 use actors::domain::AgentState;
 use actors::events::LineView;
 use actors::runtime::Model;
+use proto::api::agents_client::AgentsClient;
 use proto::api::{self, agents_server::Agents};
 use tonic::{Request, Response, Status};
 
 use super::convert;
+use super::forward::{self, Routing, agents, here_or_owner};
 use super::guard::{Guard, Scope};
 use super::idempotency::RequestIds;
 use super::status::{command_status, invalid, required};
@@ -23,6 +26,7 @@ pub(crate) struct AgentsService {
     pub(crate) guard: Arc<Guard>,
     /// The agent directory, by lower-case email.
     pub(crate) directory: std::collections::HashMap<String, AgentConfig>,
+    pub(crate) routing: Routing,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -53,7 +57,7 @@ impl AgentsService {
 impl Agents for AgentsService {
     async fn log_in(&self, request: Request<api::LogInRequest>) -> Reply<api::Line> {
         self.guard.admit(&request, Scope::Control)?;
-        let request = request.into_inner();
+        let request = here_or_owner!(self, request, agents("LogIn"), AgentsClient, log_in);
         let line = required("line", &request.line)?;
         let (agent_id, default_roles) = match (request.agent_id.trim(), request.email.trim()) {
             ("", "") => return Err(invalid("agent_id", "or email is required")),
@@ -78,7 +82,7 @@ impl Agents for AgentsService {
 
     async fn log_out(&self, request: Request<api::LogOutRequest>) -> Reply<api::Line> {
         self.guard.admit(&request, Scope::Control)?;
-        let request = request.into_inner();
+        let request = here_or_owner!(self, request, agents("LogOut"), AgentsClient, log_out);
         let line = required("line", &request.line)?;
         self.request_ids
             .once("LogOut", &request.request_id, async {
@@ -91,7 +95,7 @@ impl Agents for AgentsService {
 
     async fn set_presence(&self, request: Request<api::SetPresenceRequest>) -> Reply<api::Line> {
         self.guard.admit(&request, Scope::Control)?;
-        let request = request.into_inner();
+        let request = here_or_owner!(self, request, agents("SetPresence"), AgentsClient, set_presence);
         let line = required("line", &request.line)?;
         let presence = api::Presence::try_from(request.presence).unwrap_or(api::Presence::Unspecified);
         let state = match presence {
@@ -117,18 +121,41 @@ impl Agents for AgentsService {
 
     async fn get_line(&self, request: Request<api::GetLineRequest>) -> Reply<api::Line> {
         self.guard.admit(&request, Scope::Read)?;
-        let line = required("line", &request.get_ref().line)?;
+        let request = here_or_owner!(self, request, agents("GetLine"), AgentsClient, get_line);
+        let line = required("line", &request.line)?;
         self.line_now(line).map(Response::new)
     }
 
     async fn list_lines(&self, request: Request<api::ListLinesRequest>) -> Reply<api::ListLinesResponse> {
         self.guard.admit(&request, Scope::Read)?;
-        let request = request.into_inner();
+        let (metadata, _, request) = request.into_parts();
         let page_size = match request.page_size {
             0 => 100,
             size @ 1..=1000 => size as usize,
             _ => return Err(invalid("page_size", "must be at most 1000")),
         };
+        let here = self.list_here(&request, page_size);
+        if self.routing.is_none() {
+            return Ok(Response::new(here));
+        }
+        // Each member lists its own lines after the token; the page is the first `page_size` of
+        // them all. A member that cannot answer fails the listing rather than leave its lines out.
+        let there =
+            forward::ask_all(&self.routing, agents("ListLines"), &metadata, &request, |channel, request| async move {
+                AgentsClient::new(channel).list_lines(request).await
+            })
+            .await;
+        let mut pages = vec![here];
+        for (_, answer) in there {
+            pages.push(answer?);
+        }
+        Ok(Response::new(merge_pages(pages, page_size)))
+    }
+}
+
+impl AgentsService {
+    /// This node's page of lines after the request's token.
+    fn list_here(&self, request: &api::ListLinesRequest, page_size: usize) -> api::ListLinesResponse {
         let presence = api::Presence::try_from(request.presence).unwrap_or(api::Presence::Unspecified);
         let after = request.page_token.trim();
         let mut lines = self
@@ -145,6 +172,49 @@ impl Agents for AgentsService {
             (Some(_), Some(last)) => last.line.clone(),
             _ => String::new(),
         };
-        Ok(Response::new(api::ListLinesResponse { lines: page, next_page_token }))
+        api::ListLinesResponse { lines: page, next_page_token }
+    }
+}
+
+/// One page out of several members' pages (each sorted by line, each its member's first lines
+/// after the same token): the first `page_size` lines of them all, and a token if any are left.
+fn merge_pages(pages: Vec<api::ListLinesResponse>, page_size: usize) -> api::ListLinesResponse {
+    let more_behind = pages.iter().any(|page| !page.next_page_token.is_empty());
+    let mut lines: Vec<api::Line> = pages.into_iter().flat_map(|page| page.lines).collect();
+    lines.sort_by(|a, b| a.line.cmp(&b.line));
+    let more = more_behind || lines.len() > page_size;
+    lines.truncate(page_size);
+    let next_page_token = match lines.last() {
+        Some(last) if more => last.line.clone(),
+        _ => String::new(),
+    };
+    api::ListLinesResponse { lines, next_page_token }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(lines: &[&str], more: bool) -> api::ListLinesResponse {
+        api::ListLinesResponse {
+            lines: lines.iter().map(|line| api::Line { line: (*line).to_owned(), ..api::Line::default() }).collect(),
+            next_page_token: if more { lines.last().unwrap().to_string() } else { String::new() },
+        }
+    }
+
+    fn names(page: &api::ListLinesResponse) -> Vec<&str> {
+        page.lines.iter().map(|line| line.line.as_str()).collect()
+    }
+
+    #[test]
+    fn members_pages_merge_into_one_in_line_order_with_a_token_only_when_lines_are_left() {
+        let merged = merge_pages(vec![page(&["2001", "2004"], false), page(&["2002", "2003"], true)], 3);
+        assert_eq!((names(&merged), merged.next_page_token.as_str()), (vec!["2001", "2002", "2003"], "2003"));
+        let merged = merge_pages(vec![page(&["2001"], false), page(&["2002"], false)], 2);
+        assert_eq!((names(&merged), merged.next_page_token.as_str()), (vec!["2001", "2002"], ""));
+        let merged = merge_pages(vec![page(&["2001", "2003"], false), page(&["2002"], false)], 2);
+        assert_eq!((names(&merged), merged.next_page_token.as_str()), (vec!["2001", "2002"], "2002"));
+        let merged = merge_pages(vec![page(&[], false), page(&[], false)], 2);
+        assert!(merged.lines.is_empty() && merged.next_page_token.is_empty());
     }
 }

@@ -1,5 +1,6 @@
 //! The Events service: a snapshot of the current state, then every change in order; resumable by
-//! sequence number; a subscriber too slow to keep up is told so and cut off.
+//! sequence number; a subscriber too slow to keep up is told so and cut off. In a cluster a stream
+//! merges this node's events with every other member's ([`super::cluster_events`]).
 
 use std::collections::HashSet;
 use std::pin::Pin;
@@ -15,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::convert;
+use super::forward::{Peers, Routing};
 use super::guard::{Guard, Scope};
 use crate::bridge::LinkPort;
 
@@ -23,10 +25,11 @@ pub(crate) struct EventsService {
     pub(crate) model: Model<LinkPort>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) guard: Arc<Guard>,
+    pub(crate) routing: Routing,
 }
 
 /// Events waiting to be written to one subscriber's stream.
-const STREAM_BUFFER: usize = 1_024;
+pub(super) const STREAM_BUFFER: usize = 1_024;
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<api::Event, Status>> + Send>>;
 
@@ -36,13 +39,33 @@ impl Events for EventsService {
 
     async fn subscribe(&self, request: Request<api::SubscribeRequest>) -> Result<Response<EventStream>, Status> {
         self.guard.admit(&request, Scope::Read)?;
-        let request = request.into_inner();
-        let lines: HashSet<String> = request.lines.into_iter().map(|line| line.trim().to_owned()).collect();
+        let (metadata, _, request) = request.into_parts();
+        let lines: HashSet<String> = request.lines.iter().map(|line| line.trim().to_owned()).collect();
         if lines.iter().any(String::is_empty) {
             return Err(Status::invalid_argument("lines must not contain an empty line id"));
         }
+        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+        match &self.routing {
+            // A stream another member opened for its own subscriber has this node's events only.
+            Some(peers) if Peers::forwarded_by(&metadata).is_none() => {
+                let (here, events_here) = mpsc::channel(STREAM_BUFFER);
+                self.stream_here(0, Filter { lines }, here);
+                let wanted = api::SubscribeRequest { resume_after: 0, lines: request.lines };
+                let resume_failed = request.resume_after != 0;
+                super::cluster_events::merge(peers.clone(), metadata, wanted, resume_failed, events_here, sender);
+            }
+            _ => self.stream_here(request.resume_after, Filter { lines }, sender),
+        }
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+}
+
+impl EventsService {
+    /// Streams this node's events into `sender`: a snapshot (unless resuming), then every change.
+    fn stream_here(&self, resume_after: u64, filter: Filter, sender: mpsc::Sender<Result<api::Event, Status>>) {
+        let node = self.routing.as_ref().map(|peers| peers.node_id().to_owned()).unwrap_or_default();
         let publisher = self.model.publisher();
-        let (subscription, snapshot, resume_failed) = match request.resume_after {
+        let (subscription, snapshot, resume_failed) = match resume_after {
             0 => (publisher.subscription(), true, false),
             after => match publisher.resume_subscription(after) {
                 Ok(subscription) => (subscription, false, false),
@@ -52,22 +75,19 @@ impl Events for EventsService {
                 }
             },
         };
-        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
-        let filter = Filter { lines };
         let model = self.model.clone();
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             if snapshot {
                 let as_of = subscription.last_seen();
-                for event in snapshot_events(&model, &filter, as_of, resume_failed) {
+                for event in snapshot_events(&model, &filter, as_of, resume_failed, &node) {
                     if sender.send(Ok(event)).await.is_err() {
                         return;
                     }
                 }
             }
-            forward(subscription, filter, sender, shutdown).await;
+            forward(subscription, filter, sender, shutdown, node).await;
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 }
 
@@ -95,27 +115,31 @@ impl Filter {
     }
 }
 
-fn snapshot_events(model: &Model<LinkPort>, filter: &Filter, as_of: u64, resume_failed: bool) -> Vec<api::Event> {
+fn snapshot_events(
+    model: &Model<LinkPort>,
+    filter: &Filter,
+    as_of: u64,
+    resume_failed: bool,
+    node: &str,
+) -> Vec<api::Event> {
     use api::event::Event as E;
     let mut events = Vec::new();
+    let event = |event| api::Event { sequence: as_of, node: node.to_owned(), event: Some(event) };
     for line in model.lines() {
         if filter.everything() || filter.lines.contains(&line.device) {
-            events.push(api::Event { sequence: as_of, event: Some(E::Line(convert::line(line))) });
+            events.push(event(E::Line(convert::line(line))));
         }
     }
     for call in model.calls() {
         if filter.keeps(&ModelEvent::Call(call.clone())) {
-            events.push(api::Event { sequence: as_of, event: Some(E::Call(convert::call(call))) });
+            events.push(event(E::Call(convert::call(call))));
         }
     }
-    events.push(api::Event {
-        sequence: as_of,
-        event: Some(E::SnapshotComplete(api::SnapshotComplete { resume_failed })),
-    });
+    events.push(event(E::SnapshotComplete(api::SnapshotComplete { resume_failed })));
     events
 }
 
-fn to_api(sequenced: &Sequenced) -> api::Event {
+fn to_api(sequenced: &Sequenced, node: &str) -> api::Event {
     use api::event::Event as E;
     let event = match sequenced.event.clone() {
         ModelEvent::Line(line) => E::Line(convert::line(line)),
@@ -126,7 +150,7 @@ fn to_api(sequenced: &Sequenced) -> api::Event {
         ModelEvent::CallLog(record) => E::CallLog(convert::call_log(record)),
         ModelEvent::ScreenPop(pop) => E::ScreenPop(convert::screen_pop(pop)),
     };
-    api::Event { sequence: sequenced.sequence, event: Some(event) }
+    api::Event { sequence: sequenced.sequence, node: node.to_owned(), event: Some(event) }
 }
 
 /// Writes the live events until the subscriber leaves, falls behind, or the gateway stops.
@@ -135,6 +159,7 @@ async fn forward(
     filter: Filter,
     sender: mpsc::Sender<Result<api::Event, Status>>,
     shutdown: CancellationToken,
+    node: String,
 ) {
     loop {
         let next = tokio::select! {
@@ -160,7 +185,7 @@ async fn forward(
             continue;
         }
         // A subscriber whose own stream is full is as slow as one that fell behind the model.
-        match sender.try_send(Ok(to_api(&event))) {
+        match sender.try_send(Ok(to_api(&event, &node))) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 let reason = SubscriptionEnded::TooSlow { missed: 1, last_seen: event.sequence.saturating_sub(1) };

@@ -307,6 +307,19 @@ mod tests {
     }
 
     #[test]
+    fn every_forwarded_method_is_a_known_method_outside_admin() {
+        for (service, name) in crate::metrics::FORWARDED_METHODS {
+            assert!(METHODS.iter().any(|method| method.service == service && method.name == name), "{service}/{name}");
+        }
+        let forwarded: Vec<_> = METHODS
+            .iter()
+            .filter(|method| method.service.starts_with("switchboard.") && !method.service.ends_with(".Admin"))
+            .map(|method| (method.service, method.name))
+            .collect();
+        assert_eq!(forwarded, crate::metrics::FORWARDED_METHODS);
+    }
+
+    #[test]
     fn the_code_comes_from_grpc_status() {
         let mut headers = HeaderMap::new();
         assert_eq!(grpc_code(&headers), None);

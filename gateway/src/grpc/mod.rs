@@ -1,13 +1,16 @@
 //! Switchboard's gRPC API over the model: CallControl, Agents and Events (proto/switchboard/v1),
 //! with standard health checking and server reflection. Status codes come from one place
 //! ([`status`]); request ids make retries safe ([`idempotency`]); bearer tokens, scopes and rate
-//! limits guard every call ([`guard`]).
+//! limits guard every call ([`guard`]). In a cluster, requests for lines other nodes serve are
+//! forwarded to them and event streams merge every member's events ([`forward`], [`cluster_events`]).
 
 mod admin;
 mod agents;
 mod calls;
+mod cluster_events;
 mod convert;
 mod events;
+mod forward;
 mod guard;
 mod idempotency;
 mod metrics;
@@ -28,6 +31,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::bridge::LinkPort;
+use crate::cluster::Placement;
 use crate::config::{AgentConfig, GrpcConfig};
 
 /// Registers every gRPC series at zero; [`crate::metrics::register`] calls it.
@@ -100,16 +104,48 @@ impl GrpcServer {
         config: &GrpcConfig,
         agents: &[AgentConfig],
     ) -> Result<Self, StartError> {
+        Self::start_routed(model, salesforce, None, listener, config, agents).await
+    }
+
+    /// Starts the API of a cluster node (`placement` given) or of a single node (`None`). A
+    /// cluster node forwards requests for lines it does not serve to their owners, asks every
+    /// member for a call by id and for listings, and merges every member's events into each
+    /// stream. Every node must accept the same tokens: a forwarded request carries its caller's.
+    pub async fn start_routed(
+        model: Model<LinkPort>,
+        salesforce: Option<Arc<crate::salesforce::Salesforce>>,
+        placement: Option<Placement>,
+        listener: TcpListener,
+        config: &GrpcConfig,
+        agents: &[AgentConfig],
+    ) -> Result<Self, StartError> {
+        if placement.is_some() && config.tls_cert.is_some() {
+            tracing::warn!(
+                "forwarding between cluster nodes speaks plaintext grpc: with grpc tls on, requests for lines \
+                 other nodes serve, and their events, fail as unreachable"
+            );
+        }
+        let routing: forward::Routing = placement.map(|placement| Arc::new(forward::Peers::new(placement)));
         let local_addr = listener.local_addr().map_err(StartError::Listen)?;
         let shutdown = CancellationToken::new();
         let guard = Arc::new(guard::Guard::new(config));
         let request_ids = Arc::new(idempotency::RequestIds::new(Duration::from_secs(600), 100_000));
-        let calls =
-            calls::CallControlService { model: model.clone(), request_ids: request_ids.clone(), guard: guard.clone() };
+        let calls = calls::CallControlService {
+            model: model.clone(),
+            request_ids: request_ids.clone(),
+            guard: guard.clone(),
+            routing: routing.clone(),
+        };
         let directory = agents.iter().map(|agent| (agent.email.to_lowercase(), agent.clone())).collect();
-        let agents = agents::AgentsService { model: model.clone(), request_ids, guard: guard.clone(), directory };
+        let agents = agents::AgentsService {
+            model: model.clone(),
+            request_ids,
+            guard: guard.clone(),
+            directory,
+            routing: routing.clone(),
+        };
         let admin = admin::AdminService { salesforce, guard: guard.clone() };
-        let events = events::EventsService { model, shutdown: shutdown.child_token(), guard };
+        let events = events::EventsService { model, shutdown: shutdown.child_token(), guard, routing };
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<CallControlServer<calls::CallControlService>>().await;
         health.set_serving::<AgentsServer<agents::AgentsService>>().await;
