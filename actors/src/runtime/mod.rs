@@ -270,14 +270,6 @@ pub(crate) struct LineEntry {
 }
 
 impl LineEntry {
-    /// Sends to the line's actor; fails when it has none running (idle) or it is gone.
-    pub(crate) fn cast(&self, message: LineMsg) -> Result<(), ractor::MessagingErr<LineMsg>> {
-        match &self.mailbox {
-            Some(mailbox) => mailbox.cast(message),
-            None => Err(ractor::MessagingErr::SendErr(message)),
-        }
-    }
-
     pub(crate) fn actor(&self) -> Option<&ActorRef<LineMsg>> {
         self.mailbox.as_ref().map(Mailbox::actor)
     }
@@ -519,7 +511,10 @@ impl<P: PbxPort> Model<P> {
     /// Makes a line actor panic, as a bug would, to exercise supervision.
     #[cfg(any(test, feature = "testsuite"))]
     pub fn crash_line(&self, device: &str) -> bool {
-        self.context.lines.get(device).is_some_and(|entry| entry.cast(LineMsg::Crash).is_ok())
+        self.context
+            .lines
+            .get(device)
+            .is_some_and(|entry| entry.mailbox.as_ref().is_some_and(|mailbox| mailbox.cast(LineMsg::Crash).is_ok()))
     }
 
     /// Stops every actor and the sweeps.
