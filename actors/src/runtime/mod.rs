@@ -23,6 +23,9 @@ use ractor::{Actor, ActorCell, ActorRef};
 use tokio::sync::mpsc;
 
 pub use commands::CommandError;
+
+/// The hasher of the maps of ids on the hot path (boxed in one place to change it).
+pub type IdHasher = foldhash::fast::RandomState;
 pub use mailbox::MailboxDepth;
 pub use router::Router;
 
@@ -73,7 +76,7 @@ pub enum ModelInput {
     /// A resync begins: calls that no snapshot (or event) mentions before it completes have ended.
     ResyncStarted,
     /// One call as the PBX has it now.
-    CallSnapshot(CallSnapshot),
+    CallSnapshot(Box<CallSnapshot>),
     /// Lines no longer mirrored here (a cluster handed them to another gateway node): their actors
     /// stop, and calls left with no line the model mirrors are dropped without a call log record,
     /// which the lines' new owner writes.
@@ -285,9 +288,9 @@ pub(crate) enum Member {
 /// Everything the actors share.
 pub(crate) struct Context<P> {
     pub(crate) config: ModelConfig,
-    pub(crate) calls: DashMap<CallId, CallEntry>,
-    pub(crate) lines: DashMap<DeviceId, LineEntry>,
-    pub(crate) members: DashMap<ractor::ActorId, Member>,
+    pub(crate) calls: DashMap<CallId, CallEntry, IdHasher>,
+    pub(crate) lines: DashMap<DeviceId, LineEntry, IdHasher>,
+    pub(crate) members: DashMap<ractor::ActorId, Member, IdHasher>,
     pub(crate) publisher: Arc<Publisher>,
     pub(crate) logs: mpsc::Sender<LegNote>,
     pub(crate) port: Arc<P>,
@@ -412,9 +415,9 @@ pub async fn start<P: PbxPort>(
     let publisher = Arc::new(Publisher::new(config.event_buffer, config.event_history));
     let context = Arc::new(Context {
         config,
-        calls: DashMap::new(),
-        lines: DashMap::new(),
-        members: DashMap::new(),
+        calls: DashMap::with_hasher(IdHasher::default()),
+        lines: DashMap::with_hasher(IdHasher::default()),
+        members: DashMap::with_hasher(IdHasher::default()),
         publisher,
         logs,
         port,

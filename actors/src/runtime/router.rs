@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use super::call_actor::{CallMsg, CallOrder};
 use super::line_actor::LineMsg;
 use super::supervisor::wall_clock_ms;
-use super::{CallSnapshot, Context, ModelInput, bump, creates_call, lock};
+use super::{CallSnapshot, Context, IdHasher, ModelInput, bump, creates_call, lock};
 use crate::call::{CallInput, CallState, Party};
 use crate::domain::{CallId, Cause, ConnState, DeviceKind, Millis};
 use crate::events::{CallView, ModelEvent};
@@ -41,9 +41,9 @@ impl<P: PbxPort> Router<P> {
     /// resync bounds split runs, since they need every earlier input applied first.
     pub async fn route_all(&mut self, inputs: &mut Vec<ModelInput>) {
         let mut calls: Vec<(CallId, Vec<CallInput>)> = Vec::new();
-        let mut call_index: HashMap<CallId, usize> = HashMap::new();
+        let mut call_index: HashMap<CallId, usize, IdHasher> = HashMap::default();
         let mut lines: Vec<(String, Vec<LineInput>)> = Vec::new();
-        let mut line_index: HashMap<String, usize> = HashMap::new();
+        let mut line_index: HashMap<String, usize, IdHasher> = HashMap::default();
         for input in inputs.drain(..) {
             match input {
                 ModelInput::Call { call, inputs } => match call_index.get(&call) {
@@ -92,7 +92,7 @@ impl<P: PbxPort> Router<P> {
                 self.merge(primary, secondary, new, leaving, devices, at).await;
             }
             ModelInput::ResyncStarted => self.resync = Some(HashSet::new()),
-            ModelInput::CallSnapshot(snapshot) => self.snapshot(snapshot).await,
+            ModelInput::CallSnapshot(snapshot) => self.snapshot(*snapshot).await,
             ModelInput::ResyncComplete { at } => self.resync_complete(at),
             ModelInput::Forget { devices } => self.forget(&devices),
         }

@@ -259,7 +259,7 @@ async fn a_resync_closes_calls_that_no_snapshot_mentions() {
     router.route(party("C2", "2002", DeviceKind::Line, ConnState::Alerting, 0)).await;
     router.route(ModelInput::ResyncStarted).await;
     router
-        .route(ModelInput::CallSnapshot(CallSnapshot {
+        .route(ModelInput::CallSnapshot(Box::new(CallSnapshot {
             call: "C2".into(),
             parties: vec![Party { device: "2002".into(), kind: DeviceKind::Line, state: ConnState::Connected }],
             calling: "+4930222".into(),
@@ -270,7 +270,7 @@ async fn a_resync_closes_calls_that_no_snapshot_mentions() {
             recording_url: None,
             created_at: 0,
             at: 40_000,
-        }))
+        })))
         .await;
     router.route(ModelInput::ResyncComplete { at: 40_000 }).await;
     // C1 ended while the link was down: it is closed, and its record written.

@@ -7,14 +7,14 @@ use std::sync::{Arc, RwLock};
 use actors::call::{CallInput, Party};
 use actors::domain::{AgentState, Cause, ConnState, DeviceKind, Direction, Millis};
 use actors::line::{Agent, LineInput};
-use actors::runtime::{CallSnapshot, ModelInput};
+use actors::runtime::{CallSnapshot, IdHasher, ModelInput};
 use proto::pbx::{self, EventCause, event_report::Event};
 
 use crate::pbx::LinkEvent;
 
 /// What kind each device the PBX has told of is; anything else is an outside number.
 #[derive(Debug, Clone, Default)]
-pub struct Directory(Arc<RwLock<HashMap<String, DeviceKind>>>);
+pub struct Directory(Arc<RwLock<HashMap<String, DeviceKind, IdHasher>>>);
 
 impl Directory {
     /// The kind of `device`.
@@ -158,7 +158,7 @@ impl Translator {
             // Devices in the call that the directory does not know yet are learned from later
             // snapshots; until then they count as outside parties.
             let parties = self.directory.parties(&call);
-            out.push(ModelInput::CallSnapshot(CallSnapshot {
+            out.push(ModelInput::CallSnapshot(Box::new(CallSnapshot {
                 direction: self.directory.direction(&call.calling_device, &call.called_device),
                 parties,
                 queue: non_empty(call.queue_device),
@@ -169,7 +169,7 @@ impl Translator {
                 created_at: call.created_ms,
                 call: call.call_id,
                 at,
-            }));
+            })));
         }
     }
 
