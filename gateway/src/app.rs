@@ -318,11 +318,9 @@ async fn list_lines(
             LinkStatus::Connecting { .. } => 0,
         };
         if session != 0 && session != listed_session {
-            let request = proto::pbx::request::Service::ListDevices(proto::pbx::ListDevicesRequest {});
-            match link.request(request).await {
-                Ok(proto::pbx::response::Result::ListDevices(list)) => {
+            match link.list_devices().await {
+                Ok(list) => {
                     let devices: BTreeSet<String> = list
-                        .devices
                         .into_iter()
                         .filter(|device| device.kind != proto::pbx::DeviceKind::External as i32)
                         .map(|device| device.device_id)
@@ -331,7 +329,6 @@ async fn list_lines(
                     lines.send_replace(Arc::new(devices));
                     listed_session = session;
                 }
-                Ok(_) => tracing::error!("the pbx answered list_devices with another result"),
                 Err(error) => tracing::warn!(%error, "cannot list the pbx's devices; trying again"),
             }
             if listed_session != session {

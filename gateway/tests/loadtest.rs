@@ -37,5 +37,11 @@ async fn a_short_loadtest_loses_nothing_and_mirrors_the_simulator() {
         report.grpc_requests > 0 && report.screen_pops > 0,
         "the desks and the watcher saw the gateway work: {summary}"
     );
+    let per_method: u64 = report.grpc_methods.values().map(|method| method.requests).sum();
+    assert_eq!(per_method, report.grpc_requests, "every request is counted under its method: {summary}");
+    assert!(
+        ["LogIn", "MakeCall", "Answer"].iter().all(|method| report.grpc_methods.contains_key(*method)),
+        "{summary}"
+    );
     assert!(report.passed(), "{summary}");
 }

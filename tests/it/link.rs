@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use gateway::pbx::{LinkError, LinkEvent, LinkStats, LinkStatus};
-use loadtest::sim::{FaultSettings, StateDump, TrafficConfig};
+use loadtest::sim::{FaultSettings, Layout, SimConfig, Simulator, StateDump, TrafficConfig};
 use proto::pbx::event_report::Event;
 use proto::pbx::{self, AgentState, ErrorCause, request, response};
 
@@ -87,6 +87,39 @@ async fn a_link_drop_mid_call_ends_in_a_resync_that_matches_the_simulator() {
 }
 
 #[tokio::test]
+async fn a_pbx_with_more_devices_than_one_page_holds_is_fully_mirrored() {
+    // 4,100 stations: their list is some 110 KB, over the 64 KiB both sides keep each frame to, so
+    // it comes in pages (numbered from 10000, clear of the queue 6000 and the orbits).
+    let simulator = Simulator::start(SimConfig {
+        heartbeat_interval: Duration::from_millis(200),
+        layout: Layout { first_station: 10_000, stations: 4_100, park_orbits: 3, ..Layout::default() },
+        ..SimConfig::default()
+    })
+    .await
+    .expect("the simulator binds a loopback port");
+    log_on(&simulator, "14099");
+    let call = simulator.with_pbx(|pbx| pbx.inbound_call("+4930111111", "14099")).unwrap();
+    simulator.with_pbx(|pbx| pbx.answer_call(&connection(&call, "14099").unwrap())).unwrap();
+    let all = simulator.with_pbx(|pbx| pbx.devices());
+    assert_eq!(all.len(), 4_104);
+
+    let mut client = Client::start(link_config(&simulator));
+    let events = client.read_until(|event| matches!(event, LinkEvent::ResyncComplete { .. })).await;
+    assert!(
+        events.iter().any(|event| matches!(event, LinkEvent::ResyncComplete { devices, .. } if *devices == all.len()))
+    );
+    assert_eq!(last_resync(&events), simulator.dump(), "every line and the call on the last page are mirrored");
+    let mut monitored = simulator.monitored_devices().remove(0);
+    monitored.sort();
+    let mut ids: Vec<String> = all.iter().map(|device| device.device_id.clone()).collect();
+    ids.sort();
+    assert_eq!(monitored, ids, "every device is monitored, the last page's too");
+    assert_eq!(within(client.link.list_devices()).await.unwrap(), all, "the handle pages through the same list");
+    assert_eq!(simulator.stats().links_registered, 1, "the link was never cut");
+    client.stop().await;
+}
+
+#[tokio::test]
 async fn requests_in_flight_fail_fast_when_the_link_drops() {
     let simulator = simulator(4).await;
     let client = Client::start(link_config(&simulator));
@@ -95,7 +128,8 @@ async fn requests_in_flight_fail_fast_when_the_link_drops() {
     let requests_before = simulator.stats().requests;
     let link = client.link.clone();
     let pending = tokio::spawn(async move {
-        link.request_within(request::Service::ListDevices(pbx::ListDevicesRequest {}), Duration::from_secs(60)).await
+        link.request_within(request::Service::ListDevices(pbx::ListDevicesRequest::default()), Duration::from_secs(60))
+            .await
     });
     eventually(|| simulator.stats().requests > requests_before).await;
     simulator.drop_links();
@@ -125,7 +159,8 @@ async fn a_request_the_pbx_does_not_answer_in_time_fails_with_its_deadline() {
     within(client.link.wait_resynced()).await.unwrap();
     simulator.stall_links(Duration::from_secs(5));
     let deadline = Duration::from_millis(100);
-    let outcome = client.link.request_within(request::Service::ListDevices(pbx::ListDevicesRequest {}), deadline).await;
+    let outcome =
+        client.link.request_within(request::Service::ListDevices(pbx::ListDevicesRequest::default()), deadline).await;
     assert_eq!(outcome, Err(LinkError::DeadlineExceeded(deadline)));
     client.stop().await;
 }
@@ -147,7 +182,7 @@ async fn a_wrong_password_is_refused_with_a_clear_error() {
         reason,
         "registration refused (ERROR_CAUSE_INVALID_CREDENTIALS): wrong user name or password for user \"switchboard\""
     );
-    let outcome = client.link.request(request::Service::ListDevices(pbx::ListDevicesRequest {})).await;
+    let outcome = client.link.request(request::Service::ListDevices(pbx::ListDevicesRequest::default())).await;
     assert!(
         matches!(&outcome, Err(LinkError::Down { reason }) if reason.contains("INVALID_CREDENTIALS")),
         "{outcome:?}"
@@ -204,8 +239,11 @@ async fn congestion_and_a_full_queue_are_reported_not_queued_without_bound() {
     let burst = (0..10).map(|_| {
         let link = client.link.clone();
         tokio::spawn(async move {
-            link.request_within(request::Service::ListDevices(pbx::ListDevicesRequest {}), Duration::from_millis(500))
-                .await
+            link.request_within(
+                request::Service::ListDevices(pbx::ListDevicesRequest::default()),
+                Duration::from_millis(500),
+            )
+            .await
         })
     });
     let outcomes: Vec<_> = within(futures::future::join_all(burst)).await.into_iter().map(Result::unwrap).collect();
@@ -421,7 +459,7 @@ async fn every_service_works_over_the_link() {
     };
     assert_eq!(device.agent.unwrap().reason, "lunch");
     call(&client, S::ClearCall(pbx::ClearCallRequest { call_id: picked_up.call_id.clone() })).await;
-    let R::ListDevices(list) = call(&client, S::ListDevices(pbx::ListDevicesRequest {})).await else {
+    let R::ListDevices(list) = call(&client, S::ListDevices(pbx::ListDevicesRequest::default())).await else {
         panic!("wrong result")
     };
     assert_eq!(list.devices.len(), 6 + 1 + 3);

@@ -97,7 +97,7 @@ async fn services_before_registration_are_refused_and_the_link_stays_open() {
     let mut link = connect(&simulator).await;
     let early = LinkMessage::Request {
         invoke_id: 5,
-        body: pbx::Request { service: Some(request::Service::ListDevices(pbx::ListDevicesRequest {})) },
+        body: pbx::Request { service: Some(request::Service::ListDevices(pbx::ListDevicesRequest::default())) },
     };
     link.send(early).await.unwrap();
     let (invoke_id, cause, _) = error_of(next_answer(&mut link).await);

@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actors::domain::AgentState;
-use actors::events::LineView;
+use actors::events::{LineView, ModelEvent};
 use actors::runtime::Model;
 use proto::api::agents_client::AgentsClient;
 use proto::api::{self, agents_server::Agents};
+use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
 
 use super::convert;
@@ -40,15 +41,25 @@ impl AgentsService {
         self.model.line(line).map(convert::line).ok_or_else(|| Status::not_found(format!("no agent line {line}")))
     }
 
-    /// The line once `settled` holds for it (or after [`SETTLE`], as it is then).
+    /// The line once `settled` holds for it (or after [`SETTLE`], as it is then). It wakes on the
+    /// line's own change events rather than polling, so the answer leaves as soon as the line shows
+    /// the change. Subscribing before the first look means no change can slip between the two.
     async fn line_when(&self, line: &str, settled: impl Fn(&LineView) -> bool) -> Result<api::Line, Status> {
-        let deadline = tokio::time::Instant::now() + SETTLE;
-        while tokio::time::Instant::now() < deadline {
-            if self.model.line(line).is_some_and(|view| settled(&view)) {
-                break;
+        let mut changes = self.model.publisher().subscribe();
+        let settle = async {
+            while !self.model.line(line).is_some_and(|view| settled(&view)) {
+                loop {
+                    match changes.recv().await {
+                        Ok(event) if matches!(&event.event, ModelEvent::Line(view) if view.device == line) => break,
+                        Ok(_) => {}
+                        // Behind: whatever it missed may have been this line's change; look again.
+                        Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    }
+                }
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        };
+        let _ = tokio::time::timeout(SETTLE, settle).await;
         self.line_now(line)
     }
 }

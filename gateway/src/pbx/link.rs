@@ -31,6 +31,13 @@ const RESYNC_WINDOW: usize = 256;
 /// Events waiting behind a gap before the gap is given up on, whatever the gap timeout.
 const MAX_EVENTS_BEHIND_GAP: usize = 1024;
 
+/// Devices to ask for in one page of the device list: as many as fit in a frame of our own limit
+/// if each took 128 bytes (a device id, its kind and a name of some 100 characters). The PBX keeps
+/// each page within its own limit too.
+fn device_page_size(max_frame_length: usize) -> u32 {
+    u32::try_from(max_frame_length / 128).unwrap_or(u32::MAX).max(1)
+}
+
 /// What the link tells whoever mirrors the phone system, in the order it happened on the wire.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LinkEvent {
@@ -148,6 +155,9 @@ pub enum LinkError {
     /// The request could not be encoded (larger than the frame limit).
     #[error("request cannot be sent: {0}")]
     Unsendable(String),
+    /// The PBX answered against the protocol (for example a device list whose pages never end).
+    #[error("the pbx broke the link protocol: {0}")]
+    Protocol(String),
     /// The gateway is shutting down.
     #[error("the gateway is shutting down")]
     ShuttingDown,
@@ -276,6 +286,8 @@ pub struct LinkHandle {
     status: watch::Receiver<LinkStatus>,
     stats: Arc<LinkStats>,
     default_timeout: Duration,
+    /// Devices asked for per page of the device list.
+    device_page_size: u32,
     /// Time from sending a caller's request to its outcome; a handle, so recording costs no lookup.
     latency: metrics::Histogram,
     selection: Arc<watch::Sender<Selection>>,
@@ -324,6 +336,28 @@ impl LinkHandle {
         };
         self.latency.record(sent.elapsed().as_secs_f64());
         outcome
+    }
+
+    /// Every device the PBX lists, page by page (docs/pbx-link.md §9); each page within the
+    /// request timeout.
+    pub async fn list_devices(&self) -> Result<Vec<pbx::DeviceInfo>, LinkError> {
+        let mut devices = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let request = pbx::ListDevicesRequest { page_token: page_token.clone(), page_size: self.device_page_size };
+            let answer = self.request(request::Service::ListDevices(request)).await?;
+            let response::Result::ListDevices(page) = answer else {
+                return Err(LinkError::Mismatch { sent: "list_devices", received: answer.name() });
+            };
+            devices.extend(page.devices);
+            if page.next_page_token.is_empty() {
+                return Ok(devices);
+            }
+            if page.next_page_token == page_token {
+                return Err(LinkError::Protocol(format!("page token {page_token:?} came back again")));
+            }
+            page_token = page.next_page_token;
+        }
     }
 
     /// The link's status now.
@@ -416,6 +450,7 @@ fn start_with(
         status,
         stats: stats.clone(),
         default_timeout: config.request_timeout(),
+        device_page_size: device_page_size(config.max_frame_length),
         latency: metrics::histogram!(crate::metrics::PBX_REQUEST_DURATION),
         selection: Arc::new(selection_tx),
         applied,
@@ -503,9 +538,14 @@ async fn run(
 
 /// What a request in flight is for.
 enum Pending {
-    Caller { reply: oneshot::Sender<Result<response::Result, LinkError>>, deadline: Instant, sent: &'static str },
+    Caller {
+        reply: oneshot::Sender<Result<response::Result, LinkError>>,
+        deadline: Instant,
+        sent: &'static str,
+    },
     Heartbeat,
-    ListDevices,
+    /// A page of the device list: the token it starts at (empty: the first).
+    ListDevices(String),
     Monitor(String),
     MonitorStop(String, u32),
     Snapshot(String),
@@ -634,7 +674,7 @@ async fn establish(
             session.monitoring.extend(devices.iter().cloned());
             session.internal.extend(devices.iter().cloned().map(Pending::Monitor));
         }
-        None if config.devices.is_empty() => session.internal.push_back(Pending::ListDevices),
+        None if config.devices.is_empty() => session.internal.push_back(Pending::ListDevices(String::new())),
         None => session.internal.extend(config.devices.iter().cloned().map(Pending::Monitor)),
     }
     Ok(session)
@@ -825,7 +865,10 @@ impl Session {
         while self.internal_in_flight < RESYNC_WINDOW {
             let Some(pending) = self.internal.pop_front() else { break };
             let service = match &pending {
-                Pending::ListDevices => request::Service::ListDevices(pbx::ListDevicesRequest {}),
+                Pending::ListDevices(page_token) => request::Service::ListDevices(pbx::ListDevicesRequest {
+                    page_token: page_token.clone(),
+                    page_size: device_page_size(self.config.max_frame_length),
+                }),
                 Pending::Monitor(device) if !self.wants(device) => {
                     // Dropped from the selection before its monitor was even asked for.
                     self.monitoring.remove(device);
@@ -966,10 +1009,19 @@ impl Session {
                 }
                 Ok(())
             }
-            Pending::ListDevices => {
+            Pending::ListDevices(page_token) => {
                 self.internal_in_flight -= 1;
                 match outcome {
                     Ok(Some(response::Result::ListDevices(list))) => {
+                        if !list.next_page_token.is_empty() {
+                            if list.next_page_token == page_token {
+                                return Err(format!(
+                                    "the pbx gave page token {page_token:?} again: the list would not end"
+                                ));
+                            }
+                            // The rest of the list first, so the resync cannot end without it.
+                            self.internal.push_front(Pending::ListDevices(list.next_page_token));
+                        }
                         let devices = list
                             .devices
                             .into_iter()

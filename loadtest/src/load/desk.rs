@@ -2,7 +2,7 @@
 //! leave free (log in, click-to-dial, answer, hold and retrieve, notes, hang up), and a watcher
 //! on the Events stream that times each screen pop from the ring it answers.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -25,8 +25,8 @@ pub struct Timed {
 /// What one desktop did.
 #[derive(Debug, Default)]
 pub struct DeskLog {
-    /// Every call-control request that was answered with success.
-    pub requests: Vec<Timed>,
+    /// Every call-control request that was answered with success, by gRPC method.
+    pub requests: BTreeMap<&'static str, Vec<Timed>>,
     /// Requests refused or failed, and waits for the model that ran out.
     pub errors: u64,
     /// The first few errors, for the report.
@@ -101,6 +101,10 @@ pub struct Desk {
     pub placing: Arc<AtomicBool>,
     /// Requests answered, over every desktop, for the progress display.
     pub counter: Arc<AtomicU64>,
+    /// Told once the desktop's login is done (or failed), so the traffic starts after it.
+    pub logged_in: tokio::sync::mpsc::Sender<()>,
+    /// Set when the day has started: the far ends the desktop dials are the day's to answer.
+    pub day_started: watch::Receiver<bool>,
 }
 
 /// How long a desktop waits for the gateway to show what a command did.
@@ -123,13 +127,16 @@ impl Desk {
             ready: false,
             ..Default::default()
         };
-        match self.timed(&mut log, agents.log_in(login)).await {
-            Some(_) => {
-                if !wait(&mut seen, |seen| seen.agent).await {
-                    log.error(format!("{}: the login never showed", self.line));
-                }
-            }
-            None => {
+        let logged_in = self.timed(&mut log, "LogIn", agents.log_in(login)).await;
+        if logged_in.is_some() && !wait(&mut seen, |seen| seen.agent).await {
+            log.error(format!("{}: the login never showed", self.line));
+        }
+        let _ = self.logged_in.send(()).await;
+        let mut day_started = self.day_started.clone();
+        let started = day_started.wait_for(|started| *started).await.is_ok();
+        match logged_in {
+            Some(_) if started => {}
+            _ => {
                 stop.cancel();
                 let _ = follower.await;
                 return log;
@@ -148,17 +155,19 @@ impl Desk {
         log
     }
 
-    /// Times one request; a failure is logged and gives `None`.
+    /// Times one request of `method`; a failure is logged and gives `None`.
     async fn timed<T>(
         &self,
         log: &mut DeskLog,
+        method: &'static str,
         request: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> Option<T> {
         let started = Instant::now();
         let at = started.duration_since(self.origin).as_secs_f64();
         match request.await {
             Ok(answer) => {
-                log.requests.push(Timed { at, ms: started.elapsed().as_secs_f64() * 1000.0 });
+                let ms = started.elapsed().as_secs_f64() * 1000.0;
+                log.requests.entry(method).or_default().push(Timed { at, ms });
                 self.counter.fetch_add(1, Ordering::Relaxed);
                 Some(answer.into_inner())
             }
@@ -180,7 +189,7 @@ impl Desk {
         let request =
             |call_id: &str| api::CallRequest { line: line.clone(), call_id: call_id.to_owned(), ..Default::default() };
         let dial = api::MakeCallRequest { line: line.clone(), number: number.to_owned(), ..Default::default() };
-        let Some(made) = self.timed(log, calls.make_call(dial)).await else {
+        let Some(made) = self.timed(log, "MakeCall", calls.make_call(dial)).await else {
             // Nothing to clean up, but do not spin: the line may still be busy with the last call.
             tokio::time::sleep(Duration::from_millis(100)).await;
             return;
@@ -194,7 +203,7 @@ impl Desk {
             if !wait(seen, at_line("initiated")).await {
                 return Err("the new call never showed as initiated");
             }
-            self.timed(log, calls.answer(request(&call))).await.ok_or("answer refused")?;
+            self.timed(log, "Answer", calls.answer(request(&call))).await.ok_or("answer refused")?;
             // The far end (the simulator's traffic) answers after it rang a while.
             let far_end_talks = {
                 let call = call.clone();
@@ -210,11 +219,11 @@ impl Desk {
                 return Err("the far end never answered");
             }
             for _ in 0..self.toggles {
-                self.timed(log, calls.hold(request(&call))).await.ok_or("hold refused")?;
+                self.timed(log, "Hold", calls.hold(request(&call))).await.ok_or("hold refused")?;
                 if !wait(seen, at_line("held")).await {
                     return Err("the hold never showed");
                 }
-                self.timed(log, calls.retrieve(request(&call))).await.ok_or("retrieve refused")?;
+                self.timed(log, "Retrieve", calls.retrieve(request(&call))).await.ok_or("retrieve refused")?;
                 if !wait(seen, at_line("connected")).await {
                     return Err("the retrieve never showed");
                 }
@@ -225,8 +234,8 @@ impl Desk {
                 disposition: "resolved".to_owned(),
                 ..Default::default()
             };
-            self.timed(log, calls.set_call_notes(notes)).await.ok_or("notes refused")?;
-            self.timed(log, calls.hang_up(request(&call))).await.ok_or("hang up refused")?;
+            self.timed(log, "SetCallNotes", calls.set_call_notes(notes)).await.ok_or("notes refused")?;
+            self.timed(log, "HangUp", calls.hang_up(request(&call))).await.ok_or("hang up refused")?;
             Ok(())
         };
         if let Err(why) = steps.await {

@@ -18,6 +18,7 @@ pub mod desk;
 pub mod gateway;
 pub mod report;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -124,8 +125,14 @@ impl LoadConfig {
     /// The phone system: the agents' lines, the desks' after them, and timers short enough that a
     /// parked or unanswered call does not hold the end of the run for a minute.
     pub fn layout(&self) -> Layout {
+        let stations = self.agents + self.desks;
+        let first_station = Layout::default().first_station;
+        // The queue's number must be no station's: past the last station once they reach 6000.
+        let queue = 6_000.max((first_station + stations).div_ceil(1_000) * 1_000);
         Layout {
-            stations: self.agents + self.desks,
+            first_station,
+            stations,
+            queues: vec![queue.to_string()],
             park_orbits: 500,
             park_timeout_ms: 10_000,
             ring_no_answer_ms: 5_000,
@@ -263,6 +270,8 @@ async fn drive(
     let counter = Arc::new(AtomicU64::new(0));
     let mut desks = Vec::new();
     let first_free = config.layout().first_station + config.agents;
+    let (logged_in, mut logins) = tokio::sync::mpsc::channel(config.desks.max(1) as usize);
+    let (day_started, started) = tokio::sync::watch::channel(false);
     for index in 0..config.desks {
         let desk = Desk {
             line: (first_free + index).to_string(),
@@ -270,10 +279,21 @@ async fn drive(
             origin,
             placing: placing.clone(),
             counter: counter.clone(),
+            logged_in: logged_in.clone(),
+            day_started: started.clone(),
         };
         desks.push(tokio::spawn(desk.run(gateway.client().await?)));
     }
+    // The desks log in before the day starts: the day logs every simulated agent on at once, a
+    // burst of thousands of line changes that is the day's start, not a desk's login.
+    for _ in 0..config.desks {
+        let login = tokio::time::timeout(Duration::from_secs(30), logins.recv()).await;
+        if !matches!(login, Ok(Some(()))) {
+            return Err(LoadError::Gateway("the desks did not log in within 30 s".to_owned()));
+        }
+    }
     simulator.start_traffic(config.traffic());
+    day_started.send_replace(true);
     let events_at_start = simulator.stats().events_sent;
     let sample = |at: f64| Tick {
         at,
@@ -372,13 +392,15 @@ async fn drive(
     };
     let stats = sandbox.stats();
     let sim_stats = simulator.stats();
-    let mut requests: Vec<Timed> = Vec::new();
+    let mut requests: BTreeMap<&'static str, Vec<Timed>> = BTreeMap::new();
     let mut desk_errors = 0;
     let mut error_samples = Vec::new();
     let mut desk_calls = 0;
     for log in desk_logs {
         let DeskLog { requests: timed, errors, error_samples: samples, calls } = log;
-        requests.extend(timed);
+        for (method, timed) in timed {
+            requests.entry(method).or_default().extend(timed);
+        }
         desk_errors += errors;
         error_samples.extend(samples);
         desk_calls += calls;
@@ -412,4 +434,19 @@ async fn drive(
     };
     drop(gateway);
     Ok(round)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_queue_is_numbered_clear_of_every_station() {
+        for (agents, queue) in [(400, "6000"), (1_000, "6000"), (3_995, "6000"), (4_000, "7000"), (10_000, "13000")] {
+            let layout = LoadConfig { agents, ..LoadConfig::default() }.layout();
+            assert_eq!(layout.queues, vec![queue.to_owned()], "{agents} agents");
+            let last_station = layout.first_station + layout.stations - 1;
+            assert!(queue.parse::<u32>().unwrap() > last_station);
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! What a loadtest found: the figures of each run, the report (JSON), the summary for a person, and
 //! the plot (SVG, drawn with plotters' SVG backend: no system font or image library).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -29,8 +30,8 @@ pub struct Round {
     pub link_cuts: u64,
     /// Resyncs the gateway made.
     pub resyncs: u64,
-    /// Call-control requests the desks had answered.
-    pub requests: Vec<Timed>,
+    /// Call-control requests the desks had answered, by gRPC method.
+    pub requests: BTreeMap<&'static str, Vec<Timed>>,
     /// Requests refused and waits that ran out at the desks.
     pub desk_errors: u64,
     /// A few of them.
@@ -74,6 +75,36 @@ pub fn quantile(timed: &[Timed], p: f64) -> f64 {
     values[rank - 1]
 }
 
+impl Round {
+    /// Every call-control request answered, whatever its method.
+    fn all_requests(&self) -> Vec<Timed> {
+        self.requests.values().flatten().copied().collect()
+    }
+}
+
+/// One gRPC method's latency at the desks, send to answer.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct MethodLatency {
+    /// Requests answered with success.
+    pub requests: u64,
+    /// Median (ms).
+    pub p50_ms: f64,
+    /// 99th percentile (ms).
+    pub p99_ms: f64,
+    /// The slowest (ms).
+    pub max_ms: f64,
+}
+
+fn by_method(requests: &BTreeMap<&'static str, Vec<Timed>>) -> BTreeMap<String, MethodLatency> {
+    let latency = |timed: &Vec<Timed>| MethodLatency {
+        requests: timed.len() as u64,
+        p50_ms: quantile(timed, 0.5),
+        p99_ms: quantile(timed, 0.99),
+        max_ms: quantile(timed, 1.0),
+    };
+    requests.iter().map(|(method, timed)| ((*method).to_owned(), latency(timed))).collect()
+}
+
 fn per_call(requests: u64, calls: u64) -> f64 {
     if calls == 0 { 0.0 } else { requests as f64 / calls as f64 }
 }
@@ -104,10 +135,11 @@ pub struct Point {
 fn series(round: &Round) -> Vec<Point> {
     let mut previous = Tick::default();
     let mut points = Vec::new();
+    let requests = round.all_requests();
     for tick in &round.ticks {
         let span = (tick.at - previous.at).max(1e-3);
         let within = |timed: &&Timed| timed.at >= previous.at && timed.at < tick.at;
-        let grpc: Vec<Timed> = round.requests.iter().filter(within).copied().collect();
+        let grpc: Vec<Timed> = requests.iter().filter(within).copied().collect();
         let pops: Vec<Timed> = round.watch.pops.iter().filter(within).copied().collect();
         points.push(Point {
             at: tick.at,
@@ -154,6 +186,8 @@ pub struct Report {
     pub grpc_p50_ms: f64,
     /// The same, 99th percentile.
     pub grpc_p99_ms: f64,
+    /// The same per gRPC method (`MakeCall`, `Answer`, `Hold`, ...).
+    pub grpc_methods: BTreeMap<String, MethodLatency>,
     /// Screen pops timed from a ring seen on the Events stream.
     pub screen_pops: u64,
     /// Ring (a line's call shown alerting) to the call's screen pop for that line, both seen by
@@ -262,8 +296,9 @@ impl Report {
             failures_of(naive, "naive run: ", &mut failures, &mut notes);
         }
         let window = main.window_secs.max(1e-3);
-        let grpc_p50_ms = quantile(&main.requests, 0.5);
-        let grpc_p99_ms = quantile(&main.requests, 0.99);
+        let requests = main.all_requests();
+        let grpc_p50_ms = quantile(&requests, 0.5);
+        let grpc_p99_ms = quantile(&requests, 0.99);
         let empty_p50 = quantile(&main.empty_grpc, 0.5);
         let empty_p99 = quantile(&main.empty_grpc, 0.99);
         let pbx_events_per_sec = main.pbx_events as f64 / (main.window_secs + main.drain_secs).max(1e-3);
@@ -279,11 +314,12 @@ impl Report {
             calls_per_sec: main.calls_completed as f64 / window,
             pbx_events: main.pbx_events,
             pbx_events_per_sec,
-            grpc_requests: main.requests.len() as u64,
-            grpc_requests_per_sec: main.requests.len() as f64 / window,
+            grpc_requests: requests.len() as u64,
+            grpc_requests_per_sec: requests.len() as f64 / window,
             grpc_errors: main.desk_errors,
             grpc_p50_ms,
             grpc_p99_ms,
+            grpc_methods: by_method(&main.requests),
             screen_pops: main.watch.pops.len() as u64,
             screen_pop_p50_ms: quantile(&main.watch.pops, 0.5),
             screen_pop_p99_ms: quantile(&main.watch.pops, 0.99),
@@ -370,6 +406,13 @@ impl Report {
             self.baseline_empty_grpc_p99_ms,
             self.grpc_errors
         );
+        for (method, latency) in &self.grpc_methods {
+            let _ = writeln!(
+                text,
+                "             {method}: {} requests, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                latency.requests, latency.p50_ms, latency.p99_ms, latency.max_ms
+            );
+        }
         let _ = writeln!(
             text,
             "  screen pop {} timed, ring to pop p50 {:.1} ms, p99 {:.1} ms (gateway histogram: p50 {} ms, p99 {} ms); {} unmatched, {} failed",
@@ -539,5 +582,16 @@ mod tests {
         assert_eq!(quantile(&timed, 0.5), 50.0);
         assert_eq!(quantile(&timed, 0.99), 99.0);
         assert_eq!(quantile(&[], 0.99), 0.0);
+    }
+
+    #[test]
+    fn latency_is_kept_per_method() {
+        let timed = |values: &[f64]| values.iter().map(|&ms| Timed { at: 0.0, ms }).collect::<Vec<_>>();
+        let requests = BTreeMap::from([("Hold", timed(&[1.0, 3.0, 2.0])), ("LogIn", timed(&[9.0]))]);
+        let methods = by_method(&requests);
+        assert_eq!(methods.keys().collect::<Vec<_>>(), ["Hold", "LogIn"]);
+        let hold = methods["Hold"];
+        assert_eq!((hold.requests, hold.p50_ms, hold.p99_ms, hold.max_ms), (3, 2.0, 3.0, 3.0));
+        assert_eq!(methods["LogIn"].requests, 1);
     }
 }

@@ -153,7 +153,16 @@ pub struct Pbx {
     events: Vec<PbxEvent>,
     /// Legs of calls that have ended, until taken.
     finished_legs: Vec<FinishedLeg>,
+    /// The largest body an answer may have: a device list longer than this comes in pages.
+    max_answer_bytes: usize,
 }
+
+/// Devices in a page when the client names no page size (the frame limit may make it fewer).
+pub const DEFAULT_DEVICE_PAGE: usize = 1_000;
+
+/// Room a result's envelope takes around a device list: the `Response` case's tag and length, and
+/// the next page token.
+const LIST_ENVELOPE_BYTES: usize = 32;
 
 fn is_dialable_number(number: &str) -> bool {
     let digits = number.strip_prefix('+').unwrap_or(number);
@@ -201,7 +210,14 @@ impl Pbx {
             next_call: 1,
             events: Vec::new(),
             finished_legs: Vec::new(),
+            max_answer_bytes: proto::wire::DEFAULT_MAX_FRAME_LENGTH - proto::wire::HEADER_LEN,
         }
+    }
+
+    /// Keeps every answer within frames of `max_frame_length` bytes (header included), by paging
+    /// the device list.
+    pub fn set_max_frame_length(&mut self, max_frame_length: usize) {
+        self.max_answer_bytes = max_frame_length.saturating_sub(proto::wire::HEADER_LEN);
     }
 
     /// The layout this PBX was built with.
@@ -259,6 +275,60 @@ impl Pbx {
         stations.chain(queues).chain(orbits).collect()
     }
 
+    /// One page of [`Pbx::devices`], as ListDevices answers: from `page_token` (empty: the first
+    /// device), at most `page_size` devices (0: [`DEFAULT_DEVICE_PAGE`]) and never more than fit
+    /// in one answer; `next_page_token` is empty on the last page. The token is the index of the
+    /// page's first device: the simulator's devices never change while it runs.
+    pub fn list_devices(&self, request: &pbx::ListDevicesRequest) -> Result<pbx::ListDevicesResult, ServiceError> {
+        let devices = self.devices();
+        let start = match request.page_token.as_str() {
+            "" => 0,
+            token => match token.parse::<usize>() {
+                Ok(start) if start > 0 && start < devices.len() => start,
+                _ => {
+                    return refuse(
+                        ErrorCause::MalformedRequest,
+                        format!("page token {token:?} is not one this PBX gave"),
+                    );
+                }
+            },
+        };
+        let page_size = match request.page_size {
+            0 => DEFAULT_DEVICE_PAGE,
+            size => size as usize,
+        };
+        let budget = self.max_answer_bytes.saturating_sub(LIST_ENVELOPE_BYTES);
+        let mut used = 0;
+        let mut page = Vec::new();
+        for device in devices.into_iter().skip(start).take(page_size) {
+            let size = prost::Message::encoded_len(&device);
+            let field = 1 + prost::length_delimiter_len(size) + size;
+            // A page holds at least one device, so the list always moves on.
+            if !page.is_empty() && used + field > budget {
+                break;
+            }
+            used += field;
+            page.push(device);
+        }
+        let end = start + page.len();
+        let next_page_token = if end < self.devices_count() { end.to_string() } else { String::new() };
+        Ok(pbx::ListDevicesResult { devices: page, next_page_token })
+    }
+
+    fn devices_count(&self) -> usize {
+        self.stations.len() + self.layout.queues.len() + self.orbits.len()
+    }
+
+    /// A device's name, as the device list gives it.
+    fn device_name(&self, device: &str, kind: DeviceKind) -> String {
+        match kind {
+            DeviceKind::Station => self.stations.get(device).map(|station| station.name.clone()).unwrap_or_default(),
+            DeviceKind::AcdQueue => format!("ACD queue {device}"),
+            DeviceKind::ParkOrbit => format!("Park orbit {device}"),
+            DeviceKind::External | DeviceKind::Unspecified => String::new(),
+        }
+    }
+
     /// The kind of a device id, if this PBX knows it.
     pub fn device_kind(&self, device: &str) -> Option<DeviceKind> {
         if self.stations.contains_key(device) {
@@ -313,8 +383,7 @@ impl Pbx {
         let Some(kind) = self.device_kind(device).filter(|kind| *kind != DeviceKind::External) else {
             return refuse(ErrorCause::InvalidDeviceId, format!("no device {device:?} on this PBX"));
         };
-        let name = self.devices().into_iter().find(|info| info.device_id == device).map(|info| info.name);
-        let name = name.unwrap_or_default();
+        let name = self.device_name(device, kind);
         Ok(pbx::SnapshotDeviceResult {
             device: Some(pbx::DeviceInfo { device_id: device.to_owned(), kind: kind as i32, name }),
             agent: self.agent(device).cloned(),
@@ -348,7 +417,7 @@ impl Pbx {
                 Some(call) => R::SnapshotCall(pbx::SnapshotCallResult { call: Some(call) }),
                 None => return refuse(ErrorCause::InvalidConnectionId, format!("no call {:?}", request.call_id)),
             },
-            S::ListDevices(_) => R::ListDevices(pbx::ListDevicesResult { devices: self.devices() }),
+            S::ListDevices(request) => R::ListDevices(self.list_devices(&request)?),
             S::MakeCall(request) => R::MakeCall(pbx::MakeCallResult {
                 calling_connection: Some(self.make_call(&request.calling_device, &request.called_number)?),
             }),

@@ -284,8 +284,11 @@ impl Simulator {
         let listener = TcpListener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
         let clock = Clock::new();
+        let mut pbx = Pbx::new(config.layout.clone(), clock.now_ms());
+        // The same limit both ways: what this PBX states it accepts is what its answers keep to.
+        pbx.set_max_frame_length(config.max_frame_length);
         let state = State {
-            pbx: Pbx::new(config.layout.clone(), clock.now_ms()),
+            pbx,
             links: BTreeMap::new(),
             faults: Faults::new(config.seed),
             traffic: None,

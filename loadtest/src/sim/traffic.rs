@@ -89,6 +89,8 @@ enum Action {
     PickUpParked { park_id: String },
     /// An agent is ready again after after-call work or a ring-no-answer.
     Ready { agent: String },
+    /// Outside parties left talking with no station in their call finish and hang up.
+    OutsidePartiesHangUp { call_id: String },
 }
 
 /// What an agent does with the call it answered, step by step.
@@ -123,6 +125,9 @@ pub struct Traffic {
     scripts: HashMap<String, Vec<Step>>,
     /// Agents who took a consultation call: they talk, then hang up, whatever the consulter does.
     consultees: HashSet<String>,
+    /// Closing time: no new calls, and a call answered from now on (a parked call picked up, a
+    /// recall) is talked and ended rather than sent round again.
+    closing: bool,
 }
 
 impl Traffic {
@@ -152,6 +157,7 @@ impl Traffic {
             calls_finished: 0,
             scripts: HashMap::new(),
             consultees: HashSet::new(),
+            closing: false,
         };
         traffic.next_arrival_ms = now_ms + traffic.interarrival_ms();
         traffic
@@ -167,9 +173,13 @@ impl Traffic {
         self.calls_started
     }
 
-    /// Places no new call from now on; calls in progress play to their end, as at closing time.
+    /// Places no new call from now on; calls in progress play to their end, as at closing time:
+    /// scripts already begun run on, but an agent who answers a call from now on talks and ends it
+    /// (without it, a parked call picked up would start a script of transfers and parks anew, and
+    /// the last calls would go round for half a minute).
     pub fn stop_placing(&mut self) {
         self.config.max_calls = Some(self.calls_started);
+        self.closing = true;
     }
 
     /// Reacts to what the phone system just did: schedules answers, scripts and after-call work.
@@ -231,6 +241,7 @@ impl Traffic {
                     // agent who answered the old call just before gets its script in the new one, and a
                     // phone that still rings in the new call is answered under the new id.
                     self.start_scripts(pbx, new_call_id, now);
+                    self.outside_parties_finish(pbx, new_call_id, now);
                     for moved in connections.iter().filter_map(|pair| pair.new_connection.as_ref()) {
                         let ours = self.agents.contains(&moved.device_id);
                         let outside = pbx.device_kind(&moved.device_id) == Some(DeviceKind::External);
@@ -250,6 +261,7 @@ impl Traffic {
                 }
                 Event::ConnectionCleared(cleared) => {
                     let Some(dropped) = &cleared.dropped else { continue };
+                    self.outside_parties_finish(pbx, &dropped.call_id, now);
                     let agent = &dropped.device_id;
                     if self.agents.contains(agent) && pbx.calls_of(agent).is_empty() {
                         self.scripts.remove(agent);
@@ -270,6 +282,19 @@ impl Traffic {
                 Event::CallCleared(_) => self.calls_finished += 1,
                 _ => {}
             }
+        }
+    }
+
+    /// An agent who transfers a caller to an outside number, or leaves a conference with two, leaves
+    /// outside parties talking with no station in their call: no script of ours ends it, so they
+    /// hang up after a talk of their own (or closing time would never come).
+    fn outside_parties_finish(&mut self, pbx: &Pbx, call_id: &str, now: u64) {
+        let outside_only = pbx.snapshot_call(call_id).is_some_and(|call| {
+            call.parties.iter().all(|party| pbx.device_kind(&party.device_id) == Some(DeviceKind::External))
+        });
+        if outside_only {
+            let talk = self.around(self.config.mean_talk);
+            self.schedule(now + talk, Action::OutsidePartiesHangUp { call_id: call_id.to_owned() });
         }
     }
 
@@ -331,6 +356,9 @@ impl Traffic {
         let config = self.config.clone();
         let roll: f64 = self.rng.random();
         let hang_up = if self.chance(0.5) { Step::AgentHangsUp } else { Step::CallerHangsUp };
+        if self.closing {
+            return vec![hang_up];
+        }
         let thresholds = [
             config.hold_probability,
             config.park_probability,
@@ -399,6 +427,9 @@ impl Traffic {
                 }
             }
             Action::Step { agent } => self.step(pbx, &agent),
+            Action::OutsidePartiesHangUp { call_id } => {
+                let _ = pbx.clear_call(&call_id);
+            }
         }
     }
 

@@ -1453,11 +1453,71 @@ fn unspecified_agent_state_and_non_stations_are_refused() {
 
 // ===== Snapshots and the device list =====
 
+/// Every page of the device list, in order, asking for `page_size` devices at a time.
+fn all_pages(pbx: &Pbx, page_size: u32) -> Vec<pbx::ListDevicesResult> {
+    let mut pages = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = pbx.list_devices(&pbx::ListDevicesRequest { page_token, page_size }).expect("a page");
+        page_token = page.next_page_token.clone();
+        pages.push(page);
+        if page_token.is_empty() {
+            return pages;
+        }
+        assert!(pages.len() <= 10_000, "the list never ends");
+    }
+}
+
+#[test]
+fn the_device_list_comes_in_pages_that_fit_a_frame() {
+    let layout = Layout { stations: 4_000, first_station: 10_000, park_orbits: 200, ..Layout::default() };
+    let mut pbx = Pbx::new(layout, T0);
+    let everything = pbx.devices();
+    let whole = pbx::Response {
+        result: Some(response::Result::ListDevices(pbx::ListDevicesResult {
+            devices: everything.clone(),
+            next_page_token: String::new(),
+        })),
+    };
+    assert!(prost::Message::encoded_len(&whole) > proto::wire::DEFAULT_MAX_FRAME_LENGTH, "one page cannot hold them");
+    for (max_frame_length, page_size) in
+        [(proto::wire::DEFAULT_MAX_FRAME_LENGTH, 0), (1_024, 0), (1_024, 7), (65_536, 3_000)]
+    {
+        pbx.set_max_frame_length(max_frame_length);
+        let pages = all_pages(&pbx, page_size);
+        assert!(pages.len() > 1);
+        for page in &pages {
+            let frame = pbx::Response { result: Some(response::Result::ListDevices(page.clone())) };
+            assert!(proto::wire::HEADER_LEN + prost::Message::encoded_len(&frame) <= max_frame_length);
+            assert!(page_size == 0 || page.devices.len() <= page_size as usize);
+            assert!(!page.devices.is_empty());
+        }
+        let listed: Vec<pbx::DeviceInfo> = pages.into_iter().flat_map(|page| page.devices).collect();
+        assert_eq!(listed, everything, "every device once, in order (frame {max_frame_length}, size {page_size})");
+    }
+    // A small list is one page, with no token.
+    let small = new_pbx().list_devices(&pbx::ListDevicesRequest::default()).unwrap();
+    assert_eq!(small.devices, new_pbx().devices());
+    assert!(small.next_page_token.is_empty());
+}
+
+#[test]
+fn a_page_token_the_pbx_never_gave_is_refused() {
+    let pbx = new_pbx();
+    let devices = pbx.devices().len();
+    for token in ["x", "-1", "0", &devices.to_string(), "99999999999999999999999"] {
+        let request = pbx::ListDevicesRequest { page_token: token.to_owned(), page_size: 0 };
+        let error = pbx.list_devices(&request).expect_err(token);
+        assert_eq!(error.cause, ErrorCause::MalformedRequest, "{token}");
+        assert!(error.message.contains("page token"), "{}", error.message);
+    }
+}
+
 #[test]
 fn list_devices_names_stations_queues_and_orbits() {
     let mut pbx = new_pbx();
     let Ok(response::Result::ListDevices(list)) =
-        pbx.execute(request::Service::ListDevices(pbx::ListDevicesRequest {}))
+        pbx.execute(request::Service::ListDevices(pbx::ListDevicesRequest::default()))
     else {
         panic!("list_devices should answer with a device list");
     };

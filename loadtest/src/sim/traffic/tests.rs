@@ -414,3 +414,38 @@ fn a_caller_waiting_in_the_queue_abandons_after_its_patience() {
     day.run_until(T0 + 8_000);
     assert!(day.pbx.snapshot_call(&call).is_none(), "the caller should have given up");
 }
+
+#[test]
+fn two_outside_parties_joined_by_a_transfer_hang_up_after_a_while() {
+    let (mut day, _) = Day::start(quiet_config(1));
+    let call = day.by_hand(|pbx| pbx.inbound_call(CALLER, "2000")).unwrap();
+    day.run_until(T0 + 2_000);
+    // The agent consults an outside number, which answers, and transfers the caller to it: the call
+    // left has no station, so no agent's script will end it.
+    let consultation = day.by_hand(|pbx| pbx.consultation_call(&conn(&call, "2000"), CALLER2)).unwrap();
+    day.run_until(T0 + 4_000);
+    assert_eq!(day.pbx.connection_state(&consultation.call_id, CALLER2), Some(State::Connected));
+    let joined = day.by_hand(|pbx| pbx.transfer_call(&conn(&call, "2000"), &consultation)).unwrap();
+    assert!(day.pbx.calls_of("2000").is_empty());
+    assert_eq!(day.pbx.connection_state(&joined, CALLER), Some(State::Connected));
+
+    // They talk (at most 1.5 times the mean talk) and hang up.
+    day.run_until(T0 + 4_000 + 31_000);
+    assert_eq!(day.pbx.call_ids().count(), 0);
+}
+
+#[test]
+fn at_closing_time_a_call_answered_is_talked_and_ended() {
+    let config = TrafficConfig { conference_probability: 1.0, ..quiet_config(2) };
+    let (mut day, _) = Day::start(config);
+    day.traffic.stop_placing();
+    day.by_hand(|pbx| pbx.inbound_call(CALLER, "2000")).unwrap();
+    while !day.traffic.scripts.contains_key("2000") && day.now_ms < T0 + 60_000 {
+        day.step_to(day.now_ms + 20);
+    }
+    // No conference, though every script before closing would have been one: talk, hang up.
+    let script = day.traffic.scripts.get("2000").cloned().unwrap_or_default();
+    assert!(matches!(script.as_slice(), [Step::AgentHangsUp | Step::CallerHangsUp]), "{script:?}");
+    day.run_until(T0 + 60_000);
+    assert_eq!(day.pbx.call_ids().count(), 0);
+}
