@@ -6,12 +6,15 @@
 //!
 //! Keys under `cluster.key_prefix` (default `/switchboard`):
 //! - `members/{node}`: `{"advertise": "ip:port"}`, on the node's lease;
-//! - `owners/{line}`: the owner's node id, on the owner's lease, created only if absent.
+//! - `owners/{line}`: the owner's node id, on the owner's lease, created only if absent;
+//! - `legs/{line}/{leg key}`: the open-leg journal ([`journal`]), written by the line's owner
+//!   fenced by its claim, with no lease (the next owner reads it).
 //!
 //! A lease's keys vanish together when it expires or is revoked, so a dead node's members key and
 //! its claims disappear in one revision: survivors see it gone and claim its lines.
 
 mod etcd;
+pub mod journal;
 mod lease;
 pub mod rendezvous;
 
@@ -27,7 +30,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use etcd::{Created, Etcd, EtcdError, KeyValue};
+pub use etcd::{Created, Etcd, EtcdError, KeyValue, TxnOp};
 pub use lease::LeaseClock;
 
 use crate::config::ClusterConfig;
