@@ -231,8 +231,8 @@ impl Gateway {
 }
 
 /// Who to tell which calls the model holds once after the first resync since start, and (in a
-/// cluster with a shared journal) after each batch of lines taken from another node: the durable
-/// journal then closes the legs of calls that ended while no gateway watched.
+/// cluster with a shared journal) after each batch of lines taken from another node or resynced:
+/// the durable journal then closes the legs of calls that ended while no gateway watched.
 struct ResyncNotes {
     model: Model<LinkPort>,
     notes: mpsc::Sender<LegNote>,
@@ -244,7 +244,11 @@ impl ResyncNotes {
     /// Sent on the actors' own channel, after everything they said about the snapshots and before
     /// anything they say about later events.
     async fn tell(&mut self, resynced: bool, taken: Vec<String>) {
-        if resynced && self.first_resync_due {
+        let first_resync = resynced && self.first_resync_due;
+        if first_resync || (self.taken_lines && !taken.is_empty()) {
+            self.model.settled().await;
+        }
+        if first_resync {
             self.first_resync_due = false;
             let calls = self.model.calls().into_iter().map(|call| call.id).collect();
             let _ = self.notes.send(LegNote::Present(calls)).await;
@@ -266,20 +270,28 @@ async fn feed(
     mut resync_notes: Option<ResyncNotes>,
 ) {
     let mut inputs = Vec::new();
+    // Lines snapshotted in the resync under way (it may span batches).
+    let mut resyncing = Vec::new();
     while let Some(first) = events.recv().await {
         // Take what the link has delivered already, up to a bound, and route it as one batch: an
         // actor then gets one message per batch instead of one per event.
         let mut seen = Progress::default();
+        // Lines whose snapshot the model has just applied: taken mid-session, or resynced.
         let mut taken = Vec::new();
         let mut event = Some(first);
         let mut batched = 0;
         let first_resync_due = resync_notes.as_ref().is_some_and(|notes| notes.first_resync_due);
         while let Some(next) = event.take() {
             let resynced = matches!(next, LinkEvent::ResyncComplete { .. });
-            if let LinkEvent::Acquired { snapshot, .. } = &next {
-                if let Some(device) = &snapshot.device {
-                    taken.push(device.device_id.clone());
+            match &next {
+                LinkEvent::Acquired { snapshot, .. } => {
+                    taken.extend(snapshot.device.iter().map(|d| d.device_id.clone()))
                 }
+                LinkEvent::Snapshot { snapshot, .. } => {
+                    resyncing.extend(snapshot.device.iter().map(|d| d.device_id.clone()))
+                }
+                LinkEvent::ResyncComplete { .. } => taken.append(&mut resyncing),
+                _ => {}
             }
             note(&mut seen, &next);
             translator.translate(next, &mut inputs);

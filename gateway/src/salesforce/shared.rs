@@ -25,6 +25,8 @@ struct OpenLeg {
     inherited: Option<CallLogRecord>,
     /// Its record now.
     current: CallLogRecord,
+    /// An inherited leg the model has reported on since: no other leg of the model continues it.
+    continued: bool,
 }
 
 /// What a batch of notes comes to.
@@ -81,7 +83,9 @@ impl SharedLegs {
             let inherited = legs.remove(line).unwrap_or_default();
             let open = inherited
                 .into_iter()
-                .map(|(key, record)| (key, OpenLeg { inherited: Some(record.clone()), current: record }))
+                .map(|(key, record)| {
+                    (key, OpenLeg { inherited: Some(record.clone()), current: record, continued: false })
+                })
                 .collect();
             self.open.insert(line.clone(), open);
             self.loaded.insert(line.clone(), *token);
@@ -107,11 +111,25 @@ impl SharedLegs {
         let journal_key = match self.aliases.get(&model_key) {
             Some(alias) if legs.contains_key(alias) => Some(alias.clone()),
             _ if legs.contains_key(&model_key) => Some(model_key.clone()),
-            // A leg rebuilt from a snapshot: the call's id then is its first id in the model.
-            _ => legs
-                .iter()
-                .find(|(_, leg)| leg.inherited.is_some() && leg.current.call_id == record.root_call_id)
-                .map(|(key, _)| key.clone()),
+            // A leg rebuilt from a snapshot: the call's id then is its first id in the model. The
+            // call may have changed ids in the gap (a transfer or conference): then it is the same
+            // call if it has the same recording, or was placed from and to the same numbers.
+            _ => {
+                let unclaimed = |(_, leg): &(&String, &OpenLeg)| leg.inherited.is_some() && !leg.continued;
+                let same_call = |leg: &OpenLeg| leg.current.call_id == record.root_call_id;
+                let same_recording =
+                    |leg: &OpenLeg| record.recording_url.is_some() && leg.current.recording_url == record.recording_url;
+                let same_numbers =
+                    |leg: &OpenLeg| leg.current.calling == record.calling && leg.current.called == record.called;
+                let find = |test: &dyn Fn(&OpenLeg) -> bool| {
+                    legs.iter().filter(unclaimed).find(|(_, leg)| test(leg)).map(|(key, _)| key.clone())
+                };
+                let found = find(&same_call).or_else(|| find(&same_recording)).or_else(|| find(&same_numbers));
+                if found.is_none() && legs.iter().any(|leg| unclaimed(&leg)) {
+                    tracing::debug!(?record, inherited = ?legs.values().filter(|leg| !leg.continued).collect::<Vec<_>>(), "a leg on a taken line matches none the journal had");
+                }
+                found
+            }
         };
         match journal_key {
             Some(key) => {
@@ -144,7 +162,7 @@ impl SharedLegs {
                     let legs = self.open.entry(line.clone()).or_default();
                     if let LegNote::Open(_) = note {
                         let inherited = legs.get(&key).and_then(|leg| leg.inherited.clone());
-                        legs.insert(key.clone(), OpenLeg { inherited, current: record.clone() });
+                        legs.insert(key.clone(), OpenLeg { inherited, current: record.clone(), continued: true });
                         let entry = JournalEntry::Open { record: Box::new(record) };
                         writes.entry(line).or_default().insert(key, Some(entry));
                         continue;
@@ -173,9 +191,10 @@ impl SharedLegs {
                     let present: HashSet<&str> = calls.iter().map(String::as_str).collect();
                     for line in lines.iter().filter(|line| owned.contains_key(*line)) {
                         let Some(legs) = self.open.get_mut(line) else { continue };
+                        tracing::debug!(line, legs = legs.len(), "line taken; its journaled legs checked");
                         let vanished: Vec<String> = legs
                             .iter()
-                            .filter(|(_, leg)| !present.contains(leg.current.call_id.as_str()))
+                            .filter(|(_, leg)| !leg.continued && !present.contains(leg.current.call_id.as_str()))
                             .map(|(key, _)| key.clone())
                             .collect();
                         for key in vanished {
@@ -300,6 +319,23 @@ mod tests {
         assert_eq!(plan.logs[0].key(), "C1:2001");
         assert_eq!((plan.logs[0].offered_at, plan.logs[0].answered_at), (100, Some(200)));
         assert_eq!(plan.writes[0].legs["C1:2001"], None);
+    }
+
+    #[test]
+    fn a_call_that_changed_ids_in_the_gap_is_known_by_its_numbers() {
+        let owned = owned(&[("2001", 9)]);
+        let mut shared = SharedLegs::new("n2".into());
+        taken(&mut shared, &owned, vec![record("C1", "C3", "2001", 100)]);
+        // Transferred in the gap: the snapshot shows C8, placed from and to the same numbers.
+        let rebuilt = record("C8", "C8", "2001", 9_000);
+        let plan = shared.plan(
+            &[LegNote::Open(rebuilt.clone()), LegNote::Taken { lines: vec!["2001".into()], calls: vec!["C8".into()] }],
+            &owned,
+            10_000,
+        );
+        assert!(plan.logs.is_empty(), "{:?}", plan.logs);
+        let plan = shared.plan(&[LegNote::Closed(rebuilt)], &owned, 20_000);
+        assert_eq!(plan.logs.iter().map(CallLogRecord::key).collect::<Vec<_>>(), ["C1:2001"]);
     }
 
     #[test]
