@@ -25,6 +25,9 @@ const OPS_PER_TXN: usize = 120;
 /// come back and learn that the leg it had not confirmed was logged by another.
 const TOMBSTONE_TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// Open legs as the journal holds them: by line, then leg key.
+pub type JournaledLegs = BTreeMap<String, BTreeMap<String, CallLogRecord>>;
+
 /// What the journal holds for one leg.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -82,10 +85,7 @@ pub enum WriteOutcome {
 /// The journal's port: the cluster's call log path reads and writes legs through it.
 pub trait LegJournal: Send + Sync {
     /// The open legs journaled on `lines`, by line and key.
-    fn load<'a>(
-        &'a self,
-        lines: &'a BTreeSet<String>,
-    ) -> BoxFuture<'a, Result<BTreeMap<String, BTreeMap<String, CallLogRecord>>, JournalError>>;
+    fn load<'a>(&'a self, lines: &'a BTreeSet<String>) -> BoxFuture<'a, Result<JournaledLegs, JournalError>>;
     /// Applies each line's writes, fenced by its token.
     fn write<'a>(&'a self, writes: &'a [LineWrites]) -> BoxFuture<'a, Vec<WriteOutcome>>;
     /// What the journal holds for leg `key` on `line`.
@@ -287,15 +287,12 @@ impl EtcdJournal {
 }
 
 impl LegJournal for EtcdJournal {
-    fn load<'a>(
-        &'a self,
-        lines: &'a BTreeSet<String>,
-    ) -> BoxFuture<'a, Result<BTreeMap<String, BTreeMap<String, CallLogRecord>>, JournalError>> {
+    fn load<'a>(&'a self, lines: &'a BTreeSet<String>) -> BoxFuture<'a, Result<JournaledLegs, JournalError>> {
         Box::pin(async move {
             // One range over every line's legs: at a failover thousands of lines are taken at once.
             let prefix = self.legs_prefix();
             let (kvs, _) = self.etcd.range_prefix(&prefix).await?;
-            let mut legs: BTreeMap<String, BTreeMap<String, CallLogRecord>> = BTreeMap::new();
+            let mut legs = JournaledLegs::new();
             for kv in kvs {
                 let Some((line, key)) = kv.key.strip_prefix(&prefix).and_then(|rest| rest.split_once('/')) else {
                     continue;

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use actors::call::{CallLogRecord, LegNote};
 
 use super::outbox::ended_while_down;
-use crate::cluster::journal::{JournalEntry, LineWrites, continue_leg, line_of};
+use crate::cluster::journal::{JournalEntry, JournaledLegs, LineWrites, continue_leg, line_of};
 
 /// One open leg as this node knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,12 +72,7 @@ impl SharedLegs {
     }
 
     /// Takes the journal's legs of lines just read, under the tokens `owned` gives.
-    pub fn loaded(
-        &mut self,
-        lines: &BTreeSet<String>,
-        owned: &BTreeMap<String, i64>,
-        mut legs: BTreeMap<String, BTreeMap<String, CallLogRecord>>,
-    ) {
+    pub fn loaded(&mut self, lines: &BTreeSet<String>, owned: &BTreeMap<String, i64>, mut legs: JournaledLegs) {
         for line in lines {
             let Some(token) = owned.get(line) else { continue };
             let inherited = legs.remove(line).unwrap_or_default();
@@ -257,7 +252,7 @@ mod tests {
 
     fn taken(shared: &mut SharedLegs, owned: &BTreeMap<String, i64>, journal: Vec<CallLogRecord>) {
         let lines = shared.to_load(owned);
-        let mut legs: BTreeMap<String, BTreeMap<String, CallLogRecord>> = BTreeMap::new();
+        let mut legs = JournaledLegs::new();
         for record in journal {
             legs.entry(record.device.clone()).or_default().insert(record.key(), record);
         }

@@ -6,6 +6,7 @@
 //! bringing the killed node back in between.
 
 use std::collections::BTreeSet;
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -118,7 +119,8 @@ async fn main() -> anyhow::Result<()> {
         nodes.push(GatewayProcess::start(spec, 0).await?.0);
     }
     let spread = until_served_once(&simulator, devices, args.nodes, Duration::from_secs(120)).await?;
-    println!("{} nodes serve {devices} devices ({} lines) after {spread:?}", args.nodes, args.lines);
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{} nodes serve {devices} devices ({} lines) after {spread:?}", args.nodes, args.lines)?;
     let mut times = Vec::new();
     for run in 1..=args.runs {
         // The last node dies, and comes back after the measurement.
@@ -133,7 +135,11 @@ async fn main() -> anyhow::Result<()> {
         let lost = monitored(&simulator).1;
         until_served_once(&simulator, devices, args.nodes - 1, Duration::from_secs(60)).await?;
         let took = kill.elapsed();
-        println!("run {run}: {} devices unserved after the kill; all served again after {took:?}", devices - lost);
+        writeln!(
+            out,
+            "run {run}: {} devices unserved after the kill; all served again after {took:?}",
+            devices - lost
+        )?;
         times.push(took);
         nodes.push(GatewayProcess::start(&specs[args.nodes - 1], 0).await?.0);
         until_served_once(&simulator, devices, args.nodes, Duration::from_secs(120)).await?;
@@ -144,10 +150,11 @@ async fn main() -> anyhow::Result<()> {
     times.sort();
     let median = times[times.len() / 2];
     let worst = times[times.len() - 1];
-    println!(
+    writeln!(
+        out,
         "failover of a node of {} with {} lines, lease TTL {} s: median {median:?}, worst {worst:?}",
         args.nodes, args.lines, args.lease_ttl_secs
-    );
+    )?;
     drop(nodes);
     let _ = std::fs::remove_dir_all(&work);
     sandbox.shutdown().await;
