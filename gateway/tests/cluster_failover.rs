@@ -73,7 +73,7 @@ fn traffic() -> TrafficConfig {
         calls_per_sec: 8.0,
         outbound_share: 0.2,
         max_calls: None,
-        mean_talk: Duration::from_millis(1_500),
+        mean_talk: Duration::from_millis(3_000),
         mean_ring: Duration::from_millis(200),
         caller_patience: Duration::from_secs(4),
         after_call_work: Duration::from_millis(100),
@@ -176,13 +176,17 @@ async fn kill_9_of_a_node_under_call_traffic_loses_no_call_log_and_doubles_none(
     simulator.start_traffic(traffic());
     until("calls under way", PATIENCE, || simulator.traffic_calls_started() >= 25).await;
     // node-3 dies mid-traffic: no release, no revoke; its lease lapses in etcd. The phone system
-    // holds still a moment before, so every leg node-3 saw open has reached the journal: a leg
-    // that opens and ends within the few milliseconds before it is journaled is the one case the
-    // journal cannot cover (ARCHITECTURE.md, known gaps). Calls go on at once after the kill.
+    // holds still a moment before, so every leg node-3 saw open has reached the journal. From
+    // the kill on, no new call is placed and the calls under way play to their end: some end
+    // while node-3's lines have no owner (the survivors log them from the journal), some after
+    // (the survivors continue them). A leg that both begins and ends while its line has no owner
+    // is seen by no node and cannot be logged (ARCHITECTURE.md, known gaps): no new calls keeps
+    // those out of this test.
     simulator.pause_traffic(true);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (killed, _) = nodes.pop().expect("three nodes");
     drop(killed);
+    simulator.stop_new_calls();
     simulator.pause_traffic(false);
     let after = owned_by(&etcd, &lines, &NODES[..2]).await;
     for (line, owner) in &before {
@@ -190,15 +194,10 @@ async fn kill_9_of_a_node_under_call_traffic_loses_no_call_log_and_doubles_none(
             assert_eq!(&after[line], owner, "line {line} moved though its owner lived");
         }
     }
-    // Calls go on over the survivors, then node-3 comes back on its disk and takes its share.
-    let started = simulator.traffic_calls_started();
-    until("more calls", PATIENCE, || simulator.traffic_calls_started() >= started + 10).await;
+    // node-3 comes back on its disk (its outbox holds what it had committed) and takes its share.
     nodes.push(GatewayProcess::start(&specs[2], 0).await.expect("node-3 starts again"));
     let back = owned_by(&etcd, &lines, &NODES).await;
     assert_eq!(back, before, "node-3 takes back exactly its share");
-
-    // Closing time: no new calls; those under way play to their end.
-    simulator.stop_new_calls();
     until("every call to end", Duration::from_secs(40), || simulator.with_pbx(|pbx| pbx.call_ids().count()) == 0).await;
     let mut apis = Vec::new();
     for (process, _) in &nodes {
@@ -232,7 +231,7 @@ async fn kill_9_of_a_node_under_call_traffic_loses_no_call_log_and_doubles_none(
     }
 
     let legs = simulator.with_pbx(Pbx::take_finished_legs);
-    assert!(legs.len() >= 30, "the run finished only {} legs", legs.len());
+    assert!(legs.len() >= 25, "the run finished only {} legs", legs.len());
     let deadline = Instant::now() + Duration::from_secs(40);
     let logs = loop {
         let found = check::check_logs(&legs, &sandbox.tasks());
@@ -263,6 +262,18 @@ async fn kill_9_of_a_node_under_call_traffic_loses_no_call_log_and_doubles_none(
         logs.samples,
         dir.0.display()
     );
+    // Some of node-3's legs ended while its lines had no owner, and were logged from the journal.
+    let from_the_journal = sandbox
+        .tasks()
+        .iter()
+        .filter(|task| {
+            task.fields
+                .get("Description")
+                .and_then(|text| text.as_str())
+                .is_some_and(|text| text.contains("ended while the gateway was down"))
+        })
+        .count();
+    assert!(from_the_journal > 0, "no leg ended during the failover: the test did not test it");
     drop(nodes);
     sandbox.shutdown().await;
     simulator.shutdown().await;
