@@ -260,6 +260,19 @@ impl Etcd {
         Ok(answer["succeeded"].as_bool().unwrap_or(false))
     }
 
+    /// Writes every key = `value` on lease `lease` if none of them exists, in one transaction;
+    /// the revision of the write if it did, `None` if some key is held (claim those one by one).
+    pub async fn create_all(&self, keys: &[String], value: &str, lease: i64) -> Result<Option<i64>, EtcdError> {
+        let compare: Vec<Value> = keys
+            .iter()
+            .map(|key| json!({ "key": encode(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0" }))
+            .collect();
+        let success: Vec<Value> =
+            keys.iter().map(|key| TxnOp::Put { key: key.clone(), value: value.to_owned(), lease }.to_json()).collect();
+        let answer = self.post("/v3/kv/txn", json!({ "compare": compare, "success": success })).await?;
+        Ok(answer["succeeded"].as_bool().unwrap_or(false).then(|| int(&answer["header"]["revision"])))
+    }
+
     /// Deletes `key` only if it was last written at `mod_revision` (still our claim); whether it did.
     pub async fn delete_if(&self, key: &str, mod_revision: i64) -> Result<bool, EtcdError> {
         let key = encode(key);

@@ -39,6 +39,12 @@ use crate::config::ClusterConfig;
 /// queueing more than etcd answers promptly.
 const CLAIMS_IN_FLIGHT: usize = 32;
 
+/// Lines claimed in one transaction: under etcd's default limit of 128 operations.
+const CLAIMS_PER_TXN: usize = 100;
+
+/// Lines claimed together, and the revision of the claim if it applied.
+type ChunkClaim = (Vec<String>, Result<Option<i64>, EtcdError>);
+
 /// Why the cluster part could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -462,8 +468,53 @@ impl Node {
         }
     }
 
-    /// Claims lines with a create-if-absent each; serves those won.
+    /// Claims lines in transactions of [`CLAIMS_PER_TXN`] (at a failover every line of the dead
+    /// node is free: thousands are taken in a few dozen transactions, well within a lease
+    /// renewal); a transaction that finds a line held is claimed again line by line, each with a
+    /// create-if-absent. Serves those won.
     async fn claim(&self, term: &mut Term, lines: Vec<String>) {
+        let me = self.shared.node_id.clone();
+        let lease = term.lease;
+        let chunks: Vec<Vec<String>> = lines.chunks(CLAIMS_PER_TXN).map(<[String]>::to_vec).collect();
+        let batched: Vec<ChunkClaim> = futures::stream::iter(chunks)
+            .map(|chunk| {
+                let me = me.clone();
+                async move {
+                    let keys: Vec<String> = chunk.iter().map(|line| self.owner_key(line)).collect();
+                    let outcome = self.etcd.create_all(&keys, &me, lease).await;
+                    (chunk, outcome)
+                }
+            })
+            .buffer_unordered(CLAIMS_IN_FLIGHT)
+            .collect()
+            .await;
+        let mut won = 0;
+        let mut one_by_one = Vec::new();
+        for (chunk, outcome) in batched {
+            match outcome {
+                Ok(Some(revision)) => {
+                    won += chunk.len() as u64;
+                    term.held.extend(chunk.into_iter().map(|line| (line, revision)));
+                }
+                // Some line is held, or the answer was lost: each line on its own.
+                Ok(None) | Err(_) => one_by_one.extend(chunk),
+            }
+        }
+        won += self.claim_one_by_one(term, one_by_one).await;
+        if won == 0 || self.shared.fenced.load(Ordering::SeqCst) {
+            return;
+        }
+        self.shared.stats.claims.fetch_add(won, Ordering::Relaxed);
+        crate::metrics::cluster_ownership_change("claimed", won);
+        tracing::info!(node = self.shared.node_id, lines = won, "claimed lines");
+        self.shared.serve(term.held.clone()).await;
+    }
+
+    /// Claims lines with a create-if-absent each; how many it won.
+    async fn claim_one_by_one(&self, term: &mut Term, lines: Vec<String>) -> u64 {
+        if lines.is_empty() {
+            return 0;
+        }
         let me = self.shared.node_id.clone();
         let lease = term.lease;
         let outcomes: Vec<(String, Result<Created, EtcdError>)> = futures::stream::iter(lines)
@@ -494,12 +545,6 @@ impl Node {
                 Err(error) => self.etcd_failed("claiming a line", &error),
             }
         }
-        if won == 0 || self.shared.fenced.load(Ordering::SeqCst) {
-            return;
-        }
-        self.shared.stats.claims.fetch_add(won, Ordering::Relaxed);
-        crate::metrics::cluster_ownership_change("claimed", won);
-        tracing::info!(node = self.shared.node_id, lines = won, "claimed lines");
-        self.shared.serve(term.held.clone()).await;
+        won
     }
 }

@@ -86,7 +86,17 @@ async fn main() -> anyhow::Result<()> {
     })
     .await
     .context("starting the simulator")?;
-    let devices = simulator.with_pbx(|pbx| pbx.devices().len());
+    let listed: Vec<String> = simulator.with_pbx(|pbx| {
+        pbx.devices()
+            .into_iter()
+            .filter(|device| device.kind != proto::pbx::DeviceKind::External as i32)
+            .map(|device| device.device_id)
+            .collect()
+    });
+    let devices = listed.len();
+    // The devices are configured, not listed: the simulator's list of 10,000 devices is larger than
+    // one link frame (`pbx.max_frame_length`).
+    let configured = listed.join(",");
     let sandbox = Sandbox::start(SandboxConfig::default(), tokio::net::TcpListener::bind("127.0.0.1:0").await?)
         .context("starting the sandbox")?;
     let work = std::env::temp_dir().join(format!("switchboard-failover-{}", std::process::id()));
@@ -98,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
                 ("SWITCHBOARD_CLUSTER_ETCD_ENDPOINTS", etcd.url().to_owned()),
                 ("SWITCHBOARD_CLUSTER_NODE_ID", format!("node-{node}")),
                 ("SWITCHBOARD_CLUSTER_LEASE_TTL_SECS", args.lease_ttl_secs.to_string()),
+                ("SWITCHBOARD_PBX_DEVICES", configured.clone()),
             ];
             let dir = work.join(format!("node-{node}"));
             std::fs::create_dir_all(&dir)?;
