@@ -200,9 +200,11 @@ panel("timeseries", "Owned lines", "Agent lines each node owns in its cluster.",
 panel("timeseries", "Forwarded requests", "gRPC requests passed to another node (the line's owner, or every member for a call id, a listing or an event stream), by outcome. Refused: not sent, the line was moving; unreachable: the other node did not answer.", "reqps",
       [(rate("switchboard_grpc_forwarded_requests_total", by="outcome"), "{{outcome}}")], width=8, stack=True)
 panel("timeseries", "Shared Salesforce allowance: blocks", "Blocks of the cluster's shared Salesforce allowance taken from etcd, per second, by result. spent: the cluster used its share for the day; unreachable: etcd did not answer (nodes spend what they hold, then wait).", "ops",
-      [(rate("switchboard_salesforce_budget_blocks_total", by="result"), "{{result}}")], width=12)
+      [(rate("switchboard_salesforce_budget_blocks_total", by="result"), "{{result}}")], width=8)
 panel("timeseries", "Shared Salesforce allowance: held", "Salesforce requests each node holds from blocks of the shared allowance. At zero, a node's Salesforce work waits for the next block.", "none",
-      [(f"max by (instance) (switchboard_salesforce_budget_held_requests{{{F}}})", "{{instance}}")], width=12)
+      [(f"max by (instance) (switchboard_salesforce_budget_held_requests{{{F}}})", "{{instance}}")], width=8)
+panel("timeseries", "Open-leg journal writes", "Lines written to the open-leg journal in etcd, per second, by outcome. fenced: refused because the node no longer holds the line's claim (a stale owner, as designed); failed: etcd did not answer.", "ops",
+      [(rate("switchboard_cluster_journal_writes_total", by="outcome"), "{{outcome}}")], width=8)
 
 
 def layout():

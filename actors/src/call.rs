@@ -306,6 +306,15 @@ pub enum LegNote {
     /// The calls the model holds once the first resync after start is applied (sent by the feed,
     /// so it is ordered with the notes of everything after it).
     Present(Vec<CallId>),
+    /// Lines this node took over from another (a failover or a handover), once their snapshots are
+    /// applied, and the calls the model holds then: the legs the previous owner journaled on these
+    /// lines whose calls are not among them ended while no node watched.
+    Taken {
+        /// The lines taken.
+        lines: Vec<DeviceId>,
+        /// The calls the model holds.
+        calls: Vec<CallId>,
+    },
 }
 
 /// One call as the gateway knows it.

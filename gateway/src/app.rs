@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::bridge::{Directory, LinkPort, Translator};
+use crate::cluster::journal::{EtcdJournal, LegJournal};
 use crate::cluster::{Cluster, ClusterError, Etcd, EtcdLedger, LeaseClock, Serve};
 use crate::config::Config;
 use crate::pbx::{self, LinkEvent, LinkHandle, LinkStatus};
@@ -89,10 +90,19 @@ impl Gateway {
         // down is still logged after a restart.
         let model_config = ModelConfig { journal_legs: config.salesforce.enabled, ..config.calls.model() };
         let present_tx = model_config.journal_legs.then(|| logs_tx.clone());
-        let (model, router) = runtime::start(model_config, port, logs_tx).await?;
+        let (model, router) = runtime::start(model_config.clone(), port, logs_tx).await?;
+        let node_id = config.cluster.node_id(&config.grpc.listen);
+        // In a cluster, open legs are journaled in etcd, where the next owner of a line finds them.
+        let journal: Option<(Arc<dyn LegJournal>, String)> = if config.cluster.enabled && model_config.journal_legs {
+            let journal = EtcdJournal::new(&config.cluster, node_id.clone()).map_err(ClusterError::from)?;
+            Some((Arc::new(journal), node_id.clone()))
+        } else {
+            None
+        };
+        let shared_journal = journal.is_some();
         let salesforce = if config.salesforce.enabled {
             // A cluster's nodes spend one allowance, taken in blocks from a counter in etcd.
-            let shared = if config.cluster.enabled {
+            let budget = if config.cluster.enabled {
                 let timeout = LeaseClock::new(Duration::from_secs(config.cluster.lease_ttl_secs)).request_timeout();
                 let etcd = Etcd::new(&config.cluster.etcd_endpoints, timeout).map_err(ClusterError::from)?;
                 let ledger: Arc<dyn BudgetLedger> = Arc::new(EtcdLedger::new(etcd, &config.cluster.key_prefix));
@@ -100,7 +110,7 @@ impl Gateway {
             } else {
                 None
             };
-            Some(Arc::new(Salesforce::start(&config.salesforce, model.publisher().clone(), shared).await?))
+            Some(Arc::new(Salesforce::start(&config.salesforce, model.publisher().clone(), budget, journal).await?))
         } else {
             None
         };
@@ -113,7 +123,6 @@ impl Gateway {
                 let link = serving.clone();
                 Box::pin(async move { link.monitor_only(devices).await })
             });
-            let node_id = config.cluster.node_id(&config.grpc.listen);
             let advertise = config.cluster.advertise(&config.grpc.listen);
             (Some(Cluster::start(&config.cluster, node_id, advertise, lines, serve)?), Some(lines_task))
         } else {
@@ -121,7 +130,12 @@ impl Gateway {
         };
         let owned = cluster.as_ref().map(Cluster::watch_owned);
         let (progress_tx, progress) = watch::channel(Progress::default());
-        let first_resync = present_tx.map(|notes| FirstResync { model: model.clone(), notes });
+        let first_resync = present_tx.map(|notes| ResyncNotes {
+            model: model.clone(),
+            notes,
+            first_resync_due: true,
+            taken_lines: shared_journal,
+        });
         let feed_task =
             tokio::spawn(feed(events, Translator::new(directory), router, progress_tx.clone(), first_resync));
         let stop_logs = CancellationToken::new();
@@ -226,11 +240,34 @@ impl Gateway {
     }
 }
 
-/// Who to tell, once, which calls the model holds after the first resync since start: the durable
-/// journal then closes the legs of calls that ended while the gateway was down.
-struct FirstResync {
+/// Who to tell which calls the model holds once after the first resync since start, and (in a
+/// cluster with a shared journal) after each batch of lines taken from another node or resynced:
+/// the durable journal then closes the legs of calls that ended while no gateway watched.
+struct ResyncNotes {
     model: Model<LinkPort>,
     notes: mpsc::Sender<LegNote>,
+    first_resync_due: bool,
+    taken_lines: bool,
+}
+
+impl ResyncNotes {
+    /// Sent on the actors' own channel, after everything they said about the snapshots and before
+    /// anything they say about later events.
+    async fn tell(&mut self, resynced: bool, taken: Vec<String>) {
+        let first_resync = resynced && self.first_resync_due;
+        if first_resync || (self.taken_lines && !taken.is_empty()) {
+            self.model.settled().await;
+        }
+        if first_resync {
+            self.first_resync_due = false;
+            let calls = self.model.calls().into_iter().map(|call| call.id).collect();
+            let _ = self.notes.send(LegNote::Present(calls)).await;
+        }
+        if self.taken_lines && !taken.is_empty() {
+            let calls = self.model.calls().into_iter().map(|call| call.id).collect();
+            let _ = self.notes.send(LegNote::Taken { lines: taken, calls }).await;
+        }
+    }
 }
 
 /// Translates link events and routes them into the model, in link order. Progress is counted once
@@ -240,33 +277,43 @@ async fn feed(
     mut translator: Translator,
     mut router: runtime::Router<LinkPort>,
     progress: watch::Sender<Progress>,
-    mut first_resync: Option<FirstResync>,
+    mut resync_notes: Option<ResyncNotes>,
 ) {
     let mut inputs = Vec::new();
+    // Lines snapshotted in the resync under way (it may span batches).
+    let mut resyncing = Vec::new();
     while let Some(first) = events.recv().await {
         // Take what the link has delivered already, up to a bound, and route it as one batch: an
         // actor then gets one message per batch instead of one per event.
         let mut seen = Progress::default();
+        // Lines whose snapshot the model has just applied: taken mid-session, or resynced.
+        let mut taken = Vec::new();
         let mut event = Some(first);
         let mut batched = 0;
+        let first_resync_due = resync_notes.as_ref().is_some_and(|notes| notes.first_resync_due);
         while let Some(next) = event.take() {
             let resynced = matches!(next, LinkEvent::ResyncComplete { .. });
+            match &next {
+                LinkEvent::Acquired { snapshot, .. } => {
+                    taken.extend(snapshot.device.iter().map(|d| d.device_id.clone()))
+                }
+                LinkEvent::Snapshot { snapshot, .. } => {
+                    resyncing.extend(snapshot.device.iter().map(|d| d.device_id.clone()))
+                }
+                LinkEvent::ResyncComplete { .. } => taken.append(&mut resyncing),
+                _ => {}
+            }
             note(&mut seen, &next);
             translator.translate(next, &mut inputs);
             batched += 1;
             // A batch ends at a resync, so the model can be read as the snapshot left it.
-            if batched < FEED_BATCH && !(resynced && first_resync.is_some()) {
+            if batched < FEED_BATCH && !(resynced && first_resync_due) {
                 event = events.try_recv().ok();
             }
         }
         router.route_all(&mut inputs).await;
-        if seen.resyncs > 0
-            && let Some(FirstResync { model, notes }) = first_resync.take()
-        {
-            // Sent on the actors' own channel, after everything they said about the snapshot and
-            // before anything they say about later events.
-            let calls = model.calls().into_iter().map(|call| call.id).collect();
-            let _ = notes.send(LegNote::Present(calls)).await;
+        if let Some(notes) = &mut resync_notes {
+            notes.tell(seen.resyncs > 0, taken).await;
         }
         progress.send_modify(|progress| {
             progress.sessions += seen.sessions;
@@ -382,7 +429,7 @@ async fn write_call_logs(
                 LegNote::Open(record) | LegNote::Closed(record) | LegNote::Skipped(record) => {
                     owned.contains_key(&record.device)
                 }
-                LegNote::Moved(_) | LegNote::Present(_) => true,
+                LegNote::Moved(_) | LegNote::Present(_) | LegNote::Taken { .. } => true,
             });
             if batch.is_empty() {
                 continue;
@@ -404,7 +451,8 @@ async fn write_call_logs(
             }
         }
         if let Some(salesforce) = &salesforce {
-            salesforce.record(batch, &abandon).await;
+            let owned = owned.as_ref().map(|owned| owned.borrow().clone());
+            salesforce.record(batch, owned.as_deref(), &abandon).await;
         }
         progress.send_modify(|progress| progress.call_logs += records);
     }

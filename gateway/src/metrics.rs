@@ -185,6 +185,9 @@ pub const CLUSTER_OWNED_LINES: &str = "switchboard_cluster_owned_lines";
 pub const CLUSTER_OWNERSHIP_CHANGES: &str = "switchboard_cluster_ownership_changes_total";
 /// Times this node stopped serving every line because its lease could not be known valid.
 pub const CLUSTER_SELF_FENCES: &str = "switchboard_cluster_self_fences_total";
+/// Writes to the shared open-leg journal, one per line written; label `outcome` (`applied`,
+/// `fenced`: refused for a stale token, `failed`: no answer).
+pub const CLUSTER_JOURNAL_WRITES: &str = "switchboard_cluster_journal_writes_total";
 
 // ---- Buckets: each histogram's own, one bucket on each SLO threshold ----------------------------
 
@@ -469,6 +472,14 @@ pub fn cluster_self_fence() {
     counter!(CLUSTER_SELF_FENCES).increment(1);
 }
 
+/// The outcomes of a line's journal write.
+pub const JOURNAL_WRITE_OUTCOMES: [&str; 3] = ["applied", "fenced", "failed"];
+
+/// Records one line's journal write (`outcome` is one of [`JOURNAL_WRITE_OUTCOMES`]).
+pub fn cluster_journal_write(outcome: &'static str) {
+    counter!(CLUSTER_JOURNAL_WRITES, "outcome" => outcome).increment(1);
+}
+
 // ---- The exporter -------------------------------------------------------------------------------
 
 /// Why the exporter could not start.
@@ -566,6 +577,9 @@ pub fn register() {
         CLUSTER_SELF_FENCES,
     ] {
         counter!(name).absolute(0);
+    }
+    for outcome in JOURNAL_WRITE_OUTCOMES {
+        counter!(CLUSTER_JOURNAL_WRITES, "outcome" => outcome).absolute(0);
     }
     for change in ["claimed", "released"] {
         counter!(CLUSTER_OWNERSHIP_CHANGES, "change" => change).absolute(0);
@@ -703,6 +717,10 @@ fn describe() {
     describe_gauge!(CLUSTER_OWNED_LINES, "Agent lines this node owns in its cluster.");
     describe_counter!(CLUSTER_OWNERSHIP_CHANGES, "Lines this node claimed or released, by change.");
     describe_counter!(CLUSTER_SELF_FENCES, "Times this node stopped serving every line for want of a valid lease.");
+    describe_counter!(
+        CLUSTER_JOURNAL_WRITES,
+        "Lines written to the shared open-leg journal, by outcome (fenced: refused for a stale token)."
+    );
 }
 
 // ---- The collector ------------------------------------------------------------------------------

@@ -8,8 +8,10 @@
 //! - [`sim::faults`]: the link faults the simulator can inject.
 //! - [`sim::inspect`]: the comparable picture of its state that tests and `pbx-sim` expose.
 //! - [`salesforce`]: the Salesforce sandbox (REST API peer with a seeded org, limits and faults).
+//! - [`etcd`]: a throwaway single-member etcd for cluster tests and the failover measurement.
 //! - [`load`]: the loadtest (`switchboard-loadtest`): a seeded day against the `switchboard` binary.
 
+pub mod etcd;
 pub mod load;
 pub mod salesforce;
 pub mod sim;

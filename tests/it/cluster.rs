@@ -6,9 +6,7 @@
 //! work from any node.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{SocketAddr, TcpListener as StdListener};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +16,7 @@ use gateway::bridge::LinkPort;
 use gateway::cluster::{Created, Etcd, EtcdLedger, rendezvous};
 use gateway::config::{ClusterConfig, Config};
 use gateway::grpc::GrpcServer;
+use loadtest::etcd::EtcdServer;
 use loadtest::sim::inspect::AgentDump;
 use loadtest::sim::{Layout, SimConfig, Simulator, TrafficConfig};
 use proto::api::agents_client::AgentsClient;
@@ -34,78 +33,6 @@ use tonic::{Code, Request};
 
 use crate::grpc::{Authed, clients, grpc_config};
 use crate::support::{PATIENCE, link_config, within};
-
-/// A single-member etcd on loopback, killed and its data dir removed when dropped.
-struct EtcdServer {
-    child: Child,
-    data_dir: PathBuf,
-    url: String,
-}
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).expect("a free loopback port").port()
-}
-
-/// The etcd binary: `SWITCHBOARD_ETCD` (set by scripts/test.sh), else `etcd` on the PATH. A test
-/// that needs it fails, never skips, when it is missing: CI always has it.
-fn etcd_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("SWITCHBOARD_ETCD") {
-        return PathBuf::from(path);
-    }
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .map(|dir| dir.join("etcd"))
-        .find(|candidate| candidate.is_file());
-    on_path.unwrap_or_else(|| {
-        panic!(
-            "etcd not found: the cluster tests need Debian's etcd-server (bash scripts/test.sh installs it), \
-             or SWITCHBOARD_ETCD set to an etcd binary"
-        )
-    })
-}
-
-impl EtcdServer {
-    async fn start() -> Self {
-        let binary = etcd_binary();
-        for _attempt in 0..3 {
-            let (client, peer) = (free_port(), free_port());
-            let data_dir = std::env::temp_dir().join(format!("switchboard-etcd-{}-{client}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&data_dir);
-            let url = format!("http://127.0.0.1:{client}");
-            let peer_url = format!("http://127.0.0.1:{peer}");
-            let child = Command::new(&binary)
-                .args(["--name", "test", "--data-dir"])
-                .arg(&data_dir)
-                .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
-                .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
-                .args(["--initial-cluster", &format!("test={peer_url}")])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|error| panic!("cannot start etcd ({}): {error}", binary.display()));
-            let server = Self { child, data_dir, url };
-            let probe = Etcd::new(std::slice::from_ref(&server.url), Duration::from_secs(1)).expect("an etcd client");
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if probe.range_prefix("/").await.is_ok() {
-                    return server;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            // Another process may have taken a port between our probe and etcd's bind: try others.
-        }
-        panic!("etcd ({}) did not come up on loopback", binary.display());
-    }
-}
-
-impl Drop for EtcdServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.data_dir);
-    }
-}
 
 /// A TCP relay to etcd for one node, which the test can cut: the node is then partitioned from
 /// etcd while etcd and the other nodes carry on.
@@ -323,14 +250,15 @@ async fn mirrors(simulator: &Simulator, name: &str, gateway: &Gateway) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_share_the_lines_evenly_and_a_killed_nodes_lines_move_to_the_survivors() {
-    let etcd_server = EtcdServer::start().await;
-    let etcd = Etcd::new(std::slice::from_ref(&etcd_server.url), Duration::from_secs(2)).expect("an etcd client");
+    let etcd_server = EtcdServer::start().await.expect("etcd starts");
+    let etcd = Etcd::new(&[etcd_server.url().to_owned()], Duration::from_secs(2)).expect("an etcd client");
     let simulator = simulator(30).await;
     let lines = devices(&simulator);
     let prefix = "/it-kill";
     let mut gateways = Vec::new();
     for name in ["node-1", "node-2", "node-3"] {
-        gateways.push(Gateway::start(&node_config(&simulator, etcd_server.url.clone(), name, prefix)).await.unwrap());
+        gateways
+            .push(Gateway::start(&node_config(&simulator, etcd_server.url().to_owned(), name, prefix)).await.unwrap());
     }
     let nodes: Vec<(&str, &Gateway)> =
         vec![("node-1", &gateways[0]), ("node-2", &gateways[1]), ("node-3", &gateways[2])];
@@ -379,18 +307,19 @@ async fn three_nodes_share_the_lines_evenly_and_a_killed_nodes_lines_move_to_the
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joining_node_takes_only_its_share_and_a_leaving_one_hands_over_at_once() {
-    let etcd_server = EtcdServer::start().await;
-    let etcd = Etcd::new(std::slice::from_ref(&etcd_server.url), Duration::from_secs(2)).expect("an etcd client");
+    let etcd_server = EtcdServer::start().await.expect("etcd starts");
+    let etcd = Etcd::new(&[etcd_server.url().to_owned()], Duration::from_secs(2)).expect("an etcd client");
     let simulator = simulator(24).await;
     let lines = devices(&simulator);
     let prefix = "/it-join";
-    let first = Gateway::start(&node_config(&simulator, etcd_server.url.clone(), "node-1", prefix)).await.unwrap();
-    let second = Gateway::start(&node_config(&simulator, etcd_server.url.clone(), "node-2", prefix)).await.unwrap();
+    let first = Gateway::start(&node_config(&simulator, etcd_server.url().to_owned(), "node-1", prefix)).await.unwrap();
+    let second =
+        Gateway::start(&node_config(&simulator, etcd_server.url().to_owned(), "node-2", prefix)).await.unwrap();
     let before = one_owner_each(&etcd, prefix, &lines, &[("node-1", &first), ("node-2", &second)]).await;
     simulator.start_traffic(traffic(11, 20));
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let third = Gateway::start(&node_config(&simulator, etcd_server.url.clone(), "node-3", prefix)).await.unwrap();
+    let third = Gateway::start(&node_config(&simulator, etcd_server.url().to_owned(), "node-3", prefix)).await.unwrap();
     let nodes = [("node-1", &first), ("node-2", &second), ("node-3", &third)];
     let after = one_owner_each(&etcd, prefix, &lines, &nodes).await;
     let mut moved = 0;
@@ -421,14 +350,15 @@ async fn a_joining_node_takes_only_its_share_and_a_leaving_one_hands_over_at_onc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_from_etcd_stops_serving_before_another_takes_its_lines() {
-    let etcd_server = EtcdServer::start().await;
-    let etcd = Etcd::new(std::slice::from_ref(&etcd_server.url), Duration::from_secs(2)).expect("an etcd client");
+    let etcd_server = EtcdServer::start().await.expect("etcd starts");
+    let etcd = Etcd::new(&[etcd_server.url().to_owned()], Duration::from_secs(2)).expect("an etcd client");
     let simulator = simulator(18).await;
     let lines = devices(&simulator);
     let prefix = "/it-cut";
-    let relay = Relay::start(&etcd_server.url).await;
-    let first = Gateway::start(&node_config(&simulator, etcd_server.url.clone(), "node-1", prefix)).await.unwrap();
-    let second = Gateway::start(&node_config(&simulator, etcd_server.url.clone(), "node-2", prefix)).await.unwrap();
+    let relay = Relay::start(etcd_server.url()).await;
+    let first = Gateway::start(&node_config(&simulator, etcd_server.url().to_owned(), "node-1", prefix)).await.unwrap();
+    let second =
+        Gateway::start(&node_config(&simulator, etcd_server.url().to_owned(), "node-2", prefix)).await.unwrap();
     let cut_off = Gateway::start(&node_config(&simulator, relay.url(), "node-3", prefix)).await.unwrap();
     let owners =
         one_owner_each(&etcd, prefix, &lines, &[("node-1", &first), ("node-2", &second), ("node-3", &cut_off)]).await;
@@ -492,8 +422,8 @@ async fn a_node_cut_off_from_etcd_stops_serving_before_another_takes_its_lines()
 async fn nodes_share_one_salesforce_allowance_taken_in_blocks_from_etcd() {
     use actors::crm::budget::BlockGrant;
 
-    let etcd = EtcdServer::start().await;
-    let url = etcd.url.clone();
+    let etcd = EtcdServer::start().await.expect("etcd starts");
+    let url = etcd.url().to_owned();
     let ledger = || {
         let client = Etcd::new(std::slice::from_ref(&url), Duration::from_secs(2)).expect("an etcd client");
         Arc::new(EtcdLedger::new(client, "/budget-test"))
@@ -530,7 +460,7 @@ async fn nodes_share_one_salesforce_allowance_taken_in_blocks_from_etcd() {
     }
     assert_eq!(total, CAP, "the nodes together spend exactly the day's share");
 
-    let client = Etcd::new(std::slice::from_ref(&etcd.url), Duration::from_secs(2)).expect("an etcd client");
+    let client = Etcd::new(&[etcd.url().to_owned()], Duration::from_secs(2)).expect("an etcd client");
     let counter = client.get("/budget-test/sf_budget/20000").await.expect("etcd answers").expect("the day's counter");
     assert_eq!(counter.value, "1000");
 
@@ -638,15 +568,15 @@ async fn until_event<T>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_for_any_line_and_events_of_every_line_work_from_any_node() {
-    let etcd_server = EtcdServer::start().await;
-    let etcd = Etcd::new(std::slice::from_ref(&etcd_server.url), Duration::from_secs(2)).expect("an etcd client");
+    let etcd_server = EtcdServer::start().await.expect("etcd starts");
+    let etcd = Etcd::new(&[etcd_server.url().to_owned()], Duration::from_secs(2)).expect("an etcd client");
     let simulator = simulator(12).await;
     let lines = devices(&simulator);
     let stations = stations(&simulator);
     let prefix = "/it-route";
     let mut nodes = Vec::new();
     for name in ["node-1", "node-2", "node-3"] {
-        nodes.push(api_node(&simulator, etcd_server.url.clone(), name, prefix).await);
+        nodes.push(api_node(&simulator, etcd_server.url().to_owned(), name, prefix).await);
     }
     let owners = {
         let serving: Vec<(&str, &Gateway)> = nodes.iter().map(|node| (node.name, &node.gateway)).collect();
@@ -809,7 +739,7 @@ async fn requests_for_any_line_and_events_of_every_line_work_from_any_node() {
     assert!(new_owner == "node-1" || new_owner == "node-2", "{new_owner}");
     // It comes back and takes its lines again: the stream asks the new member too, and the agent
     // logging out there through another node shows in it, from node-3.
-    nodes.push(api_node(&simulator, etcd_server.url.clone(), "node-3", prefix).await);
+    nodes.push(api_node(&simulator, etcd_server.url().to_owned(), "node-3", prefix).await);
     {
         let serving: Vec<(&str, &Gateway)> = nodes.iter().map(|node| (node.name, &node.gateway)).collect();
         assert_eq!(one_owner_each(&etcd, prefix, &lines, &serving).await, owners);

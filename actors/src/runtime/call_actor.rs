@@ -34,6 +34,8 @@ pub(crate) enum CallOrder {
     TakeState(RpcReplyPort<CallState>),
     /// Check the state against the PBX's: used after a restart and by the orphan sweep.
     Resnapshot { at: Millis },
+    /// Answer once every order sent before is handled (and the notes they made are sent).
+    Barrier(RpcReplyPort<()>),
     /// Panic, as a bug would (supervision tests).
     #[cfg_attr(not(any(test, feature = "testsuite")), allow(dead_code))]
     Crash,
@@ -128,6 +130,9 @@ impl<P: PbxPort> Actor for CallActor<P> {
                     state.context.publisher.publish(ModelEvent::Call(view));
                 }
                 journal(state).await;
+            }
+            CallOrder::Barrier(reply) => {
+                let _ = reply.send(());
             }
             CallOrder::TakeState(reply) => {
                 let call = lock(&state.call).clone();

@@ -470,6 +470,18 @@ impl<P: PbxPort> Model<P> {
         Some(view)
     }
 
+    /// Waits until every call actor has handled the orders routed to it before: the leg notes
+    /// those made are then in the record channel, ahead of anything sent after this returns.
+    pub async fn settled(&self) {
+        let actors: Vec<_> =
+            self.context.calls.iter().map(|entry| (entry.mailbox.clone(), entry.state.clone())).collect();
+        for (mailbox, call) in actors {
+            let barrier = |reply| CallMsg { call: call.clone(), order: CallOrder::Barrier(reply) };
+            // An actor that stopped or moved on to another call has nothing left to say about this one.
+            let _ = mailbox.call(barrier, None).await;
+        }
+    }
+
     /// Every call in progress, by id.
     pub fn calls(&self) -> Vec<CallView> {
         let mut calls: Vec<CallView> = self

@@ -54,6 +54,36 @@ pub enum Created {
     Held(KeyValue),
 }
 
+/// One write of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxnOp {
+    /// Writes `key` = `value` on lease `lease` (0: none).
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+        /// The lease, 0 for none.
+        lease: i64,
+    },
+    /// Deletes `key`.
+    Delete {
+        /// The key.
+        key: String,
+    },
+}
+
+impl TxnOp {
+    fn to_json(&self) -> Value {
+        match self {
+            Self::Put { key, value, lease } => {
+                json!({ "request_put": { "key": encode(key), "value": encode(value), "lease": lease.to_string() } })
+            }
+            Self::Delete { key } => json!({ "request_delete_range": { "key": encode(key) } }),
+        }
+    }
+}
+
 /// A client for one etcd cluster: requests go to the endpoint that last answered, then the others.
 #[derive(Debug)]
 pub struct Etcd {
@@ -238,6 +268,33 @@ impl Etcd {
     /// Deletes `key` whatever it holds.
     pub async fn delete(&self, key: &str) -> Result<(), EtcdError> {
         self.post("/v3/kv/deleterange", json!({ "key": encode(key) })).await.map(drop)
+    }
+
+    /// Applies `ops` only if every key of `created` still has the create revision given (a fenced
+    /// write: each is a claim whose revision is its owner's fencing token); whether it did.
+    pub async fn txn_if_created(&self, created: &[(String, i64)], ops: &[TxnOp]) -> Result<bool, EtcdError> {
+        let compare: Vec<Value> = created
+            .iter()
+            .map(|(key, revision)| {
+                json!({ "key": encode(key), "target": "CREATE", "result": "EQUAL", "create_revision": revision.to_string() })
+            })
+            .collect();
+        let success: Vec<Value> = ops.iter().map(TxnOp::to_json).collect();
+        let answer = self.post("/v3/kv/txn", json!({ "compare": compare, "success": success })).await?;
+        Ok(answer["succeeded"].as_bool().unwrap_or(false))
+    }
+
+    /// Writes every key = `value` on lease `lease` if none of them exists, in one transaction;
+    /// the revision of the write if it did, `None` if some key is held (claim those one by one).
+    pub async fn create_all(&self, keys: &[String], value: &str, lease: i64) -> Result<Option<i64>, EtcdError> {
+        let compare: Vec<Value> = keys
+            .iter()
+            .map(|key| json!({ "key": encode(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0" }))
+            .collect();
+        let success: Vec<Value> =
+            keys.iter().map(|key| TxnOp::Put { key: key.clone(), value: value.to_owned(), lease }.to_json()).collect();
+        let answer = self.post("/v3/kv/txn", json!({ "compare": compare, "success": success })).await?;
+        Ok(answer["succeeded"].as_bool().unwrap_or(false).then(|| int(&answer["header"]["revision"])))
     }
 
     /// Deletes `key` only if it was last written at `mod_revision` (still our claim); whether it did.

@@ -6,7 +6,9 @@
 //!
 //! Keys under `cluster.key_prefix` (default `/switchboard`):
 //! - `members/{node}`: `{"advertise": "ip:port"}`, on the node's lease;
-//! - `owners/{line}`: the owner's node id, on the owner's lease, created only if absent.
+//! - `owners/{line}`: the owner's node id, on the owner's lease, created only if absent;
+//! - `legs/{line}/{leg key}`: the open-leg journal ([`journal`]), written by the line's owner
+//!   fenced by its claim, with no lease (the next owner reads it).
 //!
 //! A lease's keys vanish together when it expires or is revoked, so a dead node's members key and
 //! its claims disappear in one revision: survivors see it gone and claim its lines.
@@ -16,6 +18,7 @@
 
 mod budget;
 mod etcd;
+pub mod journal;
 mod lease;
 pub mod rendezvous;
 
@@ -32,7 +35,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use budget::EtcdLedger;
-pub use etcd::{Created, Etcd, EtcdError, KeyValue};
+pub use etcd::{Created, Etcd, EtcdError, KeyValue, TxnOp};
 pub use lease::LeaseClock;
 
 use crate::config::ClusterConfig;
@@ -40,6 +43,12 @@ use crate::config::ClusterConfig;
 /// Claims sent to etcd at once: enough to take thousands of lines in a second or two without
 /// queueing more than etcd answers promptly.
 const CLAIMS_IN_FLIGHT: usize = 32;
+
+/// Lines claimed in one transaction: under etcd's default limit of 128 operations.
+const CLAIMS_PER_TXN: usize = 100;
+
+/// Lines claimed together, and the revision of the claim if it applied.
+type ChunkClaim = (Vec<String>, Result<Option<i64>, EtcdError>);
 
 /// Why the cluster part could not start.
 #[derive(Debug, thiserror::Error)]
@@ -555,8 +564,53 @@ impl Node {
         }
     }
 
-    /// Claims lines with a create-if-absent each; serves those won.
+    /// Claims lines in transactions of [`CLAIMS_PER_TXN`] (at a failover every line of the dead
+    /// node is free: thousands are taken in a few dozen transactions, well within a lease
+    /// renewal); a transaction that finds a line held is claimed again line by line, each with a
+    /// create-if-absent. Serves those won.
     async fn claim(&self, term: &mut Term, lines: Vec<String>) {
+        let me = self.shared.node_id.clone();
+        let lease = term.lease;
+        let chunks: Vec<Vec<String>> = lines.chunks(CLAIMS_PER_TXN).map(<[String]>::to_vec).collect();
+        let batched: Vec<ChunkClaim> = futures::stream::iter(chunks)
+            .map(|chunk| {
+                let me = me.clone();
+                async move {
+                    let keys: Vec<String> = chunk.iter().map(|line| self.owner_key(line)).collect();
+                    let outcome = self.etcd.create_all(&keys, &me, lease).await;
+                    (chunk, outcome)
+                }
+            })
+            .buffer_unordered(CLAIMS_IN_FLIGHT)
+            .collect()
+            .await;
+        let mut won = 0;
+        let mut one_by_one = Vec::new();
+        for (chunk, outcome) in batched {
+            match outcome {
+                Ok(Some(revision)) => {
+                    won += chunk.len() as u64;
+                    term.held.extend(chunk.into_iter().map(|line| (line, revision)));
+                }
+                // Some line is held, or the answer was lost: each line on its own.
+                Ok(None) | Err(_) => one_by_one.extend(chunk),
+            }
+        }
+        won += self.claim_one_by_one(term, one_by_one).await;
+        if won == 0 || self.shared.fenced.load(Ordering::SeqCst) {
+            return;
+        }
+        self.shared.stats.claims.fetch_add(won, Ordering::Relaxed);
+        crate::metrics::cluster_ownership_change("claimed", won);
+        tracing::info!(node = self.shared.node_id, lines = won, "claimed lines");
+        self.shared.serve(term.held.clone()).await;
+    }
+
+    /// Claims lines with a create-if-absent each; how many it won.
+    async fn claim_one_by_one(&self, term: &mut Term, lines: Vec<String>) -> u64 {
+        if lines.is_empty() {
+            return 0;
+        }
         let me = self.shared.node_id.clone();
         let lease = term.lease;
         let outcomes: Vec<(String, Result<Created, EtcdError>)> = futures::stream::iter(lines)
@@ -587,12 +641,6 @@ impl Node {
                 Err(error) => self.etcd_failed("claiming a line", &error),
             }
         }
-        if won == 0 || self.shared.fenced.load(Ordering::SeqCst) {
-            return;
-        }
-        self.shared.stats.claims.fetch_add(won, Ordering::Relaxed);
-        crate::metrics::cluster_ownership_change("claimed", won);
-        tracing::info!(node = self.shared.node_id, lines = won, "claimed lines");
-        self.shared.serve(term.held.clone()).await;
+        won
     }
 }

@@ -6,7 +6,9 @@ pub mod client;
 pub mod errors;
 pub mod observe;
 pub mod outbox;
+pub mod shared;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,9 +16,12 @@ use std::time::Duration;
 use actors::call::LegNote;
 use actors::crm::actor::{self, CrmHandle, CrmParts, CrmStatus};
 use actors::crm::engine::CrmSettings;
-use actors::crm::port::{BudgetLedger, DeadLetter, OutboxError};
+use actors::crm::port::{BudgetLedger, DeadLetter, OutboxError, PendingLog};
 use actors::events::Publisher;
 use tokio_util::sync::CancellationToken;
+
+use self::shared::SharedLegs;
+use crate::cluster::journal::{LegJournal, WriteOutcome, line_of};
 
 pub use self::client::SalesforceClient;
 pub use self::observe::MetricsObserver;
@@ -42,9 +47,36 @@ pub enum SalesforceError {
 
 /// The running Salesforce side: the budget actor and the outbox it delivers from.
 pub struct Salesforce {
-    crm: CrmHandle,
+    crm: Arc<CrmHandle>,
     outbox: Arc<SqliteOutbox>,
     observer: Arc<MetricsObserver>,
+    shared: Option<SharedPath>,
+    stop: CancellationToken,
+}
+
+/// A cluster node's call log path: open legs live in the cluster's shared journal, not in the
+/// outbox's.
+struct SharedPath {
+    journal: Arc<dyn LegJournal>,
+    legs: tokio::sync::Mutex<SharedLegs>,
+}
+
+/// The time now in Unix milliseconds.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Waits out a retry delay (doubling it, up to 5 s); false when `stop` came first.
+async fn back_off(delay: &mut Duration, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(*delay) => {
+            *delay = (*delay * 2).min(Duration::from_secs(5));
+            true
+        }
+        () = stop.cancelled() => false,
+    }
 }
 
 impl std::fmt::Debug for Salesforce {
@@ -55,16 +87,19 @@ impl std::fmt::Debug for Salesforce {
 
 impl Salesforce {
     /// Opens the outbox, builds the client and starts the budget actor, which first sends what a
-    /// previous run left in the outbox.
-    /// In a cluster, `shared` is the cluster's ledger of the shared allowance and the size of the
-    /// blocks to take from it.
+    /// previous run left in the outbox. In a cluster, `budget` is the cluster's ledger of the
+    /// shared allowance and the size of the blocks to take from it; `journal` is the shared
+    /// open-leg journal and `node_id` this node: logs a previous run committed but had not yet
+    /// cleared with the journal are held back until the journal says whether this node or the
+    /// line's next owner logs them.
     pub async fn start(
         config: &SalesforceConfig,
         publisher: Arc<Publisher>,
-        shared: Option<(Arc<dyn BudgetLedger>, u32)>,
+        budget: Option<(Arc<dyn BudgetLedger>, u32)>,
+        journal: Option<(Arc<dyn LegJournal>, String)>,
     ) -> Result<Self, SalesforceError> {
         let mut crm_config = config.crm()?;
-        crm_config.budget.shared_block = shared.as_ref().map(|(_, block)| *block);
+        crm_config.budget.shared_block = budget.as_ref().map(|(_, block)| *block);
         let client = Arc::new(SalesforceClient::new(config)?);
         let path = config.outbox_path.clone();
         let outbox = Arc::new(
@@ -73,10 +108,21 @@ impl Salesforce {
                 .map_err(|error| OutboxError(error.to_string()))??,
         );
         let observer = Arc::new(MetricsObserver::new(outbox.dead_letter_count()?));
-        let ledger = shared.map(|(ledger, _)| ledger);
+        let ledger = budget.map(|(ledger, _)| ledger);
         let parts = CrmParts { port: client, outbox: outbox.clone(), observer: observer.clone(), publisher, ledger };
-        let crm = actor::start(crm_config, parts).await?;
-        Ok(Self { crm, outbox, observer })
+        let crm = Arc::new(actor::start(crm_config, parts).await?);
+        let stop = CancellationToken::new();
+        let shared = match journal {
+            Some((journal, node_id)) => {
+                let held = outbox.unconfirmed()?;
+                if !held.is_empty() {
+                    tokio::spawn(settle_held_back(held, journal.clone(), outbox.clone(), crm.clone(), stop.clone()));
+                }
+                Some(SharedPath { journal, legs: tokio::sync::Mutex::new(SharedLegs::new(node_id)) })
+            }
+            None => None,
+        };
+        Ok(Self { crm, outbox, observer, shared, stop })
     }
 
     /// Where the integration stands.
@@ -113,8 +159,13 @@ impl Salesforce {
     }
 
     /// Commits the model's leg notes to the outbox (retrying until the disk takes them: a log is
-    /// never dropped), then hands the new call logs to the budget actor.
-    pub async fn record(&self, notes: Vec<LegNote>, stop: &CancellationToken) {
+    /// never dropped), then hands the new call logs to the budget actor. In a cluster, `owned` is
+    /// what this node owns now, with each line's fencing token, and open legs go to the shared
+    /// journal ([`Self::record_shared`]).
+    pub async fn record(&self, notes: Vec<LegNote>, owned: Option<&BTreeMap<String, i64>>, stop: &CancellationToken) {
+        if let (Some(shared), Some(owned)) = (&self.shared, owned) {
+            return self.record_shared(shared, &notes, owned, stop).await;
+        }
         let notes = Arc::new(notes);
         let mut delay = Duration::from_millis(100);
         loop {
@@ -149,8 +200,161 @@ impl Salesforce {
         }
     }
 
+    /// A cluster node's path: reads the journal of lines newly owned, plans the notes, commits the
+    /// ended legs' logs to the outbox held back, writes the journal fenced by each line's token,
+    /// then releases the logs of lines whose writes applied to the budget actor and withdraws
+    /// those of lines another node owns now (the journal, which this node could no longer change,
+    /// gives them to that node). Retries until etcd answers, or `stop`: held-back logs then wait
+    /// for the next start.
+    async fn record_shared(
+        &self,
+        shared: &SharedPath,
+        notes: &[LegNote],
+        owned: &BTreeMap<String, i64>,
+        stop: &CancellationToken,
+    ) {
+        let mut legs = shared.legs.lock().await;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let lines = legs.to_load(owned);
+            if lines.is_empty() {
+                break;
+            }
+            match shared.journal.load(&lines).await {
+                Ok(found) => legs.loaded(&lines, owned, found),
+                Err(error) => tracing::warn!(%error, lines = lines.len(), "reading the leg journal; retrying"),
+            }
+            if legs.to_load(owned).is_empty() {
+                break;
+            }
+            if !back_off(&mut delay, stop).await {
+                tracing::error!(notes = notes.len(), "shutting down before the leg journal could be read");
+                return;
+            }
+        }
+        let plan = legs.plan(notes, owned, unix_ms());
+        let log_keys: Vec<String> = plan.logs.iter().map(actors::call::CallLogRecord::key).collect();
+        if !plan.logs.is_empty() {
+            let outbox = self.outbox.clone();
+            let logs = Arc::new(plan.logs);
+            let mut delay = Duration::from_millis(100);
+            loop {
+                let (outbox, batch) = (outbox.clone(), logs.clone());
+                match tokio::task::spawn_blocking(move || outbox.append_unconfirmed(&batch, unix_ms())).await {
+                    Ok(Ok(_)) => break,
+                    Ok(Err(error)) => tracing::error!(%error, "writing call logs to the outbox; retrying"),
+                    Err(error) => tracing::error!(%error, "the outbox writer failed; retrying"),
+                }
+                if !back_off(&mut delay, stop).await {
+                    tracing::error!(logs = logs.len(), "shutting down with call logs the outbox could not take");
+                    return;
+                }
+            }
+        }
+        let mut writes = plan.writes;
+        let (mut applied, mut fenced) = (BTreeSet::new(), BTreeSet::new());
+        let mut delay = Duration::from_millis(100);
+        while !writes.is_empty() {
+            let outcomes = shared.journal.write(&writes).await;
+            let mut again = Vec::new();
+            for (write, outcome) in writes.into_iter().zip(outcomes) {
+                match outcome {
+                    WriteOutcome::Applied => {
+                        applied.insert(write.line);
+                    }
+                    WriteOutcome::Fenced => {
+                        legs.forget(&write.line);
+                        fenced.insert(write.line);
+                    }
+                    WriteOutcome::Failed(error) => {
+                        tracing::warn!(line = write.line, error, "writing the leg journal; retrying");
+                        again.push(write);
+                    }
+                }
+            }
+            writes = again;
+            if !writes.is_empty() && !back_off(&mut delay, stop).await {
+                tracing::error!(lines = writes.len(), "shutting down before the leg journal took every write");
+                break;
+            }
+        }
+        drop(legs);
+        let keys_of = |lines: &BTreeSet<String>| -> Vec<String> {
+            log_keys.iter().filter(|key| lines.contains(line_of(key))).cloned().collect()
+        };
+        let (release, withdraw) = (keys_of(&applied), keys_of(&fenced));
+        self.settle(release, withdraw).await;
+    }
+
+    /// Releases held-back logs to the budget actor and withdraws others.
+    async fn settle(&self, release: Vec<String>, withdraw: Vec<String>) {
+        if release.is_empty() && withdraw.is_empty() {
+            return;
+        }
+        let outbox = self.outbox.clone();
+        let settled = tokio::task::spawn_blocking(move || {
+            outbox.withdraw(&withdraw)?;
+            outbox.confirm(&release)
+        })
+        .await;
+        match settled {
+            Ok(Ok(released)) if !released.is_empty() => self.crm.logs(released),
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::error!(%error, "settling held-back call logs; the next start will"),
+            Err(error) => tracing::error!(%error, "settling held-back call logs; the next start will"),
+        }
+    }
+
     /// Stops the budget actor; what it had not delivered stays in the outbox for the next start.
     pub async fn shutdown(&self) {
+        self.stop.cancel();
         self.crm.shutdown().await;
+    }
+}
+
+/// Settles the logs a previous run committed but had not cleared with the journal: a leg the
+/// journal no longer has was cleared (this node logs it); one it still has, open or closed by
+/// another node, is the line's owner's to log.
+async fn settle_held_back(
+    mut held: Vec<String>,
+    journal: Arc<dyn LegJournal>,
+    outbox: Arc<SqliteOutbox>,
+    crm: Arc<CrmHandle>,
+    stop: CancellationToken,
+) {
+    let mut delay = Duration::from_millis(250);
+    while !held.is_empty() {
+        let (mut release, mut withdraw, mut unknown) = (Vec::new(), Vec::new(), Vec::new());
+        for key in held {
+            match journal.entry(line_of(&key), &key).await {
+                Ok(None) => release.push(key),
+                Ok(Some(_)) => withdraw.push(key),
+                Err(error) => {
+                    tracing::warn!(key, %error, "asking the leg journal about a held-back call log");
+                    unknown.push(key);
+                }
+            }
+        }
+        tracing::info!(
+            release = release.len(),
+            withdraw = withdraw.len(),
+            "held-back call logs settled with the journal"
+        );
+        let store = outbox.clone();
+        let settled: Result<Vec<PendingLog>, OutboxError> = tokio::task::spawn_blocking(move || {
+            store.withdraw(&withdraw)?;
+            store.confirm(&release)
+        })
+        .await
+        .unwrap_or_else(|error| Err(OutboxError(error.to_string())));
+        match settled {
+            Ok(released) if !released.is_empty() => crm.logs(released),
+            Ok(_) => {}
+            Err(error) => tracing::error!(%error, "settling held-back call logs"),
+        }
+        held = unknown;
+        if !held.is_empty() && !back_off(&mut delay, &stop).await {
+            return;
+        }
     }
 }

@@ -63,6 +63,7 @@ impl SqliteOutbox {
                      updated_at INTEGER NOT NULL
                  );
                  CREATE INDEX IF NOT EXISTS open_legs_by_call ON open_legs (device, call_id);
+                 CREATE TABLE IF NOT EXISTS unconfirmed (key TEXT PRIMARY KEY);
                  CREATE TABLE IF NOT EXISTS dead_letters (
                      key TEXT PRIMARY KEY,
                      record TEXT NOT NULL,
@@ -160,10 +161,85 @@ impl SqliteOutbox {
                 LegNote::Present(calls) => {
                     added.extend(close_vanished(&transaction, calls, now_ms)?);
                 }
+                // Lines taken from another node: only a cluster's shared journal knows their legs.
+                LegNote::Taken { .. } => {}
             }
         }
         transaction.commit().map_err(failed)?;
         Ok(added)
+    }
+
+    /// Commits the call logs of a cluster node (one transaction, one sync), each held back from
+    /// delivery until [`Self::confirm`]: the shared journal must first say the leg is this node's
+    /// to log. Returns those not already held.
+    pub fn append_unconfirmed(&self, records: &[CallLogRecord], now_ms: u64) -> Result<Vec<PendingLog>, OutboxError> {
+        let mut connection = self.connection();
+        let transaction = connection.transaction().map_err(failed)?;
+        let mut added = Vec::new();
+        for record in records {
+            let key = record.key();
+            let json = serde_json::to_string(record).map_err(failed)?;
+            let inserted = transaction
+                .execute(
+                    "INSERT OR IGNORE INTO outbox (key, record, stored_at) VALUES (?1, ?2, ?3)",
+                    params![key, json, now_ms as i64],
+                )
+                .map_err(failed)?;
+            if inserted == 1 {
+                transaction
+                    .execute("INSERT OR IGNORE INTO unconfirmed (key) VALUES (?1)", params![key])
+                    .map_err(failed)?;
+                added.push(PendingLog { key, record: record.clone(), attempts: 0 });
+            }
+        }
+        transaction.commit().map_err(failed)?;
+        Ok(added)
+    }
+
+    /// Call logs held back for the shared journal's word, oldest first.
+    pub fn unconfirmed(&self) -> Result<Vec<String>, OutboxError> {
+        let connection = self.connection();
+        let mut select = connection
+            .prepare("SELECT unconfirmed.key FROM unconfirmed JOIN outbox ON outbox.key = unconfirmed.key ORDER BY seq")
+            .map_err(failed)?;
+        select.query_map([], |row| row.get(0)).map_err(failed)?.collect::<Result<_, _>>().map_err(failed)
+    }
+
+    /// Releases held-back call logs for delivery (they are this node's to log); returns those that
+    /// were held back.
+    pub fn confirm(&self, keys: &[String]) -> Result<Vec<PendingLog>, OutboxError> {
+        let mut connection = self.connection();
+        let transaction = connection.transaction().map_err(failed)?;
+        let mut confirmed = Vec::new();
+        for key in keys {
+            // Only a log still held back is released, so none reaches the budget actor twice.
+            if transaction.execute("DELETE FROM unconfirmed WHERE key = ?1", params![key]).map_err(failed)? == 0 {
+                continue;
+            }
+            let json: Option<String> = transaction
+                .query_row("SELECT record FROM outbox WHERE key = ?1", params![key], |row| row.get(0))
+                .optional()
+                .map_err(failed)?;
+            if let Some(json) = json {
+                let record = serde_json::from_str(&json).map_err(failed)?;
+                confirmed.push(PendingLog { key: key.clone(), record, attempts: 0 });
+            }
+        }
+        transaction.commit().map_err(failed)?;
+        Ok(confirmed)
+    }
+
+    /// Drops held-back call logs: another node logs these legs (it holds them in the journal).
+    pub fn withdraw(&self, keys: &[String]) -> Result<(), OutboxError> {
+        let mut connection = self.connection();
+        let transaction = connection.transaction().map_err(failed)?;
+        for key in keys {
+            transaction
+                .execute("DELETE FROM outbox WHERE key = ?1 AND key IN (SELECT key FROM unconfirmed)", params![key])
+                .map_err(failed)?;
+            transaction.execute("DELETE FROM unconfirmed WHERE key = ?1", params![key]).map_err(failed)?;
+        }
+        transaction.commit().map_err(failed)
     }
 
     /// Legs journaled and not yet closed.
@@ -281,6 +357,19 @@ fn journaled_identity(
     }
 }
 
+/// The record of a journaled leg whose call ended while no gateway watched its line: it ends when
+/// the gateway found out, and its notes say so.
+pub fn ended_while_down(mut record: CallLogRecord, now_ms: u64) -> CallLogRecord {
+    let ended_at = now_ms.max(record.offered_at);
+    record.ended_at = ended_at;
+    if let Some(answered_at) = record.answered_at {
+        record.talk_seconds = (ended_at.saturating_sub(answered_at) / 1000).saturating_sub(record.hold_seconds);
+    }
+    let marker = "[ended while the gateway was down; end time approximate]";
+    record.notes = if record.notes.is_empty() { marker.to_owned() } else { format!("{} {marker}", record.notes) };
+    record
+}
+
 /// Closes the journaled legs of calls not in `present` (the model after the first resync): they
 /// ended while the gateway was down. Their records say so in the notes; the end time is when the
 /// gateway found out. Rows stay as tombstones for a day, so a late true record replaces the guess.
@@ -304,14 +393,7 @@ fn close_vanished(
         if present.contains(call_id.as_str()) {
             continue;
         }
-        let mut record: CallLogRecord = serde_json::from_str(&json).map_err(failed)?;
-        let ended_at = now_ms.max(record.offered_at);
-        record.ended_at = ended_at;
-        if let Some(answered_at) = record.answered_at {
-            record.talk_seconds = (ended_at.saturating_sub(answered_at) / 1000).saturating_sub(record.hold_seconds);
-        }
-        let marker = "[ended while the gateway was down; end time approximate]";
-        record.notes = if record.notes.is_empty() { marker.to_owned() } else { format!("{} {marker}", record.notes) };
+        let record = ended_while_down(serde_json::from_str(&json).map_err(failed)?, now_ms);
         let record_json = serde_json::to_string(&record).map_err(failed)?;
         let inserted = transaction
             .execute(
@@ -341,7 +423,11 @@ impl Outbox for SqliteOutbox {
         let mut connection = self.connection();
         let rows: Vec<(String, String, i64)> = {
             let mut select =
-                connection.prepare("SELECT key, record, attempts FROM outbox ORDER BY seq").map_err(failed)?;
+                connection
+                .prepare(
+                    "SELECT key, record, attempts FROM outbox WHERE key NOT IN (SELECT key FROM unconfirmed) ORDER BY seq",
+                )
+                .map_err(failed)?;
             select
                 .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
                 .map_err(failed)?
@@ -478,6 +564,23 @@ mod tests {
                 let _ = std::fs::remove_dir_all(&self.0);
             }
         }
+    }
+
+    #[test]
+    fn a_held_back_log_is_delivered_only_once_confirmed_and_a_withdrawn_one_never() {
+        let (_dir, outbox) = temp_outbox();
+        let added = outbox.append_unconfirmed(&[record("C1"), record("C2")], 10).unwrap();
+        assert_eq!(added.len(), 2);
+        assert!(outbox.append_unconfirmed(&[record("C1")], 11).unwrap().is_empty(), "held once");
+        assert!(outbox.pending().unwrap().is_empty(), "nothing held back is delivered");
+        assert_eq!(outbox.unconfirmed().unwrap(), ["C1:2001", "C2:2001"]);
+        let released = outbox.confirm(&["C1:2001".to_owned()]).unwrap();
+        assert_eq!(released.len(), 1);
+        assert!(outbox.confirm(&["C1:2001".to_owned()]).unwrap().is_empty(), "released once");
+        outbox.withdraw(&["C2:2001".to_owned(), "C1:2001".to_owned()]).unwrap();
+        let pending: Vec<String> = outbox.pending().unwrap().into_iter().map(|log| log.key).collect();
+        assert_eq!(pending, ["C1:2001"], "a released log is not withdrawn");
+        assert!(outbox.unconfirmed().unwrap().is_empty());
     }
 
     #[test]

@@ -56,20 +56,6 @@ struct Args {
     work_dir: Option<PathBuf>,
 }
 
-fn gateway_bin(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    if let Some(path) = given {
-        return Ok(path);
-    }
-    let here = std::env::current_exe().context("finding this program")?;
-    let beside = here.with_file_name(format!("switchboard{}", std::env::consts::EXE_SUFFIX));
-    anyhow::ensure!(
-        beside.exists(),
-        "no switchboard binary beside {} (build it with `cargo build --release --bin switchboard`, or pass --gateway-bin)",
-        here.display()
-    );
-    Ok(beside)
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<std::process::ExitCode> {
     tracing_subscriber::fmt()
@@ -94,7 +80,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         );
     }
     let config = LoadConfig {
-        gateway_bin: gateway_bin(args.gateway_bin)?,
+        gateway_bin: load::gateway::binary(args.gateway_bin)?,
         agents: args.agents,
         calls_per_sec: args.calls_per_sec,
         duration: Duration::from_secs(args.duration),

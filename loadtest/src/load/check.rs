@@ -92,6 +92,35 @@ pub async fn mirrored(api: &mut Api, simulator: &StateDump) -> Result<StateDump,
     Ok(sorted(StateDump { agents, calls }))
 }
 
+/// One picture of a cluster from its nodes' pictures: each node mirrors the lines it owns, and of
+/// each call the parties it saw; a call's parties are the union of what the nodes saw. Every node
+/// lists every line of the cluster (it asks each line's owner), so a line is taken once, from the
+/// first node that lists it; that each line has one owner is for the claims in etcd to show.
+pub fn merge(pictures: Vec<StateDump>) -> StateDump {
+    let mut agents: BTreeMap<String, _> = BTreeMap::new();
+    let mut calls: BTreeMap<String, CallDump> = BTreeMap::new();
+    for picture in pictures {
+        for agent in picture.agents {
+            agents.entry(agent.device.clone()).or_insert(agent);
+        }
+        for call in picture.calls {
+            match calls.get_mut(&call.call_id) {
+                None => {
+                    calls.insert(call.call_id.clone(), call);
+                }
+                Some(known) => {
+                    for party in call.parties {
+                        if !known.parties.iter().any(|seen| seen.device == party.device) {
+                            known.parties.push(party);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    sorted(StateDump { agents: agents.into_values().collect(), calls: calls.into_values().collect() })
+}
+
 /// How two pictures differ: each agent or call that is in one and not (equal) in the other counts
 /// once; with a few of them described for the report.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -244,6 +273,32 @@ mod tests {
         assert_eq!(compare(&simulator, &simulator).count, 0);
         let gateway = StateDump { agents: vec![agent("2000", "not_ready")], calls: vec![call("C1"), call("C2")] };
         assert_eq!(compare(&simulator, &gateway).count, 3);
+    }
+
+    #[test]
+    fn a_clusters_picture_joins_its_nodes_lines_and_each_calls_parties() {
+        let agent = |device: &str| AgentDump {
+            device: device.to_owned(),
+            state: "ready".to_owned(),
+            agent_id: String::new(),
+            roles: Vec::new(),
+        };
+        let call = |devices: &[&str]| CallDump {
+            call_id: "C1".to_owned(),
+            parties: devices
+                .iter()
+                .map(|device| PartyDump { device: (*device).to_owned(), state: "connected".to_owned() })
+                .collect(),
+            calling: String::new(),
+            called: String::new(),
+            queue: String::new(),
+            park_id: String::new(),
+        };
+        let first = StateDump { agents: vec![agent("2001")], calls: vec![call(&["+4930", "2001"])] };
+        let second = StateDump { agents: vec![agent("2001"), agent("2002")], calls: vec![call(&["2002", "+4930"])] };
+        let merged = merge(vec![first, second]);
+        assert_eq!(merged.agents, [agent("2001"), agent("2002")]);
+        assert_eq!(merged.calls, [call(&["+4930", "2001", "2002"])]);
     }
 
     #[test]

@@ -87,17 +87,40 @@ impl std::fmt::Debug for GatewayProcess {
     }
 }
 
+/// The `switchboard` binary: `given`, else the one beside the running program.
+pub fn binary(given: Option<PathBuf>) -> Result<PathBuf, LoadError> {
+    if let Some(path) = given {
+        return Ok(path);
+    }
+    let here = std::env::current_exe().map_err(LoadError::Io)?;
+    let beside = here.with_file_name(format!("switchboard{}", std::env::consts::EXE_SUFFIX));
+    if !beside.exists() {
+        return Err(LoadError::Gateway(format!(
+            "no switchboard binary beside {} (build it with `cargo build --release --bin switchboard`, or pass --gateway-bin)",
+            here.display()
+        )));
+    }
+    Ok(beside)
+}
+
 /// A port that was free a moment ago. `run` needs concrete ports; another process could take it
 /// in between, which `start` answers by trying again.
 fn free_port() -> std::io::Result<SocketAddr> {
     std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
 }
 
-/// A fresh token for this run: 32 characters the gateway accepts.
+/// A fresh token for this run: 32 characters the gateway accepts. One for every gateway this
+/// process starts: the nodes of a cluster forward requests to each other with the caller's token,
+/// which each checks again.
 fn fresh_token() -> String {
-    use rand::RngExt;
-    let mut rng = rand::rng();
-    (0..32).map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)])).collect()
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN
+        .get_or_init(|| {
+            use rand::RngExt;
+            let mut rng = rand::rng();
+            (0..32).map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)])).collect()
+        })
+        .clone()
 }
 
 impl GatewayProcess {
@@ -119,7 +142,8 @@ impl GatewayProcess {
         let metrics = free_port().map_err(LoadError::Io)?;
         let token = fresh_token();
         let log = spec.dir.join(format!("switchboard-{}-{attempt}.log", spec.salesforce_mode));
-        let stderr = std::fs::File::create(&log).map_err(LoadError::Io)?;
+        // Appended to: a node started again on the same directory keeps its earlier life's log.
+        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&log).map_err(LoadError::Io)?;
         let outbox = spec.dir.join(format!("outbox-{}-{attempt}.sqlite3", spec.salesforce_mode));
         let mut command = Command::new(&spec.binary);
         command.arg("run").stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);

@@ -1,0 +1,348 @@
+//! A cluster node's view of the open legs of the lines it owns, kept in step with the shared
+//! journal ([`crate::cluster::journal`]). Pure: it turns the model's leg notes into the journal
+//! writes and the call logs they imply, and the caller carries them out (outbox first, then the
+//! fenced journal writes, then delivery).
+//!
+//! A line's legs are read from the journal the first time a batch finds the line owned under a new
+//! token; the model's first notes about a taken line come from its snapshot, with the call's id at
+//! that time as its first id and the snapshot's time as its start. A journaled leg of the same
+//! call continues: its key (the call's first id, as the previous owner knew it) and its start
+//! times win. When the model says which calls it holds after taking lines ([`LegNote::Taken`]),
+//! the journaled legs of calls it does not hold ended in the gap: they are logged, and a tombstone
+//! takes their place in the journal.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use actors::call::{CallLogRecord, LegNote};
+
+use super::outbox::ended_while_down;
+use crate::cluster::journal::{JournalEntry, JournaledLegs, LineWrites, continue_leg, line_of};
+
+/// One open leg as this node knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct OpenLeg {
+    /// The journal's record when the line was taken, if the leg was inherited.
+    inherited: Option<CallLogRecord>,
+    /// Its record now.
+    current: CallLogRecord,
+    /// An inherited leg the model has reported on since: no other leg of the model continues it.
+    continued: bool,
+}
+
+/// What a batch of notes comes to.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Writes to the journal, by line (with the token each is fenced by).
+    pub writes: Vec<LineWrites>,
+    /// Call logs of legs that ended, to commit to the outbox before the writes.
+    pub logs: Vec<CallLogRecord>,
+}
+
+/// The open legs of the lines a node owns.
+#[derive(Debug)]
+pub struct SharedLegs {
+    node_id: String,
+    /// Lines whose journal has been read, with the token it was read under.
+    loaded: BTreeMap<String, i64>,
+    /// Open legs by line, then key.
+    open: BTreeMap<String, BTreeMap<String, OpenLeg>>,
+    /// The model's key of a continued leg -> its key in the journal.
+    aliases: HashMap<String, String>,
+}
+
+impl SharedLegs {
+    /// An empty view for node `node_id`.
+    pub fn new(node_id: String) -> Self {
+        Self { node_id, loaded: BTreeMap::new(), open: BTreeMap::new(), aliases: HashMap::new() }
+    }
+
+    /// Forgets lines no longer owned (or owned under another token) and returns the owned lines
+    /// whose journal must be read before the next batch is planned.
+    pub fn to_load(&mut self, owned: &BTreeMap<String, i64>) -> BTreeSet<String> {
+        let gone: Vec<String> = self
+            .loaded
+            .iter()
+            .filter(|(line, token)| owned.get(*line) != Some(*token))
+            .map(|(line, _)| line.clone())
+            .collect();
+        for line in gone {
+            self.forget(&line);
+        }
+        owned.keys().filter(|line| !self.loaded.contains_key(*line)).cloned().collect()
+    }
+
+    /// Takes the journal's legs of lines just read, under the tokens `owned` gives.
+    pub fn loaded(&mut self, lines: &BTreeSet<String>, owned: &BTreeMap<String, i64>, mut legs: JournaledLegs) {
+        for line in lines {
+            let Some(token) = owned.get(line) else { continue };
+            let inherited = legs.remove(line).unwrap_or_default();
+            let open = inherited
+                .into_iter()
+                .map(|(key, record)| {
+                    (key, OpenLeg { inherited: Some(record.clone()), current: record, continued: false })
+                })
+                .collect();
+            self.open.insert(line.clone(), open);
+            self.loaded.insert(line.clone(), *token);
+        }
+    }
+
+    /// Forgets a line: another node owns it now.
+    pub fn forget(&mut self, line: &str) {
+        self.loaded.remove(line);
+        self.open.remove(line);
+        self.aliases.retain(|model_key, _| line_of(model_key) != line);
+    }
+
+    /// Open legs known on `line`.
+    pub fn open_legs(&self, line: &str) -> usize {
+        self.open.get(line).map_or(0, BTreeMap::len)
+    }
+
+    /// The journal key and record of a leg the model reports.
+    fn resolve(&mut self, record: CallLogRecord) -> (String, CallLogRecord) {
+        let model_key = record.key();
+        let legs = self.open.entry(record.device.clone()).or_default();
+        let journal_key = match self.aliases.get(&model_key) {
+            Some(alias) if legs.contains_key(alias) => Some(alias.clone()),
+            _ if legs.contains_key(&model_key) => Some(model_key.clone()),
+            // A leg rebuilt from a snapshot: the call's id then is its first id in the model. The
+            // call may have changed ids in the gap (a transfer or conference): then it is the same
+            // call if it has the same recording, or was placed from and to the same numbers.
+            _ => {
+                let unclaimed = |(_, leg): &(&String, &OpenLeg)| leg.inherited.is_some() && !leg.continued;
+                let same_call = |leg: &OpenLeg| leg.current.call_id == record.root_call_id;
+                let same_recording =
+                    |leg: &OpenLeg| record.recording_url.is_some() && leg.current.recording_url == record.recording_url;
+                let same_numbers =
+                    |leg: &OpenLeg| leg.current.calling == record.calling && leg.current.called == record.called;
+                let find = |test: &dyn Fn(&OpenLeg) -> bool| {
+                    legs.iter().filter(unclaimed).find(|(_, leg)| test(leg)).map(|(key, _)| key.clone())
+                };
+                let found = find(&same_call).or_else(|| find(&same_recording)).or_else(|| find(&same_numbers));
+                if found.is_none() && legs.iter().any(|leg| unclaimed(&leg)) {
+                    tracing::debug!(?record, inherited = ?legs.values().filter(|leg| !leg.continued).collect::<Vec<_>>(), "a leg on a taken line matches none the journal had");
+                }
+                found
+            }
+        };
+        match journal_key {
+            Some(key) => {
+                if key != model_key {
+                    self.aliases.insert(model_key, key.clone());
+                }
+                let record = match legs.get(&key).and_then(|leg| leg.inherited.as_ref()) {
+                    Some(inherited) => continue_leg(inherited, record),
+                    None => record,
+                };
+                (key, record)
+            }
+            None => (model_key, record),
+        }
+    }
+
+    /// Plans a batch: `owned` is what the node owns now (notes of other lines are left out).
+    pub fn plan(&mut self, notes: &[LegNote], owned: &BTreeMap<String, i64>, now_ms: u64) -> Plan {
+        let mut writes: BTreeMap<String, BTreeMap<String, Option<JournalEntry>>> = BTreeMap::new();
+        let mut logs = Vec::new();
+        for note in notes {
+            match note {
+                LegNote::Open(record) | LegNote::Closed(record) | LegNote::Skipped(record) => {
+                    if !owned.contains_key(&record.device) {
+                        continue;
+                    }
+                    let model_key = record.key();
+                    let (key, record) = self.resolve(record.clone());
+                    let line = record.device.clone();
+                    let legs = self.open.entry(line.clone()).or_default();
+                    if let LegNote::Open(_) = note {
+                        let inherited = legs.get(&key).and_then(|leg| leg.inherited.clone());
+                        legs.insert(key.clone(), OpenLeg { inherited, current: record.clone(), continued: true });
+                        let entry = JournalEntry::Open { record: Box::new(record) };
+                        writes.entry(line).or_default().insert(key, Some(entry));
+                        continue;
+                    }
+                    legs.remove(&key);
+                    self.aliases.remove(&model_key);
+                    writes.entry(line).or_default().insert(key, None);
+                    if let LegNote::Closed(_) = note {
+                        logs.push(record);
+                    }
+                }
+                LegNote::Moved(keys) => {
+                    for model_key in keys {
+                        let line = line_of(model_key).to_owned();
+                        if !owned.contains_key(&line) {
+                            continue;
+                        }
+                        let key = self.aliases.remove(model_key).unwrap_or_else(|| model_key.clone());
+                        if let Some(legs) = self.open.get_mut(&line) {
+                            legs.remove(&key);
+                        }
+                        writes.entry(line).or_default().insert(key, None);
+                    }
+                }
+                LegNote::Taken { lines, calls } => {
+                    let present: HashSet<&str> = calls.iter().map(String::as_str).collect();
+                    for line in lines.iter().filter(|line| owned.contains_key(*line)) {
+                        let Some(legs) = self.open.get_mut(line) else { continue };
+                        tracing::debug!(line, legs = legs.len(), "line taken; its journaled legs checked");
+                        let vanished: Vec<String> = legs
+                            .iter()
+                            .filter(|(_, leg)| !leg.continued && !present.contains(leg.current.call_id.as_str()))
+                            .map(|(key, _)| key.clone())
+                            .collect();
+                        for key in vanished {
+                            let Some(leg) = legs.remove(&key) else { continue };
+                            tracing::warn!(key, "a call leg ended while no node watched its line; logging it");
+                            logs.push(ended_while_down(leg.current, now_ms));
+                            let tombstone = JournalEntry::Closed { by: self.node_id.clone() };
+                            writes.entry(line.clone()).or_default().insert(key, Some(tombstone));
+                        }
+                    }
+                }
+                // The single node's restart check; a cluster node learns the same from `Taken`.
+                LegNote::Present(_) => {}
+            }
+        }
+        let writes = writes
+            .into_iter()
+            .filter_map(|(line, legs)| {
+                let token = *owned.get(&line)?;
+                Some(LineWrites { line, token, legs })
+            })
+            .collect();
+        Plan { writes, logs }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use actors::domain::{Direction, LegOutcome};
+
+    use super::*;
+
+    fn record(root: &str, call: &str, line: &str, offered_at: u64) -> CallLogRecord {
+        CallLogRecord {
+            root_call_id: root.into(),
+            call_id: call.into(),
+            device: line.into(),
+            agent_id: None,
+            direction: Direction::Inbound,
+            outcome: LegOutcome::Answered,
+            via_queue: false,
+            queue: None,
+            calling: "+4930".into(),
+            called: line.into(),
+            parties: vec!["+4930".into(), line.into()],
+            offered_at,
+            answered_at: Some(offered_at),
+            ended_at: 0,
+            talk_seconds: 0,
+            hold_seconds: 0,
+            notes: String::new(),
+            disposition: None,
+            recording_url: None,
+        }
+    }
+
+    fn owned(lines: &[(&str, i64)]) -> BTreeMap<String, i64> {
+        lines.iter().map(|(line, token)| ((*line).to_owned(), *token)).collect()
+    }
+
+    fn taken(shared: &mut SharedLegs, owned: &BTreeMap<String, i64>, journal: Vec<CallLogRecord>) {
+        let lines = shared.to_load(owned);
+        let mut legs = JournaledLegs::new();
+        for record in journal {
+            legs.entry(record.device.clone()).or_default().insert(record.key(), record);
+        }
+        shared.loaded(&lines, owned, legs);
+    }
+
+    #[test]
+    fn an_owners_legs_are_journaled_while_open_and_logged_once_closed() {
+        let owned = owned(&[("2001", 7)]);
+        let mut shared = SharedLegs::new("n1".into());
+        taken(&mut shared, &owned, Vec::new());
+        let plan = shared.plan(&[LegNote::Open(record("C1", "C1", "2001", 10))], &owned, 20);
+        assert!(plan.logs.is_empty());
+        assert_eq!(plan.writes.len(), 1);
+        assert_eq!((plan.writes[0].line.as_str(), plan.writes[0].token), ("2001", 7));
+        assert!(matches!(plan.writes[0].legs["C1:2001"], Some(JournalEntry::Open { .. })));
+        let plan = shared.plan(&[LegNote::Closed(record("C1", "C1", "2001", 10))], &owned, 30);
+        assert_eq!(plan.logs, [record("C1", "C1", "2001", 10)]);
+        assert_eq!(plan.writes[0].legs["C1:2001"], None);
+        assert_eq!(shared.open_legs("2001"), 0);
+    }
+
+    #[test]
+    fn notes_of_lines_not_owned_are_left_out() {
+        let owned = owned(&[("2001", 7)]);
+        let mut shared = SharedLegs::new("n1".into());
+        taken(&mut shared, &owned, Vec::new());
+        let plan = shared.plan(&[LegNote::Closed(record("C1", "C1", "2002", 10))], &owned, 30);
+        assert_eq!(plan, Plan::default());
+    }
+
+    #[test]
+    fn a_taken_leg_continues_under_its_first_id_and_one_that_ended_in_the_gap_is_logged() {
+        let owned = owned(&[("2001", 9), ("2002", 9)]);
+        let mut shared = SharedLegs::new("n2".into());
+        // The previous owner journaled C1 (now known as C5 after a transfer) and C2.
+        let mut transferred = record("C1", "C5", "2001", 100);
+        transferred.answered_at = Some(200);
+        taken(&mut shared, &owned, vec![transferred, record("C2", "C2", "2002", 300)]);
+        // The snapshot shows C5 on 2001 only, as a call first seen now.
+        let rebuilt = record("C5", "C5", "2001", 9_000);
+        let plan = shared.plan(
+            &[
+                LegNote::Open(rebuilt.clone()),
+                LegNote::Taken { lines: vec!["2001".into(), "2002".into()], calls: vec!["C5".into()] },
+            ],
+            &owned,
+            10_000,
+        );
+        assert_eq!(plan.logs.len(), 1);
+        assert_eq!(plan.logs[0].key(), "C2:2002");
+        assert!(plan.logs[0].notes.contains("ended while the gateway was down"));
+        let by_line: BTreeMap<&str, &LineWrites> = plan.writes.iter().map(|w| (w.line.as_str(), w)).collect();
+        assert!(matches!(by_line["2001"].legs["C1:2001"], Some(JournalEntry::Open { .. })));
+        assert_eq!(by_line["2002"].legs["C2:2002"], Some(JournalEntry::Closed { by: "n2".into() }));
+        // The continued leg ends later: logged under its first id, with its first start times.
+        let plan = shared.plan(&[LegNote::Closed(rebuilt)], &owned, 20_000);
+        assert_eq!(plan.logs.len(), 1);
+        assert_eq!(plan.logs[0].key(), "C1:2001");
+        assert_eq!((plan.logs[0].offered_at, plan.logs[0].answered_at), (100, Some(200)));
+        assert_eq!(plan.writes[0].legs["C1:2001"], None);
+    }
+
+    #[test]
+    fn a_call_that_changed_ids_in_the_gap_is_known_by_its_numbers() {
+        let owned = owned(&[("2001", 9)]);
+        let mut shared = SharedLegs::new("n2".into());
+        taken(&mut shared, &owned, vec![record("C1", "C3", "2001", 100)]);
+        // Transferred in the gap: the snapshot shows C8, placed from and to the same numbers.
+        let rebuilt = record("C8", "C8", "2001", 9_000);
+        let plan = shared.plan(
+            &[LegNote::Open(rebuilt.clone()), LegNote::Taken { lines: vec!["2001".into()], calls: vec!["C8".into()] }],
+            &owned,
+            10_000,
+        );
+        assert!(plan.logs.is_empty(), "{:?}", plan.logs);
+        let plan = shared.plan(&[LegNote::Closed(rebuilt)], &owned, 20_000);
+        assert_eq!(plan.logs.iter().map(CallLogRecord::key).collect::<Vec<_>>(), ["C1:2001"]);
+    }
+
+    #[test]
+    fn a_line_lost_and_taken_again_is_read_afresh() {
+        let mut shared = SharedLegs::new("n1".into());
+        let first = owned(&[("2001", 3)]);
+        taken(&mut shared, &first, Vec::new());
+        shared.plan(&[LegNote::Open(record("C1", "C1", "2001", 10))], &first, 20);
+        assert_eq!(shared.open_legs("2001"), 1);
+        assert!(shared.to_load(&BTreeMap::new()).is_empty());
+        assert_eq!(shared.open_legs("2001"), 0);
+        let again = owned(&[("2001", 11)]);
+        assert_eq!(shared.to_load(&again), BTreeSet::from(["2001".to_owned()]));
+    }
+}

@@ -1,0 +1,119 @@
+//! A throwaway etcd for cluster tests and the failover measurement: one member on loopback ports
+//! with a temporary data dir, killed and its data removed when dropped. The binary is
+//! `SWITCHBOARD_ETCD` (scripts/test.sh sets it), else `etcd` on the PATH (Debian's etcd-server).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// Why etcd could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdStartError {
+    /// No etcd binary.
+    #[error(
+        "etcd not found: install Debian's etcd-server (bash scripts/test.sh does), or set SWITCHBOARD_ETCD to an etcd binary"
+    )]
+    NotFound,
+    /// It did not start or did not become healthy.
+    #[error("etcd ({binary}) did not come up on loopback: {reason}")]
+    NotUp {
+        /// The binary.
+        binary: String,
+        /// What went wrong last.
+        reason: String,
+    },
+}
+
+/// A single-member etcd on loopback.
+#[derive(Debug)]
+pub struct EtcdServer {
+    child: Child,
+    data_dir: PathBuf,
+    url: String,
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The etcd binary to run.
+pub fn etcd_binary() -> Result<PathBuf, EtcdStartError> {
+    if let Ok(path) = std::env::var("SWITCHBOARD_ETCD") {
+        return Ok(PathBuf::from(path));
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join("etcd"))
+        .find(|candidate| candidate.is_file())
+        .ok_or(EtcdStartError::NotFound)
+}
+
+/// Whether etcd at `address` (`host:port`) answers `GET /health` with a leader.
+async fn healthy(address: &str) -> bool {
+    let probe = async {
+        let mut stream = TcpStream::connect(address).await.ok()?;
+        let request = format!("GET /health HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.ok()?;
+        Some(String::from_utf8_lossy(&answer).contains("\"health\":\"true\""))
+    };
+    tokio::time::timeout(Duration::from_secs(1), probe).await.ok().flatten().unwrap_or(false)
+}
+
+impl EtcdServer {
+    /// Starts etcd and waits (at most 15 s per attempt) until it is healthy; tries other ports if
+    /// another process took one in between.
+    pub async fn start() -> Result<Self, EtcdStartError> {
+        let binary = etcd_binary()?;
+        let not_up = |reason: String| EtcdStartError::NotUp { binary: binary.display().to_string(), reason };
+        let mut last = String::new();
+        for _attempt in 0..3 {
+            let (client, peer) =
+                (free_port().map_err(|e| not_up(e.to_string()))?, free_port().map_err(|e| not_up(e.to_string()))?);
+            let data_dir = std::env::temp_dir().join(format!("switchboard-etcd-{}-{client}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&data_dir);
+            let url = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let child = Command::new(&binary)
+                .args(["--name", "test", "--data-dir"])
+                .arg(&data_dir)
+                .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+                .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+                .args(["--initial-cluster", &format!("test={peer_url}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|error| not_up(format!("starting it: {error}")))?;
+            let server = Self { child, data_dir, url };
+            let address = format!("127.0.0.1:{client}");
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if healthy(&address).await {
+                    return Ok(server);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            last = format!("not healthy on {address} within 15 s");
+        }
+        Err(not_up(last))
+    }
+
+    /// Its client URL (`http://127.0.0.1:port`).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
