@@ -16,7 +16,6 @@ use loadtest::load::check;
 use loadtest::load::gateway::{Api, GatewayProcess, GatewaySpec};
 use loadtest::salesforce::{Sandbox, SandboxConfig};
 use loadtest::sim::{Layout, Pbx, SimConfig, Simulator, TrafficConfig};
-use proto::pbx::DeviceKind;
 use tokio::time::Instant;
 
 const SWITCHBOARD: &str = env!("CARGO_BIN_EXE_switchboard");
@@ -90,17 +89,6 @@ fn traffic() -> TrafficConfig {
     }
 }
 
-/// Every line the cluster shares: what the PBX lists, outside numbers aside.
-fn lines(simulator: &Simulator) -> BTreeSet<String> {
-    simulator.with_pbx(|pbx| {
-        pbx.devices()
-            .into_iter()
-            .filter(|device| device.kind != DeviceKind::External as i32)
-            .map(|device| device.device_id)
-            .collect()
-    })
-}
-
 /// Waits until each line's owner in etcd is the member rendezvous hashing picks; returns them.
 async fn owned_by(etcd: &Etcd, lines: &BTreeSet<String>, members: &[&str]) -> BTreeMap<String, String> {
     let deadline = Instant::now() + PATIENCE;
@@ -164,7 +152,7 @@ async fn kill_9_of_a_node_under_call_traffic_loses_no_call_log_and_doubles_none(
     let sandbox = Sandbox::start(SandboxConfig::default(), listener).expect("the sandbox starts");
     let dir = TempDir(std::env::temp_dir().join(format!("switchboard-failover-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(&dir.0);
-    let lines = lines(&simulator);
+    let lines = simulator.shared_devices();
     let specs: Vec<GatewaySpec> =
         NODES.iter().map(|node| spec(&simulator, &sandbox, etcd_server.url(), node, &dir)).collect();
     let mut nodes = Vec::new();

@@ -101,17 +101,6 @@ async fn simulator(stations: u32) -> Simulator {
     .expect("the simulator binds a loopback port")
 }
 
-/// Every device a cluster shares: what the PBX lists, outside numbers aside.
-fn devices(simulator: &Simulator) -> BTreeSet<String> {
-    simulator.with_pbx(|pbx| {
-        pbx.devices()
-            .into_iter()
-            .filter(|device| device.kind != DeviceKind::External as i32)
-            .map(|device| device.device_id)
-            .collect()
-    })
-}
-
 fn traffic(seed: u64, agents: u32) -> TrafficConfig {
     TrafficConfig {
         seed,
@@ -253,7 +242,7 @@ async fn three_nodes_share_the_lines_evenly_and_a_killed_nodes_lines_move_to_the
     let etcd_server = EtcdServer::start().await.expect("etcd starts");
     let etcd = Etcd::new(&[etcd_server.url().to_owned()], Duration::from_secs(2)).expect("an etcd client");
     let simulator = simulator(30).await;
-    let lines = devices(&simulator);
+    let lines = simulator.shared_devices();
     let prefix = "/it-kill";
     let mut gateways = Vec::new();
     for name in ["node-1", "node-2", "node-3"] {
@@ -310,7 +299,7 @@ async fn a_joining_node_takes_only_its_share_and_a_leaving_one_hands_over_at_onc
     let etcd_server = EtcdServer::start().await.expect("etcd starts");
     let etcd = Etcd::new(&[etcd_server.url().to_owned()], Duration::from_secs(2)).expect("an etcd client");
     let simulator = simulator(24).await;
-    let lines = devices(&simulator);
+    let lines = simulator.shared_devices();
     let prefix = "/it-join";
     let first = Gateway::start(&node_config(&simulator, etcd_server.url().to_owned(), "node-1", prefix)).await.unwrap();
     let second =
@@ -353,7 +342,7 @@ async fn a_node_cut_off_from_etcd_stops_serving_before_another_takes_its_lines()
     let etcd_server = EtcdServer::start().await.expect("etcd starts");
     let etcd = Etcd::new(&[etcd_server.url().to_owned()], Duration::from_secs(2)).expect("an etcd client");
     let simulator = simulator(18).await;
-    let lines = devices(&simulator);
+    let lines = simulator.shared_devices();
     let prefix = "/it-cut";
     let relay = Relay::start(etcd_server.url()).await;
     let first = Gateway::start(&node_config(&simulator, etcd_server.url().to_owned(), "node-1", prefix)).await.unwrap();
@@ -571,7 +560,7 @@ async fn requests_for_any_line_and_events_of_every_line_work_from_any_node() {
     let etcd_server = EtcdServer::start().await.expect("etcd starts");
     let etcd = Etcd::new(&[etcd_server.url().to_owned()], Duration::from_secs(2)).expect("an etcd client");
     let simulator = simulator(12).await;
-    let lines = devices(&simulator);
+    let lines = simulator.shared_devices();
     let stations = stations(&simulator);
     let prefix = "/it-route";
     let mut nodes = Vec::new();

@@ -318,6 +318,18 @@ impl Simulator {
         &self.shared.config
     }
 
+    /// Every device of the phone system a gateway monitors (stations, queues, park orbits): what
+    /// the PBX lists, outside numbers aside. The lines a cluster of gateways shares.
+    pub fn shared_devices(&self) -> std::collections::BTreeSet<String> {
+        self.with_pbx(|pbx| {
+            pbx.devices()
+                .into_iter()
+                .filter(|device| device.kind != DeviceKind::External as i32)
+                .map(|device| device.device_id)
+                .collect()
+        })
+    }
+
     /// Acts on the phone system as a person at a phone would (or inspects it); the events caused go
     /// out on the links at once.
     pub fn with_pbx<R>(&self, action: impl FnOnce(&mut Pbx) -> R) -> R {
