@@ -20,6 +20,14 @@ pub struct Party {
 /// Something the PBX said about this call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallInput {
+    /// The PBX's global linkage id for the call (ECMA-269 `callLinkageData`, Avaya's UCID): one
+    /// id for the customer's call across transfers and conferences. It becomes the call's root, so
+    /// a node that first sees the call after a transfer keys its legs as the node that saw the
+    /// call begin does.
+    Linkage {
+        /// The id.
+        id: CallId,
+    },
     /// Who placed the call and where to; the first report fixes the direction.
     Info {
         /// The calling device or number.
@@ -243,7 +251,8 @@ impl Leg {
 /// The call log record of one agent leg, made when the call ends.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CallLogRecord {
-    /// The call's first id: the same for every record of one customer call.
+    /// The call's first id (the PBX's linkage id when it gives one): the same for every record of
+    /// one customer call.
     pub root_call_id: CallId,
     /// The call's last id.
     pub call_id: CallId,
@@ -287,8 +296,13 @@ impl CallLogRecord {
     /// The record's key: the call's first id and the line, the same on every retry and after a
     /// restart (Salesforce's external id for the Task).
     pub fn key(&self) -> String {
-        format!("{}:{}", self.root_call_id, self.device)
+        leg_key(&self.root_call_id, &self.device)
     }
+}
+
+/// The key of a line's leg of the call whose root is `root` (see [`CallLogRecord::key`]).
+pub fn leg_key(root: &str, line: &str) -> String {
+    format!("{root}:{line}")
 }
 
 /// What the model tells the durable path about agent legs, in the order it happens.
@@ -322,7 +336,7 @@ pub enum LegNote {
 pub struct CallState {
     /// Its id now.
     pub id: CallId,
-    /// Its first id.
+    /// Its first id, or the PBX's linkage id for it ([`CallInput::Linkage`]).
     pub root: CallId,
     /// Ids it had before, oldest first.
     pub previous_ids: Vec<CallId>,
@@ -408,6 +422,7 @@ impl CallState {
             return false;
         }
         match input {
+            CallInput::Linkage { id } => replace(&mut self.root, id),
             CallInput::Info { calling, called, direction } => {
                 let changed = self.direction.is_none() || self.calling != calling || self.called != called;
                 if self.direction.is_none() {

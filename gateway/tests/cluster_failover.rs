@@ -79,12 +79,11 @@ fn traffic() -> TrafficConfig {
         no_answer_probability: 0.05,
         hold_probability: 0.15,
         park_probability: 0.0,
-        // No transfers or conferences: a call that reaches a line of another node under a new id
-        // is keyed by that id there (see ARCHITECTURE.md, known gaps), which is not what this
-        // test is about.
-        blind_transfer_probability: 0.0,
-        consult_transfer_probability: 0.0,
-        conference_probability: 0.0,
+        // Transfers and conferences reach lines of other nodes under new ids; the PBX's linkage
+        // id keys their legs as the node that saw the call begin does.
+        blind_transfer_probability: 0.05,
+        consult_transfer_probability: 0.05,
+        conference_probability: 0.05,
         alternate_probability: 0.0,
     }
 }

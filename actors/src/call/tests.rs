@@ -119,6 +119,17 @@ fn repeated_states_and_unknown_parties_change_nothing() {
 }
 
 #[test]
+fn the_pbxs_linkage_id_becomes_the_root_of_every_record_and_a_repeat_changes_nothing() {
+    let mut call = answered_queue_call("2001");
+    assert!(call.apply(CallInput::Linkage { id: "C0".into() }));
+    assert!(!call.apply(CallInput::Linkage { id: "C0".into() }), "the same id again");
+    assert_eq!((call.id.as_str(), call.root.as_str()), ("C1", "C0"));
+    call.apply(CallInput::Ended { cause: Cause::Normal, at: 5000 });
+    assert!(!call.apply(CallInput::Linkage { id: "C9".into() }), "an ended call's root stays");
+    assert!(call.log_records().iter().all(|record| record.root_call_id == "C0" && record.key() == "C0:2001"));
+}
+
+#[test]
 fn notes_disposition_and_recording_reach_the_record() {
     let mut call = answered_queue_call("2001");
     assert!(call.apply(CallInput::Notes { notes: "wants a callback".into() }));
@@ -282,6 +293,7 @@ fn arbitrary_input() -> impl Strategy<Value = CallInput> {
         }),
         2 => (device, cause, 0u64..5_000).prop_map(|(device, cause, at)| CallInput::PartyCleared { device: device.to_owned(), cause, at }),
         1 => (0u64..5_000).prop_map(|at| CallInput::Ended { cause: Cause::Normal, at }),
+        1 => prop_oneof![Just("C1"), Just("C0")].prop_map(|id| CallInput::Linkage { id: id.to_owned() }),
     ]
 }
 
@@ -323,6 +335,7 @@ proptest! {
             prop_assert_eq!(answered, matches!(record.outcome, LegOutcome::Answered | LegOutcome::Transferred), "{:?}", record);
             prop_assert!(record.talk_seconds + record.hold_seconds <= (record.ended_at - record.offered_at) / 1000 + 1);
             prop_assert!(record.ended_at >= record.offered_at);
+            prop_assert_eq!(&record.root_call_id, &call.root, "every record carries the call's one root");
         }
     }
 }

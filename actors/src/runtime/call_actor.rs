@@ -7,7 +7,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::mailbox::{Mailbox, Tally, took_one};
 use super::{CallOutcome, Context, Shared, bump, lock};
-use crate::call::{CallInput, CallLogRecord, CallState, LegNote, Party};
+use crate::call::{CallInput, CallLogRecord, CallState, LegNote, Party, leg_key};
 use crate::domain::{Cause, LegOutcome, Millis};
 use crate::events::{CallView, ModelEvent};
 use crate::port::{PbxCommand, PbxOutcome, PbxPort};
@@ -41,6 +41,17 @@ pub(crate) enum CallOrder {
     Crash,
 }
 
+/// What the journal was told of one leg: a leg is told again when any of it changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Journaled {
+    line: String,
+    answered: bool,
+    /// The call's id then.
+    call: String,
+    /// The call's root then: the leg's key is the root and the line.
+    root: String,
+}
+
 /// The behaviour; the state is the shared [`CallState`].
 pub(crate) struct CallActor<P>(std::marker::PhantomData<fn() -> P>);
 
@@ -56,9 +67,9 @@ pub(crate) struct CallActorState<P> {
     call: Shared<CallState>,
     /// Whether it serves `call` now (false while in the pool).
     serving: bool,
-    /// What the durable journal was last told of each leg: line, answered, the call's id. A
-    /// restarted actor starts empty and tells it again, which the journal takes as an update.
-    journaled: Vec<(String, bool, String)>,
+    /// What the durable journal was last told of each leg. A restarted actor starts empty and
+    /// tells it again, which the journal takes as an update.
+    journaled: Vec<Journaled>,
     /// Messages waiting for it (see [`Mailbox`]).
     queued: Arc<Tally>,
 }
@@ -195,29 +206,47 @@ async fn journal<P: PbxPort>(state: &mut CallActorState<P>) {
 }
 
 async fn journal_changes<P: PbxPort>(state: &mut CallActorState<P>) {
-    let changed: Vec<CallLogRecord> = {
+    let (rekeyed, changed): (Vec<String>, Vec<CallLogRecord>) = {
         let call = lock(&state.call);
         if call.is_ended() {
             return;
         }
-        let signature: Vec<(String, bool, String)> =
-            call.legs.iter().map(|leg| (leg.device.clone(), leg.answered_at.is_some(), call.id.clone())).collect();
+        let signature: Vec<Journaled> = call
+            .legs
+            .iter()
+            .map(|leg| Journaled {
+                line: leg.device.clone(),
+                answered: leg.answered_at.is_some(),
+                call: call.id.clone(),
+                root: call.root.clone(),
+            })
+            .collect();
         if signature == state.journaled {
             return;
         }
+        // Legs journaled under another root (the PBX's linkage id came after them) are told
+        // under their new key below; the old keys must go.
+        let rekeyed = state
+            .journaled
+            .iter()
+            .filter(|told| told.root != call.root)
+            .map(|told| leg_key(&told.root, &told.line))
+            .collect();
         let at = call.timeline.last().map_or(call.created_at, |entry| entry.at);
         let records = call
             .provisional_records(at)
             .into_iter()
             .filter(|record| {
-                !state.journaled.iter().any(|(device, answered, id)| {
-                    *device == record.device && *answered == record.answered_at.is_some() && *id == call.id
-                })
+                let now = signature.iter().find(|leg| leg.line == record.device);
+                !state.journaled.iter().any(|told| Some(told) == now)
             })
             .collect();
         state.journaled = signature;
-        records
+        (rekeyed, records)
     };
+    if !rekeyed.is_empty() {
+        let _ = state.context.logs.send(LegNote::Moved(rekeyed)).await;
+    }
     for mut record in changed {
         record.agent_id = state.context.agent_on(&record.device);
         tracing::debug!(call = record.call_id, line = record.device, "journaling a leg");

@@ -70,6 +70,8 @@ pub enum ModelInput {
         leaving: Option<DeviceId>,
         /// The new call's devices, from the PBX's old-to-new connection pairs.
         devices: Vec<DeviceId>,
+        /// The PBX's linkage id for the new call, if it gives one (see [`CallInput::Linkage`]).
+        linkage: Option<CallId>,
         /// When.
         at: Millis,
     },
@@ -112,6 +114,8 @@ pub struct CallSnapshot {
     pub recording_url: Option<String>,
     /// When the PBX created it.
     pub created_at: Millis,
+    /// The PBX's linkage id for it, if it gives one (see [`CallInput::Linkage`]).
+    pub linkage: Option<CallId>,
     /// When the snapshot was taken.
     pub at: Millis,
 }

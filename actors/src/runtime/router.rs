@@ -88,8 +88,8 @@ impl<P: PbxPort> Router<P> {
         match input {
             ModelInput::Call { call, inputs } => self.route_call(call, inputs).await,
             ModelInput::Line { device, input } => self.route_line(device, vec![input]).await,
-            ModelInput::Merge { primary, secondary, new, leaving, devices, at } => {
-                self.merge(primary, secondary, new, leaving, devices, at).await;
+            ModelInput::Merge { primary, secondary, new, leaving, devices, linkage, at } => {
+                self.merge(primary, secondary, new, leaving, devices, linkage, at).await;
             }
             ModelInput::ResyncStarted => self.resync = Some(HashSet::new()),
             ModelInput::CallSnapshot(snapshot) => self.snapshot(*snapshot).await,
@@ -192,6 +192,7 @@ impl<P: PbxPort> Router<P> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn merge(
         &mut self,
         primary: CallId,
@@ -199,6 +200,7 @@ impl<P: PbxPort> Router<P> {
         new: CallId,
         leaving: Option<String>,
         devices: Vec<String>,
+        linkage: Option<CallId>,
         at: Millis,
     ) {
         self.mentioned(&new);
@@ -211,6 +213,10 @@ impl<P: PbxPort> Router<P> {
                 CallState::merged(first, second, new.clone(), leaving.as_deref(), parties, at)
             }
         };
+        let mut merged = merged;
+        if let Some(id) = linkage {
+            merged.apply(CallInput::Linkage { id });
+        }
         let mut old = vec![primary];
         old.extend(secondary);
         self.context.publisher.publish(ModelEvent::CallRenamed { old, new: new.clone() });
@@ -223,11 +229,13 @@ impl<P: PbxPort> Router<P> {
 
     async fn snapshot(&mut self, snapshot: CallSnapshot) {
         self.mentioned(&snapshot.call);
-        let mut inputs = vec![CallInput::Info {
+        let mut inputs: Vec<CallInput> =
+            snapshot.linkage.clone().map(|id| CallInput::Linkage { id }).into_iter().collect();
+        inputs.push(CallInput::Info {
             calling: snapshot.calling.clone(),
             called: snapshot.called.clone(),
             direction: snapshot.direction,
-        }];
+        });
         if let Some(queue) = snapshot.queue.clone() {
             inputs.push(CallInput::Queue { queue });
         }

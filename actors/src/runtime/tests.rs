@@ -225,6 +225,7 @@ async fn a_transfer_merges_both_calls_under_the_new_id() {
             new: "C3".into(),
             leaving: Some("2001".into()),
             devices: vec!["+4930111".into(), "2002".into()],
+            linkage: None,
             at: 9000,
         })
         .await;
@@ -269,6 +270,7 @@ async fn a_resync_closes_calls_that_no_snapshot_mentions() {
             park_id: None,
             recording_url: None,
             created_at: 0,
+            linkage: None,
             at: 40_000,
         })))
         .await;
@@ -502,6 +504,7 @@ async fn transfer_c1_to_c2s_party(fixture: &mut Fixture) {
             new: "C3".into(),
             leaving: Some("2001".into()),
             devices: vec!["+4930111".into(), "2002".into()],
+            linkage: None,
             at: 9000,
         })
         .await;
@@ -536,5 +539,108 @@ async fn the_journal_hears_of_every_leg_and_is_left_with_none_open_after_a_merge
     }
     assert!(open.is_empty(), "legs left open in the journal: {open:?}");
     assert!(renamed_to_c3, "the journal learns the call's new id");
+    fixture.model.shutdown().await;
+}
+
+/// A call this model first sees after it left another node's line: 2002 rings on C5, which the
+/// PBX links to the customer's call C1 (a blind transfer elsewhere gave it the new id).
+fn delivered_after_a_transfer_elsewhere(linkage: Option<&str>) -> ModelInput {
+    let mut inputs: Vec<CallInput> = linkage.map(|id| CallInput::Linkage { id: id.into() }).into_iter().collect();
+    inputs.push(CallInput::Info { calling: "+4930111".into(), called: "2002".into(), direction: Direction::Inbound });
+    inputs.push(CallInput::PartyState {
+        device: "2002".into(),
+        kind: DeviceKind::Line,
+        state: ConnState::Alerting,
+        cause: Cause::Transfer,
+        at: 7000,
+    });
+    ModelInput::Call { call: "C5".into(), inputs }
+}
+
+#[tokio::test]
+async fn legs_of_a_call_first_seen_after_a_transfer_are_keyed_by_the_pbxs_linkage_id() {
+    let mut fixture = fixture(ModelConfig::default()).await;
+    fixture.router.route(delivered_after_a_transfer_elsewhere(Some("C1"))).await;
+    fixture.router.route(party("C5", "2002", DeviceKind::Line, ConnState::Connected, 8000)).await;
+    fixture.router.route(end("C5", 20_000)).await;
+    let record = tokio::time::timeout(Duration::from_secs(10), fixture.logs.recv()).await.unwrap().unwrap();
+    assert_eq!((record.key(), record.call_id.as_str()), ("C1:2002".to_owned(), "C5"));
+    // Without a linkage id (a PBX that has none) the first id this model saw is the root.
+    fixture.router.route(delivered_after_a_transfer_elsewhere(None)).await;
+    fixture.router.route(end("C5", 30_000)).await;
+    let record = tokio::time::timeout(Duration::from_secs(10), fixture.logs.recv()).await.unwrap().unwrap();
+    assert_eq!(record.key(), "C5:2002");
+    fixture.model.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_merge_and_a_snapshot_take_the_pbxs_linkage_id_as_the_root() {
+    let mut fixture = fixture(ModelConfig::default()).await;
+    let router = &mut fixture.router;
+    // This model saw only the consultation call C2 (2002 was consulted from another node's line);
+    // the transfer joins it with C1, itself the customer's call C0 after an earlier transfer.
+    router.route(party("C2", "2002", DeviceKind::Line, ConnState::Connected, 6000)).await;
+    router
+        .route(ModelInput::Merge {
+            primary: "C1".into(),
+            secondary: Some("C2".into()),
+            new: "C3".into(),
+            leaving: Some("2001".into()),
+            devices: vec!["+4930111".into(), "2002".into()],
+            linkage: Some("C0".into()),
+            at: 9000,
+        })
+        .await;
+    eventually(|| fixture.model.call("C3").is_some_and(|call| call.root == "C0")).await;
+    fixture.router.route(end("C3", 20_000)).await;
+    let record = tokio::time::timeout(Duration::from_secs(10), fixture.logs.recv()).await.unwrap().unwrap();
+    assert_eq!(record.key(), "C0:2002");
+    // A call rebuilt from a snapshot (a failover, a resync) gets the same root.
+    fixture
+        .router
+        .route(ModelInput::CallSnapshot(Box::new(CallSnapshot {
+            call: "C7".into(),
+            parties: vec![Party { device: "2003".into(), kind: DeviceKind::Line, state: ConnState::Connected }],
+            calling: "+4930333".into(),
+            called: "2003".into(),
+            direction: Direction::Inbound,
+            queue: None,
+            park_id: None,
+            recording_url: None,
+            created_at: 0,
+            linkage: Some("C6".into()),
+            at: 40_000,
+        })))
+        .await;
+    eventually(|| fixture.model.call("C7").is_some_and(|call| call.root == "C6")).await;
+    fixture.model.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_leg_journaled_before_the_linkage_id_came_moves_to_its_new_key() {
+    let mut fixture = fixture(ModelConfig { journal_legs: true, ..ModelConfig::default() }).await;
+    fixture.router.route(delivered_after_a_transfer_elsewhere(None)).await;
+    let linkage = ModelInput::Call { call: "C5".into(), inputs: vec![CallInput::Linkage { id: "C1".into() }] };
+    fixture.router.route(linkage).await;
+    eventually(|| fixture.model.call("C5").is_some_and(|call| call.root == "C1")).await;
+    fixture.router.route(end("C5", 20_000)).await;
+    let closed = fixture.logs.recv().await.unwrap().key();
+    assert_eq!(closed, "C1:2002");
+    // Replayed as the outbox keeps it, the journal holds no leg under the old key.
+    let mut open = std::collections::BTreeSet::new();
+    for note in &fixture.logs.journal {
+        match note {
+            LegNote::Open(record) => {
+                open.insert(record.key());
+            }
+            LegNote::Moved(keys) => keys.iter().for_each(|key| {
+                open.remove(key);
+            }),
+            other => panic!("unexpected note {other:?}"),
+        }
+    }
+    assert!(fixture.logs.journal.contains(&LegNote::Moved(vec!["C5:2002".into()])), "{:?}", fixture.logs.journal);
+    open.remove(&closed);
+    assert!(open.is_empty(), "legs left open in the journal: {open:?}");
     fixture.model.shutdown().await;
 }

@@ -167,6 +167,7 @@ impl Translator {
                 calling: call.calling_device,
                 called: call.called_device,
                 created_at: call.created_ms,
+                linkage: non_empty(call.call_linkage_id),
                 call: call.call_id,
                 at,
             })));
@@ -205,6 +206,15 @@ impl Translator {
 
     fn event(&mut self, report: pbx::EventReport, out: &mut Vec<ModelInput>) {
         let at = report.timestamp_ms;
+        // The PBX's linkage id goes first into inputs that may create the call, so the call's
+        // root is set before it has any leg.
+        let mut linkage = non_empty(report.call_linkage_id);
+        let mut linked = |mut inputs: Vec<CallInput>| -> Vec<CallInput> {
+            if let Some(id) = linkage.take() {
+                inputs.insert(0, CallInput::Linkage { id });
+            }
+            inputs
+        };
         let event_cause = EventCause::try_from(report.cause).unwrap_or(EventCause::Unspecified);
         let cause = match event_cause {
             EventCause::Park => Cause::Park,
@@ -221,13 +231,13 @@ impl Translator {
                 if let Some(connection) = event.initiated {
                     let info =
                         (!event.called_device.is_empty()).then(|| self.info(event.calling_device, event.called_device));
-                    self.party(connection, ConnState::Initiated, cause, at, info.into_iter().collect(), out);
+                    self.party(connection, ConnState::Initiated, cause, at, linked(info.into_iter().collect()), out);
                 }
             }
             Event::Originated(event) => {
                 if let Some(connection) = event.originating {
                     let info = self.info(event.calling_device, event.called_device);
-                    self.party(connection, ConnState::Connected, cause, at, vec![info], out);
+                    self.party(connection, ConnState::Connected, cause, at, linked(vec![info]), out);
                 }
             }
             Event::Delivered(event) => {
@@ -236,7 +246,7 @@ impl Translator {
                     if self.directory.kind(&event.last_redirection_device) == DeviceKind::Queue {
                         inputs.push(CallInput::Queue { queue: event.last_redirection_device });
                     }
-                    self.party(connection, ConnState::Alerting, cause, at, inputs, out);
+                    self.party(connection, ConnState::Alerting, cause, at, linked(inputs), out);
                 }
             }
             Event::Established(event) => {
@@ -248,17 +258,17 @@ impl Translator {
                     if cause == Cause::Park {
                         inputs.push(CallInput::Unparked { at });
                     }
-                    self.party(connection, ConnState::Connected, cause, at, inputs, out);
+                    self.party(connection, ConnState::Connected, cause, at, linked(inputs), out);
                 }
             }
             Event::Held(event) => {
                 if let Some(connection) = event.held {
-                    self.party(connection, ConnState::Held, cause, at, Vec::new(), out);
+                    self.party(connection, ConnState::Held, cause, at, linked(Vec::new()), out);
                 }
             }
             Event::Retrieved(event) => {
                 if let Some(connection) = event.retrieved {
-                    self.party(connection, ConnState::Connected, cause, at, Vec::new(), out);
+                    self.party(connection, ConnState::Connected, cause, at, linked(Vec::new()), out);
                 }
             }
             Event::Queued(event) => {
@@ -267,7 +277,7 @@ impl Translator {
                         self.info(event.calling_device, event.called_device),
                         CallInput::Queue { queue: event.queue_device },
                     ];
-                    self.party(connection, ConnState::Queued, cause, at, inputs, out);
+                    self.party(connection, ConnState::Queued, cause, at, linked(inputs), out);
                 }
             }
             Event::Diverted(event) => {
@@ -277,7 +287,7 @@ impl Translator {
             }
             Event::Failed(event) => {
                 if let Some(connection) = event.failed {
-                    self.party(connection, ConnState::Failed, Cause::Failed, at, Vec::new(), out);
+                    self.party(connection, ConnState::Failed, Cause::Failed, at, linked(Vec::new()), out);
                 }
             }
             Event::ConnectionCleared(event) => {
@@ -296,13 +306,23 @@ impl Translator {
                     event.new_call_id,
                     Some(event.transferring_device),
                     event.connections,
+                    linkage,
                     at,
                     out,
                 );
             }
             Event::Conferenced(event) => {
                 let secondary = non_empty(event.secondary_old_call);
-                self.merge(event.primary_old_call, secondary, event.new_call_id, None, event.connections, at, out);
+                self.merge(
+                    event.primary_old_call,
+                    secondary,
+                    event.new_call_id,
+                    None,
+                    event.connections,
+                    linkage,
+                    at,
+                    out,
+                );
             }
             Event::Parked(event) => {
                 let Some(parked) = event.parked else { return };
@@ -343,6 +363,7 @@ impl Translator {
         new: String,
         leaving: Option<String>,
         pairs: Vec<pbx::ConnectionPair>,
+        linkage: Option<String>,
         at: Millis,
         out: &mut Vec<ModelInput>,
     ) {
@@ -364,7 +385,7 @@ impl Translator {
                 line_inputs.push(ModelInput::Line { device: leaving.clone(), input });
             }
         }
-        out.push(ModelInput::Merge { primary, secondary, new, leaving, devices, at });
+        out.push(ModelInput::Merge { primary, secondary, new, leaving, devices, linkage, at });
         out.extend(line_inputs);
     }
 }
@@ -378,4 +399,90 @@ fn wall_clock_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|elapsed| elapsed.as_millis() as u64)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connection(call: &str, device: &str) -> Option<pbx::ConnectionId> {
+        Some(pbx::ConnectionId { call_id: call.to_owned(), device_id: device.to_owned() })
+    }
+
+    fn report(linkage: &str, event: Event) -> LinkEvent {
+        LinkEvent::Event(pbx::EventReport {
+            sequence: 1,
+            timestamp_ms: 5000,
+            monitor_ids: vec![1],
+            cause: EventCause::Transfer as i32,
+            event: Some(event),
+            call_linkage_id: linkage.to_owned(),
+        })
+    }
+
+    fn translated(event: LinkEvent) -> Vec<ModelInput> {
+        let directory = Directory::default();
+        directory.learn("2002", DeviceKind::Line);
+        let mut out = Vec::new();
+        Translator::new(directory).translate(event, &mut out);
+        out
+    }
+
+    #[test]
+    fn the_linkage_id_comes_first_in_the_inputs_of_an_event_that_may_create_the_call() {
+        let delivered = pbx::DeliveredEvent {
+            alerting: connection("C5", "2002"),
+            calling_device: "+4930111".into(),
+            called_device: "2002".into(),
+            last_redirection_device: String::new(),
+        };
+        let out = translated(report("C1", Event::Delivered(delivered.clone())));
+        let ModelInput::Call { call, inputs } = &out[0] else { panic!("{out:?}") };
+        assert_eq!((call.as_str(), &inputs[0]), ("C5", &CallInput::Linkage { id: "C1".into() }));
+        assert_eq!(inputs.iter().filter(|input| matches!(input, CallInput::Linkage { .. })).count(), 1);
+        // From a PBX that has none, nothing.
+        let out = translated(report("", Event::Delivered(delivered)));
+        let ModelInput::Call { inputs, .. } = &out[0] else { panic!("{out:?}") };
+        assert!(!inputs.iter().any(|input| matches!(input, CallInput::Linkage { .. })));
+    }
+
+    #[test]
+    fn a_transfer_and_a_snapshot_carry_the_linkage_id() {
+        let transferred = pbx::TransferredEvent {
+            primary_old_call: "C1".into(),
+            secondary_old_call: "C2".into(),
+            transferring_device: "2001".into(),
+            transferred_to_device: "2002".into(),
+            new_call_id: "C3".into(),
+            connections: vec![pbx::ConnectionPair {
+                old_connection: connection("C2", "2002"),
+                new_connection: connection("C3", "2002"),
+            }],
+        };
+        let out = translated(report("C0", Event::Transferred(transferred)));
+        assert!(
+            matches!(&out[0], ModelInput::Merge { new, linkage: Some(linkage), .. } if new == "C3" && linkage == "C0"),
+            "{out:?}"
+        );
+        let snapshot = pbx::SnapshotDeviceResult {
+            device: Some(pbx::DeviceInfo {
+                device_id: "2002".into(),
+                kind: pbx::DeviceKind::Station as i32,
+                name: String::new(),
+            }),
+            agent: None,
+            calls: vec![pbx::CallSnapshot {
+                call_id: "C3".into(),
+                parties: vec![pbx::Party { device_id: "2002".into(), state: pbx::ConnectionState::Connected as i32 }],
+                call_linkage_id: "C0".into(),
+                ..pbx::CallSnapshot::default()
+            }],
+        };
+        let out = translated(LinkEvent::Acquired { snapshot, session: 1 });
+        let call = out.iter().find_map(|input| match input {
+            ModelInput::CallSnapshot(call) => Some(call),
+            _ => None,
+        });
+        assert_eq!(call.and_then(|call| call.linkage.as_deref()), Some("C0"));
+    }
 }

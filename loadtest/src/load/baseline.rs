@@ -25,13 +25,14 @@ pub fn event_stream(calls: usize) -> Result<(BytesMut, u64), LoadError> {
     let mut bytes = BytesMut::new();
     let mut sequence = 1_000_000;
     let mut count = 0;
-    let mut push = |cause: EventCause, event: Event, bytes: &mut BytesMut| {
+    let mut push = |cause: EventCause, event: Event, linkage: &str, bytes: &mut BytesMut| {
         let report = pbx::EventReport {
             sequence,
             timestamp_ms: 1_764_000_000_000 + sequence,
             monitor_ids: vec![1],
             cause: cause as i32,
             event: Some(event),
+            call_linkage_id: linkage.to_owned(),
         };
         sequence += 1;
         count += 1;
@@ -49,22 +50,22 @@ pub fn event_stream(calls: usize) -> Result<(BytesMut, u64), LoadError> {
             called_device: "6000".into(),
             last_redirection_device: "6000".into(),
         };
-        push(EventCause::AcdDistribution, Event::Delivered(delivered), &mut bytes)?;
+        push(EventCause::AcdDistribution, Event::Delivered(delivered), &call, &mut bytes)?;
         let established = pbx::EstablishedEvent {
             answering: connection(&call, &line),
             calling_device: caller.clone(),
             called_device: "6000".into(),
             recording_url: format!("https://recordings.example/{call}.wav"),
         };
-        push(EventCause::NewCall, Event::Established(established), &mut bytes)?;
-        push(EventCause::KeyOperation, Event::Held(pbx::HeldEvent { held: connection(&call, &line) }), &mut bytes)?;
+        push(EventCause::NewCall, Event::Established(established), &call, &mut bytes)?;
+        push(EventCause::KeyOperation, Event::Held(pbx::HeldEvent { held: connection(&call, &line) }), &call, &mut bytes)?;
         let retrieved = pbx::RetrievedEvent { retrieved: connection(&call, &line) };
-        push(EventCause::KeyOperation, Event::Retrieved(retrieved), &mut bytes)?;
+        push(EventCause::KeyOperation, Event::Retrieved(retrieved), &call, &mut bytes)?;
         for device in [&caller, &line] {
             let cleared = pbx::ConnectionClearedEvent { dropped: connection(&call, device) };
-            push(EventCause::NormalClearing, Event::ConnectionCleared(cleared), &mut bytes)?;
+            push(EventCause::NormalClearing, Event::ConnectionCleared(cleared), &call, &mut bytes)?;
         }
-        push(EventCause::NormalClearing, Event::CallCleared(pbx::CallClearedEvent { call_id: call }), &mut bytes)?;
+        push(EventCause::NormalClearing, Event::CallCleared(pbx::CallClearedEvent { call_id: call.clone() }), &call, &mut bytes)?;
     }
     Ok((bytes, count))
 }

@@ -74,6 +74,9 @@ pub struct PbxEvent {
     pub event: Event,
     /// Every device with, or just without, a connection in the call; or the device itself.
     pub devices: BTreeSet<String>,
+    /// The call's global linkage id (its first id, kept across transfers and conferences); empty
+    /// for an event about no call.
+    pub linkage: String,
 }
 
 #[derive(Debug, Clone)]
@@ -375,6 +378,7 @@ impl Pbx {
             park_id: call.park.as_ref().map(|park| park.park_id.clone()).unwrap_or_default(),
             recording_url: call.recording_url.clone(),
             created_ms: call.created_ms,
+            call_linkage_id: call.root.clone(),
         })
     }
 
@@ -1563,11 +1567,12 @@ impl Pbx {
             .map(|call| call.parties.iter().map(|(device, _)| device.clone()).collect())
             .unwrap_or_default();
         devices.extend(also.iter().map(|device| (*device).to_owned()));
-        self.emit(cause, event, devices);
+        let linkage = self.calls.get(call_id).map(|call| call.root.clone()).unwrap_or_default();
+        self.events.push(PbxEvent { timestamp_ms: self.now_ms, cause, event, devices, linkage });
     }
 
     fn emit(&mut self, cause: EventCause, event: Event, devices: BTreeSet<String>) {
-        self.events.push(PbxEvent { timestamp_ms: self.now_ms, cause, event, devices });
+        self.events.push(PbxEvent { timestamp_ms: self.now_ms, cause, event, devices, linkage: String::new() });
     }
 }
 

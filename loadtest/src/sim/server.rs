@@ -234,6 +234,7 @@ impl Shared {
             monitor_ids,
             cause: event.cause as i32,
             event: Some(event.event.clone()),
+            call_linkage_id: event.linkage.clone(),
         };
         link.next_sequence += 1;
         let not_before = Instant::now() + faults.settings.event_delay;

@@ -1008,6 +1008,30 @@ fn reconnect_from_a_ringing_call_leaves_one_connected_call() {
 }
 
 #[test]
+fn every_event_about_a_call_carries_the_customer_calls_linkage_id_across_transfers() {
+    let mut pbx = new_pbx();
+    let primary = answered_direct_call(&mut pbx, CALLER, A);
+    let linkages = |pbx: &mut Pbx| -> BTreeSet<String> {
+        pbx.drain_events().into_iter().map(|event| event.linkage).collect()
+    };
+    // A consultation is a call of its own until the transfer joins it to the customer's.
+    let consultation = pbx.consultation_call(&conn(&primary, A), B).unwrap();
+    pbx.answer_call(&conn(&consultation.call_id, B)).unwrap();
+    assert_eq!(linkages(&mut pbx), ["C1".to_owned(), "C2".to_owned()].into());
+    let joined = pbx.transfer_call(&conn("C1", A), &conn("C2", A)).unwrap();
+    assert_eq!(linkages(&mut pbx), ["C1".to_owned()].into());
+    pbx.single_step_transfer(&conn(&joined, B), C).unwrap();
+    assert_eq!(linkages(&mut pbx), ["C1".to_owned()].into());
+    let renamed = pbx.calls_of(C).pop().expect("C rings");
+    assert_ne!(renamed, joined);
+    assert_eq!(pbx.snapshot_call(&renamed).unwrap().call_linkage_id, "C1");
+    // An event about no call has none.
+    pbx.set_agent_state(A, AgentState::NotReady, "A7", &["agent".to_owned()], "break").unwrap();
+    let events = pbx.drain_events();
+    assert!(!events.is_empty() && events.iter().all(|event| event.linkage.is_empty()), "{events:?}");
+}
+
+#[test]
 fn single_step_transfer_gives_the_call_a_new_id_and_rings_the_target() {
     let mut pbx = new_pbx();
     log_on(&mut pbx, A);
@@ -1575,6 +1599,7 @@ fn snapshot_device_gives_the_agent_and_every_call_with_all_parties() {
         park_id: String::new(),
         recording_url: "https://recordings.pbx-sim.invalid/C1.wav".to_owned(),
         created_ms: T0,
+        call_linkage_id: "C1".to_owned(),
     };
     let second = pbx::CallSnapshot {
         call_id: "C2".to_owned(),
@@ -1588,6 +1613,7 @@ fn snapshot_device_gives_the_agent_and_every_call_with_all_parties() {
         park_id: String::new(),
         recording_url: "https://recordings.pbx-sim.invalid/C2.wav".to_owned(),
         created_ms: T0,
+        call_linkage_id: "C2".to_owned(),
     };
     assert_eq!(snapshot.calls, vec![first.clone(), second]);
 

@@ -64,6 +64,7 @@ fn sample_messages() -> Vec<LinkMessage> {
             timestamp_ms: 1_764_000_000_000,
             monitor_ids: vec![3, 4],
             cause: pbx::EventCause::Transfer as i32,
+            call_linkage_id: "C1".into(),
             event: Some(event_report::Event::Transferred(pbx::TransferredEvent {
                 primary_old_call: "C1".into(),
                 secondary_old_call: "C2".into(),
@@ -265,6 +266,7 @@ fn arbitrary_message() -> impl Strategy<Value = LinkMessage> {
                     timestamp_ms,
                     monitor_ids,
                     cause: pbx::EventCause::AcdDistribution as i32,
+                    call_linkage_id: alerting.as_ref().map(|connection| connection.call_id.clone()).unwrap_or_default(),
                     event: Some(event_report::Event::Delivered(pbx::DeliveredEvent {
                         alerting,
                         calling_device: "+4930123456".into(),
