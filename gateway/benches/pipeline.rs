@@ -78,14 +78,24 @@ fn stream(run: usize) -> (BytesMut, usize) {
             recording_url: format!("https://recordings.example/{call}.wav"),
         };
         push(EventCause::NewCall, Event::Established(established), &call, &mut bytes);
-        push(EventCause::KeyOperation, Event::Held(pbx::HeldEvent { held: connection(&call, &line) }), &call, &mut bytes);
+        push(
+            EventCause::KeyOperation,
+            Event::Held(pbx::HeldEvent { held: connection(&call, &line) }),
+            &call,
+            &mut bytes,
+        );
         let retrieved = pbx::RetrievedEvent { retrieved: connection(&call, &line) };
         push(EventCause::KeyOperation, Event::Retrieved(retrieved), &call, &mut bytes);
         for device in [&caller, &line] {
             let cleared = pbx::ConnectionClearedEvent { dropped: connection(&call, device) };
             push(EventCause::NormalClearing, Event::ConnectionCleared(cleared), &call, &mut bytes);
         }
-        push(EventCause::NormalClearing, Event::CallCleared(pbx::CallClearedEvent { call_id: call.clone() }), &call, &mut bytes);
+        push(
+            EventCause::NormalClearing,
+            Event::CallCleared(pbx::CallClearedEvent { call_id: call.clone() }),
+            &call,
+            &mut bytes,
+        );
     }
     (bytes, count)
 }

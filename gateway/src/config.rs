@@ -521,6 +521,10 @@ pub struct GrpcConfig {
     pub tls_key: Option<PathBuf>,
     /// CA certificates (PEM) that client certificates must chain to: mutual TLS.
     pub tls_client_ca: Option<PathBuf>,
+    /// In a cluster with TLS on: CA certificates (PEM) that the other nodes' server certificates
+    /// chain to. A node forwards requests and reads events from the others over TLS, verified
+    /// against these, and with `tls_client_ca` set presents its own certificate as a client.
+    pub tls_peer_ca: Option<PathBuf>,
 }
 
 impl Default for GrpcConfig {
@@ -533,6 +537,7 @@ impl Default for GrpcConfig {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            tls_peer_ca: None,
         }
     }
 }
@@ -725,9 +730,8 @@ impl Config {
             let Some(toml::Value::Table(table)) = root.get_mut(section) else { continue };
             let parsed = match (section, key, table.get(key)) {
                 ("grpc", "tokens", _) => toml::Value::Array(parse_tokens(value).map_err(env_error)?),
-                ("grpc", "tls_cert" | "tls_key" | "tls_client_ca", _) | (_, _, Some(toml::Value::String(_))) => {
-                    toml::Value::String(value.clone())
-                }
+                ("grpc", "tls_cert" | "tls_key" | "tls_client_ca" | "tls_peer_ca", _)
+                | (_, _, Some(toml::Value::String(_))) => toml::Value::String(value.clone()),
                 (_, _, Some(toml::Value::Integer(_))) => toml::Value::Integer(
                     value.trim().parse().map_err(|_| env_error("expected a whole number".to_owned()))?,
                 ),
@@ -804,6 +808,28 @@ impl Config {
         }
         if grpc.tls_client_ca.is_some() && grpc.tls_cert.is_none() {
             return invalid("grpc.tls_client_ca", "client certificates need TLS: set tls_cert and tls_key");
+        }
+        if grpc.tls_peer_ca.is_some() && grpc.tls_cert.is_none() {
+            return invalid("grpc.tls_peer_ca", "verifying other nodes needs TLS: set tls_cert and tls_key");
+        }
+        if self.cluster.enabled && grpc.tls_cert.is_some() && grpc.tls_peer_ca.is_none() {
+            return invalid(
+                "grpc.tls_peer_ca",
+                "cluster nodes forward requests to each other over TLS: set the CA their certificates chain to",
+            );
+        }
+        if self.cluster.enabled && self.cluster.advertise.is_empty() {
+            let unspecified =
+                grpc.listen.parse::<std::net::SocketAddr>().is_ok_and(|listen| listen.ip().is_unspecified());
+            if unspecified {
+                return Err(ConfigError::Invalid {
+                    setting: "cluster.advertise",
+                    reason: format!(
+                        "grpc.listen is {}, an address the other nodes cannot reach this node at: set the one they can",
+                        grpc.listen
+                    ),
+                });
+            }
         }
         if grpc.rate_limit_per_sec == 0 || grpc.rate_limit_burst == 0 {
             return invalid("grpc.rate_limit_per_sec", "rate limits must be above zero");
@@ -1094,6 +1120,25 @@ mod tests {
         assert!(error.to_string().ends_with("expected true or false"), "{error}");
         let error = Config::load(None, &environment(&[("SWITCHBOARD_GRPC_TOKENS", "desktop")])).unwrap_err();
         assert!(error.to_string().ends_with("expected name:token:scope+scope, comma-separated"), "{error}");
+    }
+
+    #[test]
+    fn a_cluster_node_must_say_where_the_others_reach_it_and_whom_to_trust_over_tls() {
+        let mut config = Config::default();
+        config.cluster.enabled = true;
+        config.grpc.listen = "0.0.0.0:50051".to_owned();
+        assert!(matches!(config.validate(), Err(ConfigError::Invalid { setting: "cluster.advertise", .. })));
+        config.cluster.advertise = "10.0.0.7:50051".to_owned();
+        assert!(config.validate().is_ok());
+        config.grpc.tls_cert = Some(PathBuf::from("/etc/switchboard/server.pem"));
+        config.grpc.tls_key = Some(PathBuf::from("/etc/switchboard/server.key"));
+        assert!(matches!(config.validate(), Err(ConfigError::Invalid { setting: "grpc.tls_peer_ca", .. })));
+        config.grpc.tls_peer_ca = Some(PathBuf::from("/etc/switchboard/ca.pem"));
+        assert!(config.validate().is_ok());
+        // A single node has no peers to verify, but a stray peer CA without TLS is a mistake.
+        let mut single = Config::default();
+        single.grpc.tls_peer_ca = Some(PathBuf::from("/etc/switchboard/ca.pem"));
+        assert!(matches!(single.validate(), Err(ConfigError::Invalid { setting: "grpc.tls_peer_ca", .. })));
     }
 
     #[test]

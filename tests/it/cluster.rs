@@ -14,7 +14,7 @@ use actors::runtime::Model;
 use gateway::app::Gateway;
 use gateway::bridge::LinkPort;
 use gateway::cluster::{Created, Etcd, EtcdLedger, rendezvous};
-use gateway::config::{ClusterConfig, Config};
+use gateway::config::{ClusterConfig, Config, GrpcConfig};
 use gateway::grpc::GrpcServer;
 use loadtest::etcd::EtcdServer;
 use loadtest::sim::inspect::AgentDump;
@@ -32,7 +32,7 @@ use tonic::transport::Endpoint;
 use tonic::{Code, Request};
 
 use crate::grpc::{Authed, clients, grpc_config};
-use crate::support::{PATIENCE, link_config, within};
+use crate::support::{PATIENCE, certificates, link_config, within};
 
 /// A TCP relay to etcd for one node, which the test can cut: the node is then partitioned from
 /// etcd while etcd and the other nodes carry on.
@@ -748,4 +748,90 @@ async fn requests_for_any_line_and_events_of_every_line_work_from_any_node() {
         node.stop().await;
     }
     simulator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_mutual_tls_nodes_forward_requests_and_merge_events_verified_against_the_peer_ca() {
+    let dir = std::env::temp_dir().join(format!("switchboard-cluster-tls-{}", std::process::id()));
+    let elsewhere = dir.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let (ca, (client_cert, client_key)) = certificates(&dir);
+    // A CA no node's certificate chains to.
+    certificates(&elsewhere);
+    let etcd_server = EtcdServer::start().await.expect("etcd starts");
+    let etcd = Etcd::new(&[etcd_server.url().to_owned()], Duration::from_secs(2)).expect("an etcd client");
+    let simulator = simulator(9).await;
+    let lines = simulator.shared_devices();
+    let prefix = "/it-tls";
+    let tls = GrpcConfig {
+        tls_cert: Some(dir.join("server.pem")),
+        tls_key: Some(dir.join("server.key")),
+        tls_client_ca: Some(dir.join("ca.pem")),
+        tls_peer_ca: Some(dir.join("ca.pem")),
+        ..grpc_config()
+    };
+    let mut nodes = Vec::new();
+    for name in ["node-1", "node-2", "node-3"] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
+        let mut config = node_config(&simulator, etcd_server.url().to_owned(), name, prefix);
+        config.cluster.advertise = listener.local_addr().unwrap().to_string();
+        config.grpc = tls.clone();
+        if name == "node-3" {
+            // Misconfigured: it trusts the wrong CA for its peers.
+            config.grpc.tls_peer_ca = Some(elsewhere.join("ca.pem"));
+        }
+        config.validate().expect("a valid cluster node with TLS");
+        let gateway = Gateway::start(&config).await.unwrap();
+        let placement = gateway.cluster().map(gateway::cluster::Cluster::placement);
+        let server = GrpcServer::start_routed(gateway.model().clone(), None, placement, listener, &config.grpc, &[])
+            .await
+            .unwrap();
+        nodes.push((name, gateway, server));
+    }
+    let serving: Vec<(&str, &Gateway)> = nodes.iter().map(|(name, gateway, _)| (*name, gateway)).collect();
+    let owners = one_owner_each(&etcd, prefix, &lines, &serving).await;
+    let theirs = stations(&simulator).into_iter().find(|line| owners[line] == "node-2").expect("node-2 owns a station");
+
+    // Desktops talk to node-1 and node-3 over mutual TLS.
+    let trusted = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&ca))
+        .identity(tonic::transport::Identity::from_pem(&client_cert, &client_key))
+        .domain_name("127.0.0.1");
+    let connect = |server: &GrpcServer| {
+        let endpoint = Endpoint::from_shared(format!("https://{}", server.local_addr())).unwrap();
+        endpoint.tls_config(trusted.clone()).unwrap()
+    };
+    let (_, mut agents, mut events) = clients(&connect(&nodes[0].2).connect().await.unwrap());
+    let login = |request_id: &str| api::LogInRequest {
+        request_id: request_id.into(),
+        line: theirs.clone(),
+        agent_id: "tess".into(),
+        ..Default::default()
+    };
+    let shown = agents.log_in(login("tls-login")).await.expect("forwarded to node-2 over TLS").into_inner();
+    assert_eq!(shown.agent.map(|agent| agent.agent_id).as_deref(), Some("tess"));
+    // node-1's stream has node-2's lines too, read from node-2 over TLS.
+    let mut stream = events.subscribe(api::SubscribeRequest::default()).await.unwrap().into_inner();
+    let mut tagged = Vec::new();
+    until_event(&mut stream, |event| match &event.event {
+        Some(E::Line(line)) => {
+            tagged.push((line.line.clone(), event.node.clone()));
+            None
+        }
+        Some(E::SnapshotComplete(_)) => Some(()),
+        _ => None,
+    })
+    .await;
+    assert!(tagged.contains(&(theirs.clone(), "node-2".to_owned())), "{tagged:?}");
+
+    // node-3 does not trust node-2's certificate: the request fails as unreachable, with the reason.
+    let (_, mut misconfigured, _) = clients(&connect(&nodes[2].2).connect().await.unwrap());
+    let refused = misconfigured.log_in(login("tls-refused")).await.expect_err("node-2 is not trusted by node-3");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("node-2"), "{refused:?}");
+    for (_, gateway, server) in nodes {
+        server.shutdown(Duration::from_secs(5)).await;
+        gateway.shutdown(Duration::from_secs(5)).await;
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -16,7 +16,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
-use crate::support::{PATIENCE, link_config, within};
+use crate::support::{PATIENCE, certificates, link_config, within};
 
 pub(crate) const TOKEN: &str = "test-token-with-every-scope";
 const READ_ONLY: &str = "test-token-that-only-reads";
@@ -455,26 +455,6 @@ async fn consultation_conference_alternate_park_and_blind_transfer_over_grpc() {
     let shown = api.calls.get_call(api::GetCallRequest { call_id: ringing.clone() }).await.unwrap().into_inner();
     assert_eq!(shown.root_call_id, call, "transfers and conferences keep the customer call's first id");
     api.stop().await;
-}
-
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`.
-fn certificates(dir: &std::path::Path) -> (String, (String, String)) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let server_key = KeyPair::generate().unwrap();
-    let server = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-        .unwrap()
-        .signed_by(&server_key, &ca)
-        .unwrap();
-    let client_key = KeyPair::generate().unwrap();
-    let client = CertificateParams::new(vec!["desktop".to_owned()]).unwrap().signed_by(&client_key, &ca).unwrap();
-    for (name, pem) in [("ca.pem", ca.pem()), ("server.pem", server.pem()), ("server.key", server_key.serialize_pem())]
-    {
-        std::fs::write(dir.join(name), pem).unwrap();
-    }
-    (ca.pem(), (client.pem(), client_key.serialize_pem()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

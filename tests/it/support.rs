@@ -102,3 +102,23 @@ pub(crate) async fn eventually(mut condition: impl FnMut() -> bool) {
     })
     .await;
 }
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`.
+pub(crate) fn certificates(dir: &std::path::Path) -> (String, (String, String)) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &ca)
+        .unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let client = CertificateParams::new(vec!["desktop".to_owned()]).unwrap().signed_by(&client_key, &ca).unwrap();
+    for (name, pem) in [("ca.pem", ca.pem()), ("server.pem", server.pem()), ("server.key", server_key.serialize_pem())]
+    {
+        std::fs::write(dir.join(name), pem).unwrap();
+    }
+    (ca.pem(), (client.pem(), client_key.serialize_pem()))
+}

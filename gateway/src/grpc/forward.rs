@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tonic::metadata::{AsciiMetadataValue, KeyAndValueRef, MetadataMap};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
 use super::status::route_status;
@@ -123,18 +123,20 @@ pub(crate) struct Peers {
     marker: AsciiMetadataValue,
     /// Channels by node id, with the address each was made for.
     channels: Mutex<HashMap<String, (String, Channel)>>,
+    /// TLS to the other members, when the API speaks TLS.
+    tls: Option<ClientTlsConfig>,
 }
 
 /// Routing for a service: `None` on a single node, where every request runs here.
 pub(crate) type Routing = Option<std::sync::Arc<Peers>>;
 
 impl Peers {
-    pub(crate) fn new(placement: Placement) -> Self {
+    pub(crate) fn new(placement: Placement, tls: Option<ClientTlsConfig>) -> Self {
         // A node id that is not a valid header value still marks the request; only the error
         // messages that quote it lose its name.
         let marker = AsciiMetadataValue::try_from(placement.node_id())
             .unwrap_or_else(|_| AsciiMetadataValue::from_static("another-node"));
-        Self { placement, marker, channels: Mutex::new(HashMap::new()) }
+        Self { placement, marker, channels: Mutex::new(HashMap::new()), tls }
     }
 
     pub(crate) fn node_id(&self) -> &str {
@@ -161,7 +163,12 @@ impl Peers {
         }
         let bad =
             |detail: String| RouteError::BadAddress { node: node.to_owned(), advertise: advertise.to_owned(), detail };
-        let endpoint = Endpoint::from_shared(format!("http://{advertise}")).map_err(|error| bad(error.to_string()))?;
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint =
+            Endpoint::from_shared(format!("{scheme}://{advertise}")).map_err(|error| bad(error.to_string()))?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(|error| bad(error.to_string()))?;
+        }
         let channel = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .http2_keep_alive_interval(Duration::from_secs(30))

@@ -75,6 +75,20 @@ fn tls(config: &GrpcConfig) -> Result<Option<tonic::transport::ServerTlsConfig>,
     Ok(Some(tls))
 }
 
+/// How this node reaches the other members: TLS verified against `tls_peer_ca` when the API
+/// speaks TLS (presenting this node's own certificate when the others ask for one), else plaintext.
+fn peer_tls(config: &GrpcConfig) -> Result<Option<tonic::transport::ClientTlsConfig>, StartError> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else { return Ok(None) };
+    let mut tls = tonic::transport::ClientTlsConfig::new();
+    if let Some(ca) = &config.tls_peer_ca {
+        tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
+    }
+    if config.tls_client_ca.is_some() {
+        tls = tls.identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(Some(tls))
+}
+
 /// A running gRPC server.
 pub struct GrpcServer {
     local_addr: SocketAddr,
@@ -118,13 +132,8 @@ impl GrpcServer {
         config: &GrpcConfig,
         agents: &[AgentConfig],
     ) -> Result<Self, StartError> {
-        if placement.is_some() && config.tls_cert.is_some() {
-            tracing::warn!(
-                "forwarding between cluster nodes speaks plaintext grpc: with grpc tls on, requests for lines \
-                 other nodes serve, and their events, fail as unreachable"
-            );
-        }
-        let routing: forward::Routing = placement.map(|placement| Arc::new(forward::Peers::new(placement)));
+        let peer_tls = peer_tls(config)?;
+        let routing: forward::Routing = placement.map(|placement| Arc::new(forward::Peers::new(placement, peer_tls)));
         let local_addr = listener.local_addr().map_err(StartError::Listen)?;
         let shutdown = CancellationToken::new();
         let guard = Arc::new(guard::Guard::new(config));

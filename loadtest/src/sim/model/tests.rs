@@ -1011,9 +1011,8 @@ fn reconnect_from_a_ringing_call_leaves_one_connected_call() {
 fn every_event_about_a_call_carries_the_customer_calls_linkage_id_across_transfers() {
     let mut pbx = new_pbx();
     let primary = answered_direct_call(&mut pbx, CALLER, A);
-    let linkages = |pbx: &mut Pbx| -> BTreeSet<String> {
-        pbx.drain_events().into_iter().map(|event| event.linkage).collect()
-    };
+    let linkages =
+        |pbx: &mut Pbx| -> BTreeSet<String> { pbx.drain_events().into_iter().map(|event| event.linkage).collect() };
     // A consultation is a call of its own until the transfer joins it to the customer's.
     let consultation = pbx.consultation_call(&conn(&primary, A), B).unwrap();
     pbx.answer_call(&conn(&consultation.call_id, B)).unwrap();
