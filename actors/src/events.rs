@@ -201,14 +201,18 @@ impl Publisher {
         let mut history = self.history();
         let sequenced = Arc::new(Sequenced { sequence: history.next_sequence, event });
         history.next_sequence += 1;
+        let mut evicted = None;
         if history.keep > 0 {
             if history.recent.len() == history.keep {
-                history.recent.pop_front();
+                evicted = history.recent.pop_front();
             }
             history.recent.push_back(sequenced.clone());
         }
         // No subscriber is not an error: the event is still kept for those who come later.
         let _ = self.sender.send(sequenced);
+        // Freed after the lock is let go: other actors publishing meanwhile need not wait for it.
+        drop(history);
+        drop(evicted);
     }
 
     /// The sequence number of the last event published (0 before any).

@@ -24,8 +24,9 @@ pub(crate) struct CallMsg {
 
 /// What a call actor is asked to do.
 pub(crate) enum CallOrder {
-    /// Take on the call the message names (the actor comes from the pool).
-    Adopt,
+    /// Take on the call the message names (the actor comes from the pool), then apply its first
+    /// inputs: one message for both, where two would cost a second send and wake-up per call.
+    Adopt(Vec<CallInput>),
     /// Apply inputs in order.
     Apply(Vec<CallInput>),
     /// Make the parties what a PBX snapshot says.
@@ -101,12 +102,15 @@ impl<P: PbxPort> Actor for CallActor<P> {
     ) -> Result<(), ActorProcessingErr> {
         took_one(&state.queued);
         let CallMsg { call, order } = message;
-        if let CallOrder::Adopt = order {
+        if let CallOrder::Adopt(first) = order {
             state.call = call;
             state.serving = true;
             state.journaled.clear();
             // As a freshly started actor does in `post_start`.
             journal(state).await;
+            if !first.is_empty() {
+                apply(&myself, state, first).await;
+            }
             return Ok(());
         }
         if !state.serving || !Arc::ptr_eq(&state.call, &call) {
@@ -114,24 +118,8 @@ impl<P: PbxPort> Actor for CallActor<P> {
             return Ok(());
         }
         match order {
-            CallOrder::Adopt => {}
-            CallOrder::Apply(inputs) => {
-                let (changed, view) = {
-                    let mut call = lock(&state.call);
-                    let mut changed = false;
-                    for input in inputs {
-                        changed |= call.apply(input);
-                    }
-                    (changed, changed.then(|| CallView::from(&*call)))
-                };
-                if let Some(view) = view {
-                    state.context.publisher.publish(ModelEvent::Call(view));
-                }
-                if changed {
-                    Box::pin(finish_if_ended(&myself, state)).await;
-                    journal(state).await;
-                }
-            }
+            CallOrder::Adopt(_) => {}
+            CallOrder::Apply(inputs) => apply(&myself, state, inputs).await,
             CallOrder::Reconcile { parties, at } => {
                 let view = {
                     let mut call = lock(&state.call);
@@ -162,6 +150,25 @@ impl<P: PbxPort> Actor for CallActor<P> {
             CallOrder::Crash => panic!("call actor crash requested"),
         }
         Ok(())
+    }
+}
+
+/// Applies inputs in order and publishes the change once; ends the call if they ended it.
+async fn apply<P: PbxPort>(myself: &ActorRef<CallMsg>, state: &mut CallActorState<P>, inputs: Vec<CallInput>) {
+    let (changed, view) = {
+        let mut call = lock(&state.call);
+        let mut changed = false;
+        for input in inputs {
+            changed |= call.apply(input);
+        }
+        (changed, changed.then(|| CallView::from(&*call)))
+    };
+    if let Some(view) = view {
+        state.context.publisher.publish(ModelEvent::Call(view));
+    }
+    if changed {
+        Box::pin(finish_if_ended(myself, state)).await;
+        journal(state).await;
     }
 }
 

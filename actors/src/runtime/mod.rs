@@ -314,8 +314,13 @@ impl<P: PbxPort> Context<P> {
             .ok_or_else(|| ractor::SpawnErr::StartupFailed("the model's supervisor is not running".into()))
     }
 
-    /// Gives a new call an actor, an idle one from the pool if there is one, and registers it.
-    pub(crate) async fn spawn_call(self: &Arc<Self>, state: CallState) -> Result<CallEntry, ractor::SpawnErr> {
+    /// Gives a new call an actor, an idle one from the pool if there is one, and registers it;
+    /// `first` are the call's first inputs, which the actor applies as it takes the call on.
+    pub(crate) async fn spawn_call(
+        self: &Arc<Self>,
+        state: CallState,
+        mut first: Vec<CallInput>,
+    ) -> Result<CallEntry, ractor::SpawnErr> {
         let id = state.id.clone();
         let shared = Arc::new(Mutex::new(state));
         loop {
@@ -324,15 +329,33 @@ impl<P: PbxPort> Context<P> {
             let entry = CallEntry { mailbox, state: shared.clone() };
             // Registered before it adopts the call, so that a crash on adopting is restarted.
             self.members.insert(entry.actor().get_id(), Member::Call(id.clone()));
-            if entry.cast(CallOrder::Adopt).is_ok() {
-                self.calls.insert(id, entry.clone());
-                bump(&self.stats.calls_started);
-                return Ok(entry);
+            // In the registry before the actor has the call: its first inputs may end the call, and
+            // the actor then takes it out of the registry at once.
+            self.calls.insert(id.clone(), entry.clone());
+            match entry.cast(CallOrder::Adopt(first)) {
+                Ok(()) => {
+                    bump(&self.stats.calls_started);
+                    return Ok(entry);
+                }
+                // It stopped while idle (the model is shutting down): try the next.
+                Err(error) => {
+                    self.calls.remove_if(&id, |_, registered| Arc::ptr_eq(&registered.state, &shared));
+                    self.members.remove(&entry.actor().get_id());
+                    first = match error {
+                        ractor::MessagingErr::SendErr(CallMsg { order: CallOrder::Adopt(first), .. }) => first,
+                        // Not for a local actor: a failed send hands the message back.
+                        _ => Vec::new(),
+                    };
+                }
             }
-            // It stopped while idle (the model is shutting down): try the next.
-            self.members.remove(&entry.actor().get_id());
         }
-        self.start_call_actor(id, shared).await
+        // Boxed: starting an actor is rare (the pool covers most calls) and its future is large;
+        // inline, every caller's future would be that large and copied on each call.
+        let entry = Box::pin(self.start_call_actor(id, shared)).await?;
+        if !first.is_empty() && entry.cast(CallOrder::Apply(first)).is_err() {
+            tracing::debug!("a call actor stopped as it started; its input is left to a resnapshot");
+        }
+        Ok(entry)
     }
 
     /// Keeps a call actor whose call is over for the next call; false when the pool is full.

@@ -143,13 +143,11 @@ impl<P: PbxPort> Router<P> {
             Some(entry) => entry,
             None if inputs.iter().any(creates_call) => {
                 let created_at = inputs.iter().find_map(input_time).unwrap_or_else(wall_clock_ms);
-                match self.context.spawn_call(CallState::new(call.clone(), created_at)).await {
-                    Ok(entry) => entry,
-                    Err(error) => {
-                        tracing::error!(call, %error, "call actor could not be started");
-                        return;
-                    }
+                // The new call's actor applies the inputs as it takes the call on.
+                if let Err(error) = self.context.spawn_call(CallState::new(call.clone(), created_at), inputs).await {
+                    tracing::error!(call, %error, "call actor could not be started");
                 }
+                return;
             }
             // News of the end of a call the model never knew (or has closed): nothing to do.
             None => return,
@@ -176,7 +174,10 @@ impl<P: PbxPort> Router<P> {
             },
             None => Arc::new(std::sync::Mutex::new(LineState::new(device.clone()))),
         };
-        if let Err(error) = self.context.start_line_actor(device.clone(), state, LineMsg::Apply(inputs)).await {
+        // Boxed, as in `Context::spawn_call`: a line actor starts rarely, and its large future
+        // would otherwise be part of every routing step's.
+        if let Err(error) = Box::pin(self.context.start_line_actor(device.clone(), state, LineMsg::Apply(inputs))).await
+        {
             tracing::error!(device, %error, "line actor could not be started");
         }
     }
@@ -221,7 +222,7 @@ impl<P: PbxPort> Router<P> {
         old.extend(secondary);
         self.context.publisher.publish(ModelEvent::CallRenamed { old, new: new.clone() });
         let view = CallView::from(&merged);
-        match self.context.spawn_call(merged).await {
+        match self.context.spawn_call(merged, Vec::new()).await {
             Ok(_) => self.context.publisher.publish(ModelEvent::Call(view)),
             Err(error) => tracing::error!(call = new, %error, "merged call actor could not be started"),
         }
@@ -278,7 +279,7 @@ impl<P: PbxPort> Router<P> {
                     });
                 }
                 let view = CallView::from(&state);
-                match self.context.spawn_call(state).await {
+                match self.context.spawn_call(state, Vec::new()).await {
                     Ok(_) => self.context.publisher.publish(ModelEvent::Call(view)),
                     Err(error) => tracing::error!(call = snapshot.call, %error, "call actor could not be started"),
                 }

@@ -2,7 +2,7 @@
 //! touches; snapshots become line snapshots, call snapshots and the resync's bounds.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use actors::call::{CallInput, Party};
 use actors::domain::{AgentState, Cause, ConnState, DeviceKind, Direction, Millis};
@@ -19,8 +19,13 @@ pub struct Directory(Arc<RwLock<HashMap<String, DeviceKind, IdHasher>>>);
 impl Directory {
     /// The kind of `device`.
     pub fn kind(&self, device: &str) -> DeviceKind {
-        let known = self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        known.get(device).copied().unwrap_or(DeviceKind::External)
+        self.kinds().kind(device)
+    }
+
+    /// The directory as it is now, read under one lock for several look-ups (an event needs up
+    /// to four); nothing may learn or forget a device while it is held.
+    fn kinds(&self) -> Kinds<'_> {
+        Kinds(self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner()))
     }
 
     fn forget(&self, device: &str) {
@@ -47,11 +52,88 @@ impl Directory {
 
     /// Which way a call goes, judged from its two ends.
     pub fn direction(&self, calling: &str, called: &str) -> Direction {
+        self.kinds().direction(calling, called)
+    }
+}
+
+/// The device kinds, read under one lock: what translating one event looks up.
+struct Kinds<'a>(RwLockReadGuard<'a, HashMap<String, DeviceKind, IdHasher>>);
+
+impl Kinds<'_> {
+    fn kind(&self, device: &str) -> DeviceKind {
+        self.0.get(device).copied().unwrap_or(DeviceKind::External)
+    }
+
+    fn direction(&self, calling: &str, called: &str) -> Direction {
         match (self.kind(calling), self.kind(called)) {
             (DeviceKind::External, _) => Direction::Inbound,
             (_, DeviceKind::External) => Direction::Outbound,
             _ => Direction::Internal,
         }
+    }
+
+    /// Takes the event's own strings: the report is consumed, so nothing needs copying.
+    fn info(&self, calling: String, called: String) -> CallInput {
+        CallInput::Info { direction: self.direction(&calling, &called), calling, called }
+    }
+
+    /// The inputs for a party changing state: the call's, and the line's when it is a line.
+    fn party(
+        &self,
+        connection: pbx::ConnectionId,
+        state: ConnState,
+        cause: Cause,
+        at: Millis,
+        mut call_inputs: Vec<CallInput>,
+        out: &mut Vec<ModelInput>,
+    ) {
+        let pbx::ConnectionId { call_id: call, device_id: device } = connection;
+        let kind = self.kind(&device);
+        // Only a line needs the ids twice; an outside party's are moved, not copied.
+        let line = (kind == DeviceKind::Line).then(|| (device.clone(), call.clone()));
+        call_inputs.push(if state == ConnState::Null {
+            CallInput::PartyCleared { device, cause, at }
+        } else {
+            CallInput::PartyState { device, kind, state, cause, at }
+        });
+        out.push(ModelInput::Call { call, inputs: call_inputs });
+        if let Some((device, call)) = line {
+            out.push(ModelInput::Line { device, input: LineInput::Call { call, state } });
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn merge(
+        &self,
+        primary: String,
+        secondary: Option<String>,
+        new: String,
+        leaving: Option<String>,
+        pairs: Vec<pbx::ConnectionPair>,
+        linkage: Option<String>,
+        at: Millis,
+        out: &mut Vec<ModelInput>,
+    ) {
+        let mut devices = Vec::new();
+        let mut line_inputs = Vec::new();
+        for pair in &pairs {
+            let (Some(old), Some(new_connection)) = (&pair.old_connection, &pair.new_connection) else { continue };
+            if !devices.contains(&new_connection.device_id) {
+                devices.push(new_connection.device_id.clone());
+            }
+            if self.kind(&old.device_id) == DeviceKind::Line {
+                let input = LineInput::Renamed { old: old.call_id.clone(), new: new.clone() };
+                line_inputs.push(ModelInput::Line { device: old.device_id.clone(), input });
+            }
+        }
+        if let Some(leaving) = leaving.as_ref().filter(|device| self.kind(device) == DeviceKind::Line) {
+            for call in std::iter::once(&primary).chain(secondary.as_ref()) {
+                let input = LineInput::Call { call: call.clone(), state: ConnState::Null };
+                line_inputs.push(ModelInput::Line { device: leaving.clone(), input });
+            }
+        }
+        out.push(ModelInput::Merge { primary, secondary, new, leaving, devices, linkage, at });
+        out.extend(line_inputs);
     }
 }
 
@@ -174,36 +256,6 @@ impl Translator {
         }
     }
 
-    /// Takes the event's own strings: the report is consumed, so nothing needs copying.
-    fn info(&self, calling: String, called: String) -> CallInput {
-        CallInput::Info { direction: self.directory.direction(&calling, &called), calling, called }
-    }
-
-    /// The inputs for a party changing state: the call's, and the line's when it is a line.
-    fn party(
-        &self,
-        connection: pbx::ConnectionId,
-        state: ConnState,
-        cause: Cause,
-        at: Millis,
-        mut call_inputs: Vec<CallInput>,
-        out: &mut Vec<ModelInput>,
-    ) {
-        let pbx::ConnectionId { call_id: call, device_id: device } = connection;
-        let kind = self.directory.kind(&device);
-        // Only a line needs the ids twice; an outside party's are moved, not copied.
-        let line = (kind == DeviceKind::Line).then(|| (device.clone(), call.clone()));
-        call_inputs.push(if state == ConnState::Null {
-            CallInput::PartyCleared { device, cause, at }
-        } else {
-            CallInput::PartyState { device, kind, state, cause, at }
-        });
-        out.push(ModelInput::Call { call, inputs: call_inputs });
-        if let Some((device, call)) = line {
-            out.push(ModelInput::Line { device, input: LineInput::Call { call, state } });
-        }
-    }
-
     fn event(&mut self, report: pbx::EventReport, out: &mut Vec<ModelInput>) {
         let at = report.timestamp_ms;
         // The PBX's linkage id goes first into inputs that may create the call, so the call's
@@ -226,73 +278,74 @@ impl Translator {
             _ => Cause::Normal,
         };
         let Some(event) = report.event else { return };
+        let kinds = self.directory.kinds();
         match event {
             Event::ServiceInitiated(event) => {
                 if let Some(connection) = event.initiated {
-                    let info =
-                        (!event.called_device.is_empty()).then(|| self.info(event.calling_device, event.called_device));
-                    self.party(connection, ConnState::Initiated, cause, at, linked(info.into_iter().collect()), out);
+                    let info = (!event.called_device.is_empty())
+                        .then(|| kinds.info(event.calling_device, event.called_device));
+                    kinds.party(connection, ConnState::Initiated, cause, at, linked(info.into_iter().collect()), out);
                 }
             }
             Event::Originated(event) => {
                 if let Some(connection) = event.originating {
-                    let info = self.info(event.calling_device, event.called_device);
-                    self.party(connection, ConnState::Connected, cause, at, linked(vec![info]), out);
+                    let info = kinds.info(event.calling_device, event.called_device);
+                    kinds.party(connection, ConnState::Connected, cause, at, linked(vec![info]), out);
                 }
             }
             Event::Delivered(event) => {
                 if let Some(connection) = event.alerting {
-                    let mut inputs = vec![self.info(event.calling_device, event.called_device)];
-                    if self.directory.kind(&event.last_redirection_device) == DeviceKind::Queue {
+                    let mut inputs = vec![kinds.info(event.calling_device, event.called_device)];
+                    if kinds.kind(&event.last_redirection_device) == DeviceKind::Queue {
                         inputs.push(CallInput::Queue { queue: event.last_redirection_device });
                     }
-                    self.party(connection, ConnState::Alerting, cause, at, linked(inputs), out);
+                    kinds.party(connection, ConnState::Alerting, cause, at, linked(inputs), out);
                 }
             }
             Event::Established(event) => {
                 if let Some(connection) = event.answering {
-                    let mut inputs = vec![self.info(event.calling_device, event.called_device)];
+                    let mut inputs = vec![kinds.info(event.calling_device, event.called_device)];
                     if !event.recording_url.is_empty() {
                         inputs.push(CallInput::Recording { url: event.recording_url });
                     }
                     if cause == Cause::Park {
                         inputs.push(CallInput::Unparked { at });
                     }
-                    self.party(connection, ConnState::Connected, cause, at, linked(inputs), out);
+                    kinds.party(connection, ConnState::Connected, cause, at, linked(inputs), out);
                 }
             }
             Event::Held(event) => {
                 if let Some(connection) = event.held {
-                    self.party(connection, ConnState::Held, cause, at, linked(Vec::new()), out);
+                    kinds.party(connection, ConnState::Held, cause, at, linked(Vec::new()), out);
                 }
             }
             Event::Retrieved(event) => {
                 if let Some(connection) = event.retrieved {
-                    self.party(connection, ConnState::Connected, cause, at, linked(Vec::new()), out);
+                    kinds.party(connection, ConnState::Connected, cause, at, linked(Vec::new()), out);
                 }
             }
             Event::Queued(event) => {
                 if let Some(connection) = event.queued {
                     let inputs = vec![
-                        self.info(event.calling_device, event.called_device),
+                        kinds.info(event.calling_device, event.called_device),
                         CallInput::Queue { queue: event.queue_device },
                     ];
-                    self.party(connection, ConnState::Queued, cause, at, linked(inputs), out);
+                    kinds.party(connection, ConnState::Queued, cause, at, linked(inputs), out);
                 }
             }
             Event::Diverted(event) => {
                 if let Some(connection) = event.connection {
-                    self.party(connection, ConnState::Null, Cause::Distribution, at, Vec::new(), out);
+                    kinds.party(connection, ConnState::Null, Cause::Distribution, at, Vec::new(), out);
                 }
             }
             Event::Failed(event) => {
                 if let Some(connection) = event.failed {
-                    self.party(connection, ConnState::Failed, Cause::Failed, at, linked(Vec::new()), out);
+                    kinds.party(connection, ConnState::Failed, Cause::Failed, at, linked(Vec::new()), out);
                 }
             }
             Event::ConnectionCleared(event) => {
                 if let Some(connection) = event.dropped {
-                    self.party(connection, ConnState::Null, cause, at, Vec::new(), out);
+                    kinds.party(connection, ConnState::Null, cause, at, Vec::new(), out);
                 }
             }
             Event::CallCleared(event) => {
@@ -300,7 +353,7 @@ impl Translator {
             }
             Event::Transferred(event) => {
                 let secondary = non_empty(event.secondary_old_call);
-                self.merge(
+                kinds.merge(
                     event.primary_old_call,
                     secondary,
                     event.new_call_id,
@@ -313,23 +366,14 @@ impl Translator {
             }
             Event::Conferenced(event) => {
                 let secondary = non_empty(event.secondary_old_call);
-                self.merge(
-                    event.primary_old_call,
-                    secondary,
-                    event.new_call_id,
-                    None,
-                    event.connections,
-                    linkage,
-                    at,
-                    out,
-                );
+                kinds.merge(event.primary_old_call, secondary, event.new_call_id, None, event.connections, linkage, at, out);
             }
             Event::Parked(event) => {
                 let Some(parked) = event.parked else { return };
                 let mut inputs =
                     vec![CallInput::Parked { park_id: event.park_id.clone(), parked_by: event.parking_device, at }];
                 // The park id names the orbit on PBXs whose orbits are devices; the orbit then waits in the call.
-                if self.directory.kind(&event.park_id) == DeviceKind::ParkOrbit {
+                if kinds.kind(&event.park_id) == DeviceKind::ParkOrbit {
                     inputs.push(CallInput::PartyState {
                         device: event.park_id,
                         kind: DeviceKind::ParkOrbit,
@@ -344,7 +388,7 @@ impl Translator {
                 out.push(ModelInput::Call { call: event.call_id, inputs: vec![CallInput::Unparked { at }] });
             }
             Event::AgentState(event) => {
-                if self.directory.kind(&event.device_id) == DeviceKind::Line {
+                if kinds.kind(&event.device_id) == DeviceKind::Line {
                     let input = LineInput::Agent(agent(event.agent.as_ref()));
                     out.push(ModelInput::Line { device: event.device_id, input });
                 }
@@ -353,40 +397,6 @@ impl Translator {
                 tracing::warn!(device = event.device_id, "the pbx ended a monitor");
             }
         }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn merge(
-        &self,
-        primary: String,
-        secondary: Option<String>,
-        new: String,
-        leaving: Option<String>,
-        pairs: Vec<pbx::ConnectionPair>,
-        linkage: Option<String>,
-        at: Millis,
-        out: &mut Vec<ModelInput>,
-    ) {
-        let mut devices = Vec::new();
-        let mut line_inputs = Vec::new();
-        for pair in &pairs {
-            let (Some(old), Some(new_connection)) = (&pair.old_connection, &pair.new_connection) else { continue };
-            if !devices.contains(&new_connection.device_id) {
-                devices.push(new_connection.device_id.clone());
-            }
-            if self.directory.kind(&old.device_id) == DeviceKind::Line {
-                let input = LineInput::Renamed { old: old.call_id.clone(), new: new.clone() };
-                line_inputs.push(ModelInput::Line { device: old.device_id.clone(), input });
-            }
-        }
-        if let Some(leaving) = leaving.as_ref().filter(|device| self.directory.kind(device) == DeviceKind::Line) {
-            for call in std::iter::once(&primary).chain(secondary.as_ref()) {
-                let input = LineInput::Call { call: call.clone(), state: ConnState::Null };
-                line_inputs.push(ModelInput::Line { device: leaving.clone(), input });
-            }
-        }
-        out.push(ModelInput::Merge { primary, secondary, new, leaving, devices, linkage, at });
-        out.extend(line_inputs);
     }
 }
 
