@@ -4,16 +4,15 @@
 
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
-use gateway::config::{PbxConfig, Secret};
+use std::sync::Arc;
+
+use gateway::config::PbxConfig;
 use gateway::pbx::{LinkError, LinkEvent, LinkStats, LinkStatus, MAX_SNAPSHOT_PAGES};
 use loadtest::sim::StateDump;
 use proto::pbx::{self, request, response};
-use proto::wire::{DEFAULT_MAX_FRAME_LENGTH, LinkCodec, LinkMessage};
-use tokio::net::TcpListener;
-use tokio_util::codec::Framed;
+use proto::wire::{DEFAULT_MAX_FRAME_LENGTH, LinkMessage};
 
-use crate::support::{Client, link_config, simulator, within};
+use crate::support::{Client, link_config, scripted_config, scripted_pbx, simulator, within};
 
 /// Puts `calls` outside calls in the queue 6000, where nobody answers them (no agent is ready).
 fn fill_queue(simulator: &loadtest::sim::Simulator, calls: usize) {
@@ -118,87 +117,26 @@ fn page(device: &str, call: usize, more: bool) -> pbx::SnapshotDeviceResult {
     }
 }
 
-fn result(invoke_id: u32, result: response::Result) -> LinkMessage {
-    LinkMessage::Result { invoke_id, body: pbx::Response { result: Some(result) } }
-}
-
-/// A PBX that registers the gateway, monitors station 2000 and answers its snapshots by `script`;
-/// it serves links one after another and answers heartbeats. Returns its address.
-async fn scripted_pbx(script: PageScript) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
-    let address = listener.local_addr().expect("bound").to_string();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(serve_script(Framed::new(stream, LinkCodec::default()), script));
-        }
-    });
-    address
-}
-
-async fn serve_script(mut link: Framed<tokio::net::TcpStream, LinkCodec>, script: PageScript) {
-    let mut sequence = 1;
-    while let Some(Ok(LinkMessage::Request { invoke_id, body })) = link.next().await {
-        let frames = match body.service {
-            Some(request::Service::Register(_)) => vec![result(
-                invoke_id,
-                response::Result::Register(pbx::RegisterResult {
-                    pbx_name: "scripted".into(),
-                    protocol_version: 1,
-                    heartbeat_interval_ms: 200,
-                    max_frame_length: DEFAULT_MAX_FRAME_LENGTH as u32,
-                    next_event_sequence: 1,
-                    ..Default::default()
-                }),
-            )],
-            Some(request::Service::Heartbeat(_)) => {
-                vec![result(invoke_id, response::Result::Heartbeat(pbx::HeartbeatResult::default()))]
-            }
-            Some(request::Service::MonitorStart(_)) => {
-                vec![result(invoke_id, response::Result::MonitorStart(pbx::MonitorStartResult { monitor_id: 1 }))]
-            }
-            Some(request::Service::SnapshotDevice(_)) => {
-                let snapshot = |page| result(invoke_id, response::Result::SnapshotDevice(page));
-                match script {
-                    PageScript::EventBetweenPages => {
-                        let event = pbx::EventReport { sequence, monitor_ids: vec![1], ..Default::default() };
-                        sequence += 1;
-                        vec![
-                            snapshot(page("2000", 1, true)),
-                            LinkMessage::Event(event),
-                            snapshot(page("2000", 2, false)),
-                        ]
-                    }
-                    PageScript::PageOfAnotherDevice => {
-                        vec![snapshot(page("2000", 1, true)), snapshot(page("2001", 2, false))]
-                    }
-                    PageScript::Overlong => (0..=MAX_SNAPSHOT_PAGES)
-                        .map(|call| snapshot(page("2000", call, call < MAX_SNAPSHOT_PAGES)))
-                        .collect(),
-                }
-            }
-            _ => continue,
+/// A scripted PBX that answers every snapshot by `script`.
+async fn paging_pbx(script: PageScript) -> String {
+    scripted_pbx(Arc::new(move |invoke_id, service| {
+        let request::Service::SnapshotDevice(_) = service else { return Vec::new() };
+        let snapshot = |page| LinkMessage::Result {
+            invoke_id,
+            body: pbx::Response { result: Some(response::Result::SnapshotDevice(page)) },
         };
-        for frame in frames {
-            if link.send(frame).await.is_err() {
-                return;
+        match script {
+            PageScript::EventBetweenPages => {
+                let event = pbx::EventReport { sequence: 1, monitor_ids: vec![1], ..Default::default() };
+                vec![snapshot(page("2000", 1, true)), LinkMessage::Event(event), snapshot(page("2000", 2, false))]
+            }
+            PageScript::PageOfAnotherDevice => vec![snapshot(page("2000", 1, true)), snapshot(page("2001", 2, false))],
+            PageScript::Overlong => {
+                (0..=MAX_SNAPSHOT_PAGES).map(|call| snapshot(page("2000", call, call < MAX_SNAPSHOT_PAGES))).collect()
             }
         }
-    }
-}
-
-fn scripted_config(address: String) -> PbxConfig {
-    PbxConfig {
-        address,
-        user: "switchboard".into(),
-        password: Secret::new("secret"),
-        devices: vec!["2000".into()],
-        heartbeat_interval_ms: 200,
-        request_timeout_ms: 5_000,
-        connect_timeout_ms: 2_000,
-        reconnect_initial_ms: 20,
-        reconnect_max_ms: 200,
-        ..PbxConfig::default()
-    }
+    }))
+    .await
 }
 
 /// The reason of the first `Down` the link reports.
@@ -212,7 +150,7 @@ async fn first_down(client: &mut Client) -> String {
 
 #[tokio::test]
 async fn an_event_between_the_pages_of_a_snapshot_drops_the_link_with_a_clear_error() {
-    let mut client = Client::start(scripted_config(scripted_pbx(PageScript::EventBetweenPages).await));
+    let mut client = Client::start(scripted_config(paging_pbx(PageScript::EventBetweenPages).await));
     let reason = first_down(&mut client).await;
     assert_eq!(reason, "a frame of class event came between the pages of the snapshot of 2000 (invoke id 3)");
     let events = client.drain();
@@ -222,7 +160,7 @@ async fn an_event_between_the_pages_of_a_snapshot_drops_the_link_with_a_clear_er
 
 #[tokio::test]
 async fn a_page_about_another_device_drops_the_link_with_a_clear_error() {
-    let mut client = Client::start(scripted_config(scripted_pbx(PageScript::PageOfAnotherDevice).await));
+    let mut client = Client::start(scripted_config(paging_pbx(PageScript::PageOfAnotherDevice).await));
     let events = client.read_until(|event| matches!(event, LinkEvent::Down { .. })).await;
     assert!(!events.iter().any(|event| matches!(event, LinkEvent::Snapshot { .. })), "no half snapshot applied");
     let Some(LinkEvent::Down { reason, .. }) = events.last() else { unreachable!() };
@@ -232,7 +170,7 @@ async fn a_page_about_another_device_drops_the_link_with_a_clear_error() {
 
 #[tokio::test]
 async fn a_snapshot_longer_than_the_gateway_gathers_is_refused_and_the_link_stays() {
-    let mut client = Client::start(scripted_config(scripted_pbx(PageScript::Overlong).await));
+    let mut client = Client::start(scripted_config(paging_pbx(PageScript::Overlong).await));
     let events = client.read_until(|event| matches!(event, LinkEvent::ResyncComplete { .. })).await;
     assert!(!events.iter().any(|event| matches!(event, LinkEvent::Snapshot { .. })), "nothing gathered is applied");
     let outcome = within(client.link.request_within(

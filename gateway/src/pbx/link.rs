@@ -28,6 +28,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// thousand lines neither floods the PBX nor starves callers' requests.
 const RESYNC_WINDOW: usize = 256;
 
+/// Frames read in a row before callers' commands and the timers get a turn: the socket is read
+/// first, so a flood of events would otherwise keep a request (or a heartbeat) waiting behind it.
+const FRAMES_PER_TURN: usize = 64;
+
 /// Events waiting behind a gap before the gap is given up on, whatever the gap timeout.
 const MAX_EVENTS_BEHIND_GAP: usize = 1024;
 
@@ -710,12 +714,21 @@ impl Session {
         heartbeats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeats.reset();
         let mut sweep = tokio::time::interval(Duration::from_millis(250));
+        let mut frames_in_a_row = 0;
         loop {
             if let Err(reason) = self.send_internal().await {
                 return reason;
             }
+            if frames_in_a_row >= FRAMES_PER_TURN {
+                // Fairness without dropping anything: reading pauses for one turn, it never skips.
+                frames_in_a_row = 0;
+                if let Err(reason) = self.take_a_turn(commands, &mut heartbeats, &mut sweep, silence_limit).await {
+                    return reason;
+                }
+            }
             let gap_deadline = self.gap_open_since.map(|since| since + self.config.gap_timeout());
             let room_for_more = self.pending.len() < self.config.max_in_flight;
+            let mut read_a_frame = false;
             let outcome = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return "the gateway is shutting down".to_owned(),
@@ -725,7 +738,10 @@ impl Session {
                         Err("the pbx closed the link".to_owned())
                     }
                     Some(Err(error)) => Err(self.decode_failure(&error)),
-                    Some(Ok(message)) => self.on_message(session, message, events).await,
+                    Some(Ok(message)) => {
+                        read_a_frame = true;
+                        self.on_message(session, message, events).await
+                    }
                 },
                 command = commands.recv(), if room_for_more => match command {
                     Some(command) => self.send_command(command).await,
@@ -744,21 +760,52 @@ impl Session {
                     }
                     Err(_) => Err("the gateway is shutting down".to_owned()),
                 },
-                _ = heartbeats.tick() => {
-                    if self.last_frame_at.elapsed() > silence_limit {
-                        bump(&self.stats.heartbeat_timeouts);
-                        self.end_reason = Some(ReconnectReason::HeartbeatTimeout);
-                        Err(format!("no frame from the pbx for {:?} (heartbeats missed)", self.last_frame_at.elapsed()))
-                    } else {
-                        self.send_request(Pending::Heartbeat, request::Service::Heartbeat(pbx::HeartbeatRequest {})).await
-                    }
-                }
+                _ = heartbeats.tick() => self.heartbeat(silence_limit).await,
                 _ = sweep.tick() => self.sweep_expired(),
             };
             if let Err(reason) = outcome {
                 return reason;
             }
+            frames_in_a_row = if read_a_frame { frames_in_a_row + 1 } else { 0 };
             self.publish_status(session, status);
+        }
+    }
+
+    /// One turn for what waits behind the socket: up to [`FRAMES_PER_TURN`] queued commands (as
+    /// many as the in-flight bound allows), then a heartbeat or a sweep if one is due. Never waits.
+    async fn take_a_turn(
+        &mut self,
+        commands: &mut mpsc::Receiver<Command>,
+        heartbeats: &mut tokio::time::Interval,
+        sweep: &mut tokio::time::Interval,
+        silence_limit: Duration,
+    ) -> Result<(), String> {
+        for _ in 0..FRAMES_PER_TURN {
+            if self.pending.len() >= self.config.max_in_flight {
+                break;
+            }
+            match commands.try_recv() {
+                Ok(command) => self.send_command(command).await?,
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => return Err("the gateway is shutting down".to_owned()),
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = heartbeats.tick() => self.heartbeat(silence_limit).await,
+            _ = sweep.tick() => self.sweep_expired(),
+            () = std::future::ready(()) => Ok(()),
+        }
+    }
+
+    /// A heartbeat is due: the link is dead if the PBX has been silent too long, else one goes out.
+    async fn heartbeat(&mut self, silence_limit: Duration) -> Result<(), String> {
+        if self.last_frame_at.elapsed() > silence_limit {
+            bump(&self.stats.heartbeat_timeouts);
+            self.end_reason = Some(ReconnectReason::HeartbeatTimeout);
+            Err(format!("no frame from the pbx for {:?} (heartbeats missed)", self.last_frame_at.elapsed()))
+        } else {
+            self.send_request(Pending::Heartbeat, request::Service::Heartbeat(pbx::HeartbeatRequest {})).await
         }
     }
 
