@@ -400,6 +400,17 @@ impl Pbx {
     }
 
     /// Call ids a device has a connection in.
+    /// Whether `device` has a connection in any call; unlike [`Pbx::calls_of`], copies nothing.
+    pub fn has_calls(&self, device: &str) -> bool {
+        self.device_calls.contains_key(device)
+    }
+
+    /// Ready agents with no call, as the ACD offers calls to them: what the traffic picks from, at
+    /// the cost of the idle agents only, not of every station.
+    pub fn idle_agents(&self) -> impl Iterator<Item = &str> {
+        self.idle_agents.iter().map(|(_, device)| device.as_str())
+    }
+
     pub fn calls_of(&self, device: &str) -> Vec<String> {
         self.device_calls.get(device).map(|calls| calls.iter().cloned().collect()).unwrap_or_default()
     }
