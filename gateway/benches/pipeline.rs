@@ -117,6 +117,7 @@ fn directory_snapshots() -> Vec<LinkEvent> {
                     ..Default::default()
                 }),
                 calls: Vec::new(),
+                more: false,
             },
         })
         .collect();
@@ -130,6 +131,7 @@ fn directory_snapshots() -> Vec<LinkEvent> {
             }),
             agent: None,
             calls: Vec::new(),
+            more: false,
         },
     });
     snapshots.push(LinkEvent::ResyncComplete { session: 1, devices: LINES + 1 });

@@ -777,8 +777,8 @@ impl Config {
         if pbx.reconnect_initial_ms == 0 || pbx.reconnect_max_ms < pbx.reconnect_initial_ms {
             return invalid("pbx.reconnect_initial_ms", "must be above zero and at most pbx.reconnect_max_ms");
         }
-        if pbx.max_frame_length < 1024 || pbx.max_frame_length > 16 * 1024 * 1024 {
-            return invalid("pbx.max_frame_length", "must be between 1 KiB and 16 MiB");
+        if pbx.max_frame_length < proto::wire::MIN_MAX_FRAME_LENGTH || pbx.max_frame_length > 16 * 1024 * 1024 {
+            return invalid("pbx.max_frame_length", "must be between 4 KiB and 16 MiB");
         }
         if pbx.outbound_queue == 0 || pbx.max_in_flight == 0 {
             return invalid("pbx.outbound_queue", "queues must hold at least one request");

@@ -1,5 +1,6 @@
 //! The gateway's PBX link client against the simulator: resync after a drop, heartbeats, deadlines,
-//! congestion, refused registration, malformed frames, event faults, and every service on the wire.
+//! congestion, refused registration, malformed frames, event faults, and every service on the wire;
+//! and against a scripted PBX, requests going out during a flood of events.
 
 use std::time::Duration;
 
@@ -7,8 +8,9 @@ use gateway::pbx::{LinkError, LinkEvent, LinkStats, LinkStatus};
 use loadtest::sim::{FaultSettings, Layout, SimConfig, Simulator, StateDump, TrafficConfig};
 use proto::pbx::event_report::Event;
 use proto::pbx::{self, AgentState, ErrorCause, request, response};
+use proto::wire::LinkMessage;
 
-use crate::support::{Client, eventually, link_config, simulator, within};
+use crate::support::{Client, eventually, link_config, scripted_config, scripted_pbx, simulator, within};
 
 fn connection(call_id: &str, device: &str) -> Option<pbx::ConnectionId> {
     Some(pbx::ConnectionId { call_id: call_id.to_owned(), device_id: device.to_owned() })
@@ -562,5 +564,64 @@ async fn delayed_events_arrive_late_but_complete_and_in_order() {
     );
     assert_eq!(LinkStats::get(&client.link.stats().sequence_gaps), 0);
     assert!(matches!(client.link.status(), LinkStatus::Up { session: 1, .. }), "a slow pbx is not a dead one");
+    client.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_goes_out_while_a_flood_of_events_is_still_being_read() {
+    use request::Service as S;
+    const FLOOD: u64 = 20_000;
+    let (heard, heard_rx) = tokio::sync::watch::channel(false);
+    let address = scripted_pbx(std::sync::Arc::new(move |invoke_id, service| {
+        let result = |result| LinkMessage::Result { invoke_id, body: pbx::Response { result: Some(result) } };
+        match service {
+            // The snapshot, then a flood of events the gateway reads no faster than the test takes them.
+            S::SnapshotDevice(request) => {
+                let device = pbx::DeviceInfo { device_id: request.device_id, ..Default::default() };
+                let snapshot = pbx::SnapshotDeviceResult { device: Some(device), ..Default::default() };
+                let mut frames = vec![result(response::Result::SnapshotDevice(snapshot))];
+                frames.extend((1..=FLOOD).map(|sequence| {
+                    LinkMessage::Event(pbx::EventReport { sequence, monitor_ids: vec![1], ..Default::default() })
+                }));
+                frames
+            }
+            S::SnapshotCall(request) => {
+                heard.send_replace(true);
+                let call = pbx::CallSnapshot { call_id: request.call_id, ..Default::default() };
+                vec![result(response::Result::SnapshotCall(pbx::SnapshotCallResult { call: Some(call) }))]
+            }
+            _ => Vec::new(),
+        }
+    }))
+    .await;
+    // Room for 16 events: the link feels back-pressure at once and reads only as the test takes.
+    let mut client = Client::start_with_room(scripted_config(address), 16);
+    client.read_until(|event| matches!(event, LinkEvent::ResyncComplete { .. })).await;
+    let stats = client.link.stats();
+    eventually(|| LinkStats::get(&stats.events) >= 16).await;
+
+    let snapshot_call = S::SnapshotCall(pbx::SnapshotCallRequest { call_id: "C1".into() });
+    let mut request = Box::pin(client.link.request_within(snapshot_call, Duration::from_secs(20)));
+    assert!(futures::poll!(&mut request).is_pending(), "the request is queued behind the flood");
+    let mut sequences = Vec::new();
+    let mut taken_before_heard = None;
+    within(async {
+        while let Some(event) = client.events.recv().await {
+            if let LinkEvent::Event(report) = event {
+                sequences.push(report.sequence);
+            }
+            if taken_before_heard.is_none() && *heard_rx.borrow() {
+                taken_before_heard = Some(sequences.len());
+            }
+            if sequences.len() as u64 == FLOOD {
+                break;
+            }
+        }
+    })
+    .await;
+    let taken = taken_before_heard.expect("the pbx got the request");
+    assert!(taken < FLOOD as usize / 2, "the request waited behind {taken} of {FLOOD} events");
+    assert!(request.await.is_ok(), "and it was answered");
+    assert_eq!(sequences, (1..=FLOOD).collect::<Vec<_>>(), "no event was dropped for it");
     client.stop().await;
 }

@@ -6,6 +6,8 @@
 //! - `grpc`: the gRPC API over real sockets: call control, agents, events, status codes.
 //! - `link`: the gateway's PBX link client against the simulator: resync, reconnect, heartbeats,
 //!   deadlines, congestion, event faults.
+//! - `link_pages`: snapshots larger than one frame, in pages: a queue of a thousand calls mirrored
+//!   whole, a client's smaller frame limit, and broken or overlong page sequences refused.
 //! - `model`: the whole gateway mirroring the simulator through faults; commands through the model.
 //! - `salesforce_sandbox`: the Salesforce sandbox over HTTP: OAuth, search, upserts, sessions, the
 //!   allocation and injected faults.
@@ -17,6 +19,7 @@ mod cluster;
 mod dashboards;
 mod grpc;
 mod link;
+mod link_pages;
 mod model;
 mod salesforce;
 mod salesforce_sandbox;

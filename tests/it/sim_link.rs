@@ -31,6 +31,7 @@ fn register(version: u32, password: &str) -> LinkMessage {
                 protocol_version: version,
                 client_name: "raw test client".into(),
                 heartbeat_interval_ms: 10_000,
+                max_frame_length: 0,
             })),
         },
     }
@@ -88,6 +89,23 @@ async fn an_unsupported_version_is_refused_then_the_link_closes() {
     let (invoke_id, cause, message) = error_of(next_answer(&mut link).await);
     assert_eq!((invoke_id, cause), (1, ErrorCause::UnsupportedVersion));
     assert_eq!(message, "protocol version 9 is not supported; this PBX speaks version 1");
+    assert_eq!(next_answer(&mut link).await, None, "the simulator closes after refusing");
+}
+
+#[tokio::test]
+async fn a_frame_limit_below_four_kib_is_refused_then_the_link_closes() {
+    let simulator = simulator(2).await;
+    let mut link = connect(&simulator).await;
+    let mut request = register(1, "switchboard");
+    if let LinkMessage::Request { body: pbx::Request { service: Some(request::Service::Register(register)) }, .. } =
+        &mut request
+    {
+        register.max_frame_length = 1_000;
+    }
+    link.send(request).await.unwrap();
+    let (invoke_id, cause, message) = error_of(next_answer(&mut link).await);
+    assert_eq!((invoke_id, cause), (1, ErrorCause::MalformedRequest));
+    assert_eq!(message, "max_frame_length 1000 is below the smallest a client may state (4096 bytes; 0 means 65536)");
     assert_eq!(next_answer(&mut link).await, None, "the simulator closes after refusing");
 }
 

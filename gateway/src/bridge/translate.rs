@@ -487,6 +487,7 @@ mod tests {
                 call_linkage_id: "C0".into(),
                 ..pbx::CallSnapshot::default()
             }],
+            more: false,
         };
         let out = translated(LinkEvent::Acquired { snapshot, session: 1 });
         let call = out.iter().find_map(|input| match input {

@@ -28,8 +28,17 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// thousand lines neither floods the PBX nor starves callers' requests.
 const RESYNC_WINDOW: usize = 256;
 
+/// Frames read in a row before callers' commands and the timers get a turn: the socket is read
+/// first, so a flood of events would otherwise keep a request (or a heartbeat) waiting behind it.
+const FRAMES_PER_TURN: usize = 64;
+
 /// Events waiting behind a gap before the gap is given up on, whatever the gap timeout.
 const MAX_EVENTS_BEHIND_GAP: usize = 1024;
+
+/// Pages of one device snapshot gathered at most (docs/pbx-link.md §7): with the default 64 KiB
+/// frames, 16 MiB, some 100,000 waiting calls. A longer snapshot is refused, so a faulty PBX cannot
+/// make the gateway gather without bound.
+pub const MAX_SNAPSHOT_PAGES: usize = 256;
 
 /// Devices to ask for in one page of the device list: as many as fit in a frame of our own limit
 /// if each took 128 bytes (a device id, its kind and a name of some 100 characters). The PBX keeps
@@ -578,6 +587,8 @@ struct Session {
     snapshotted: usize,
     resynced: bool,
     gap_open_since: Option<Instant>,
+    /// A snapshot whose pages are still coming.
+    gathering: Option<SnapshotPages>,
     last_frame_at: Instant,
     /// Why the session ended, when it ended for a cause worth counting apart.
     end_reason: Option<ReconnectReason>,
@@ -605,6 +616,7 @@ async fn establish(
             protocol_version: PROTOCOL_VERSION,
             client_name: config.client_name.clone(),
             heartbeat_interval_ms: config.heartbeat_interval_ms.try_into().unwrap_or(u32::MAX),
+            max_frame_length: config.max_frame_length.try_into().unwrap_or(u32::MAX),
         };
         let request = LinkMessage::Request {
             invoke_id: 1,
@@ -666,6 +678,7 @@ async fn establish(
         snapshotted: 0,
         resynced: false,
         gap_open_since: None,
+        gathering: None,
         last_frame_at: Instant::now(),
         end_reason: None,
     };
@@ -701,12 +714,21 @@ impl Session {
         heartbeats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeats.reset();
         let mut sweep = tokio::time::interval(Duration::from_millis(250));
+        let mut frames_in_a_row = 0;
         loop {
             if let Err(reason) = self.send_internal().await {
                 return reason;
             }
+            if frames_in_a_row >= FRAMES_PER_TURN {
+                // Fairness without dropping anything: reading pauses for one turn, it never skips.
+                frames_in_a_row = 0;
+                if let Err(reason) = self.take_a_turn(commands, &mut heartbeats, &mut sweep, silence_limit).await {
+                    return reason;
+                }
+            }
             let gap_deadline = self.gap_open_since.map(|since| since + self.config.gap_timeout());
             let room_for_more = self.pending.len() < self.config.max_in_flight;
+            let mut read_a_frame = false;
             let outcome = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return "the gateway is shutting down".to_owned(),
@@ -716,7 +738,10 @@ impl Session {
                         Err("the pbx closed the link".to_owned())
                     }
                     Some(Err(error)) => Err(self.decode_failure(&error)),
-                    Some(Ok(message)) => self.on_message(session, message, events).await,
+                    Some(Ok(message)) => {
+                        read_a_frame = true;
+                        self.on_message(session, message, events).await
+                    }
                 },
                 command = commands.recv(), if room_for_more => match command {
                     Some(command) => self.send_command(command).await,
@@ -735,21 +760,52 @@ impl Session {
                     }
                     Err(_) => Err("the gateway is shutting down".to_owned()),
                 },
-                _ = heartbeats.tick() => {
-                    if self.last_frame_at.elapsed() > silence_limit {
-                        bump(&self.stats.heartbeat_timeouts);
-                        self.end_reason = Some(ReconnectReason::HeartbeatTimeout);
-                        Err(format!("no frame from the pbx for {:?} (heartbeats missed)", self.last_frame_at.elapsed()))
-                    } else {
-                        self.send_request(Pending::Heartbeat, request::Service::Heartbeat(pbx::HeartbeatRequest {})).await
-                    }
-                }
+                _ = heartbeats.tick() => self.heartbeat(silence_limit).await,
                 _ = sweep.tick() => self.sweep_expired(),
             };
             if let Err(reason) = outcome {
                 return reason;
             }
+            frames_in_a_row = if read_a_frame { frames_in_a_row + 1 } else { 0 };
             self.publish_status(session, status);
+        }
+    }
+
+    /// One turn for what waits behind the socket: up to [`FRAMES_PER_TURN`] queued commands (as
+    /// many as the in-flight bound allows), then a heartbeat or a sweep if one is due. Never waits.
+    async fn take_a_turn(
+        &mut self,
+        commands: &mut mpsc::Receiver<Command>,
+        heartbeats: &mut tokio::time::Interval,
+        sweep: &mut tokio::time::Interval,
+        silence_limit: Duration,
+    ) -> Result<(), String> {
+        for _ in 0..FRAMES_PER_TURN {
+            if self.pending.len() >= self.config.max_in_flight {
+                break;
+            }
+            match commands.try_recv() {
+                Ok(command) => self.send_command(command).await?,
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => return Err("the gateway is shutting down".to_owned()),
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = heartbeats.tick() => self.heartbeat(silence_limit).await,
+            _ = sweep.tick() => self.sweep_expired(),
+            () = std::future::ready(()) => Ok(()),
+        }
+    }
+
+    /// A heartbeat is due: the link is dead if the PBX has been silent too long, else one goes out.
+    async fn heartbeat(&mut self, silence_limit: Duration) -> Result<(), String> {
+        if self.last_frame_at.elapsed() > silence_limit {
+            bump(&self.stats.heartbeat_timeouts);
+            self.end_reason = Some(ReconnectReason::HeartbeatTimeout);
+            Err(format!("no frame from the pbx for {:?} (heartbeats missed)", self.last_frame_at.elapsed()))
+        } else {
+            self.send_request(Pending::Heartbeat, request::Service::Heartbeat(pbx::HeartbeatRequest {})).await
         }
     }
 
@@ -905,6 +961,18 @@ impl Session {
         self.last_frame_at = Instant::now();
         self.stats.last_frame_unix_ms.store(unix_time_ms(), Ordering::Relaxed);
         bump(&self.stats.frames_in);
+        let message = match self.gather_pages(message) {
+            Ok(Some(message)) => message,
+            Ok(None) => return Ok(()),
+            Err(PageError::Overlong { invoke_id, message }) => {
+                let Some(pending) = self.pending.remove(&invoke_id) else { return Ok(()) };
+                return self.on_answer(session, pending, Err(LinkError::Protocol(message)), events).await;
+            }
+            Err(PageError::Broken(reason)) => {
+                self.end_reason = Some(ReconnectReason::ProtocolError);
+                return Err(reason);
+            }
+        };
         if !matches!(message, LinkMessage::Event(_)) && self.sequencer.has_gap() {
             // Events never cross results on a conforming link, so a result arriving while a gap is
             // open means the missing event is lost: stop waiting for it (docs/pbx-link.md).
@@ -971,6 +1039,52 @@ impl Session {
                 bump(&self.stats.frames_out);
                 Ok(())
             }
+        }
+    }
+
+    /// Gathers the pages of a snapshot (docs/pbx-link.md §7): returns the message to handle, the
+    /// whole snapshot once its last page is in, or `None` while pages are still coming. Anything
+    /// but a request between pages breaks the protocol: the pages would no longer be one instant.
+    fn gather_pages(&mut self, message: LinkMessage) -> Result<Option<LinkMessage>, PageError> {
+        if let Some(gathering) = self.gathering.as_mut() {
+            let (invoke_id, page) = match message {
+                LinkMessage::Request { .. } => return Ok(Some(message)),
+                LinkMessage::Result {
+                    invoke_id,
+                    body: pbx::Response { result: Some(response::Result::SnapshotDevice(page)) },
+                } if invoke_id == gathering.invoke_id => (invoke_id, page),
+                other => {
+                    return Err(PageError::Broken(format!(
+                        "a frame of class {} came between the pages of the snapshot of {} (invoke id {})",
+                        other.class(),
+                        gathering.device_id,
+                        gathering.invoke_id
+                    )));
+                }
+            };
+            let device_id = page.device.as_ref().map(|device| device.device_id.as_str()).unwrap_or_default();
+            if device_id != gathering.device_id {
+                return Err(PageError::Broken(format!(
+                    "a page of the snapshot of {} (invoke id {invoke_id}) is about {device_id:?}",
+                    gathering.device_id
+                )));
+            }
+            gathering.add(page);
+            if gathering.more {
+                return Ok(None);
+            }
+            let Some(gathered) = self.gathering.take() else { return Ok(None) };
+            return gathered.finish(&self.pending, &self.stats);
+        }
+        match message {
+            LinkMessage::Result {
+                invoke_id,
+                body: pbx::Response { result: Some(response::Result::SnapshotDevice(page)) },
+            } if page.more => {
+                self.gathering = Some(SnapshotPages::start(invoke_id, page));
+                Ok(None)
+            }
+            other => Ok(Some(other)),
         }
     }
 
@@ -1144,6 +1258,69 @@ impl Session {
                 let _ = reply.send(Err(LinkError::Lost { reason: reason.to_owned() }));
             }
         }
+    }
+}
+
+/// Why gathering a snapshot's pages failed.
+enum PageError {
+    /// More pages than [`MAX_SNAPSHOT_PAGES`]: the request fails, the link stays.
+    Overlong { invoke_id: u32, message: String },
+    /// Something else came between the pages, or a page of another device: the link is dropped.
+    Broken(String),
+}
+
+/// The pages of one device snapshot gathered so far.
+struct SnapshotPages {
+    invoke_id: u32,
+    device_id: String,
+    /// The snapshot so far; its `more` is the last page's.
+    snapshot: pbx::SnapshotDeviceResult,
+    pages: usize,
+    /// Whether more pages follow.
+    more: bool,
+    /// Set once the snapshot passed [`MAX_SNAPSHOT_PAGES`]: later pages are read and dropped.
+    overlong: bool,
+}
+
+impl SnapshotPages {
+    fn start(invoke_id: u32, first: pbx::SnapshotDeviceResult) -> Self {
+        let device_id = first.device.as_ref().map(|device| device.device_id.clone()).unwrap_or_default();
+        let more = first.more;
+        Self { invoke_id, device_id, snapshot: first, pages: 1, more, overlong: false }
+    }
+
+    fn add(&mut self, page: pbx::SnapshotDeviceResult) {
+        self.pages += 1;
+        self.more = page.more;
+        if self.pages > MAX_SNAPSHOT_PAGES {
+            self.overlong = true;
+            self.snapshot.calls = Vec::new();
+        }
+        if !self.overlong {
+            self.snapshot.calls.extend(page.calls);
+        }
+    }
+
+    /// The whole snapshot as one result; `None` when nobody waits for it any more.
+    fn finish(self, pending: &HashMap<u32, Pending>, stats: &LinkStats) -> Result<Option<LinkMessage>, PageError> {
+        if !pending.contains_key(&self.invoke_id) {
+            bump(&stats.late_answers);
+            return Ok(None);
+        }
+        let invoke_id = self.invoke_id;
+        if self.overlong {
+            let message = format!(
+                "the snapshot of {} came in {} pages; the gateway gathers at most {MAX_SNAPSHOT_PAGES}",
+                self.device_id, self.pages
+            );
+            return Err(PageError::Overlong { invoke_id, message });
+        }
+        let mut snapshot = self.snapshot;
+        snapshot.more = false;
+        Ok(Some(LinkMessage::Result {
+            invoke_id,
+            body: pbx::Response { result: Some(response::Result::SnapshotDevice(snapshot)) },
+        }))
     }
 }
 

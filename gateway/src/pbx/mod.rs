@@ -10,5 +10,6 @@ pub mod sequencer;
 
 pub use backoff::Backoff;
 pub use link::{
-    LinkError, LinkEvent, LinkHandle, LinkStats, LinkStatus, PROTOCOL_VERSION, ReconnectReason, start, start_selective,
+    LinkError, LinkEvent, LinkHandle, LinkStats, LinkStatus, MAX_SNAPSHOT_PAGES, PROTOCOL_VERSION, ReconnectReason,
+    start, start_selective,
 };

@@ -167,6 +167,41 @@ pub const DEFAULT_DEVICE_PAGE: usize = 1_000;
 /// the next page token.
 const LIST_ENVELOPE_BYTES: usize = 32;
 
+/// The most parties a call may have: a conference or transfer that would join more is refused, so
+/// one call's snapshot always fits in a frame of the smallest length a client may state
+/// ([`proto::wire::MIN_MAX_FRAME_LENGTH`]).
+pub const MAX_CALL_PARTIES: usize = 32;
+
+/// Splits a device snapshot into pages whose `Response` bodies take at most `max_body_bytes` each
+/// (docs/pbx-link.md §7): every page repeats the device and its agent, holds at least one call and
+/// as many more as fit, and all but the last have `more` set. A snapshot that fits is one page.
+pub fn snapshot_pages(snapshot: pbx::SnapshotDeviceResult, max_body_bytes: usize) -> Vec<pbx::SnapshotDeviceResult> {
+    use prost::Message as _;
+    let envelope = |page_len: usize| 1 + prost::length_delimiter_len(page_len) + page_len;
+    if envelope(snapshot.encoded_len()) <= max_body_bytes {
+        return vec![snapshot];
+    }
+    let pbx::SnapshotDeviceResult { device, agent, calls, .. } = snapshot;
+    let empty = pbx::SnapshotDeviceResult { device, agent, calls: Vec::new(), more: true };
+    let base = empty.encoded_len();
+    let mut pages = Vec::new();
+    let mut page = empty.clone();
+    let mut page_len = base;
+    for call in calls {
+        let size = call.encoded_len();
+        let field = 1 + prost::length_delimiter_len(size) + size;
+        if !page.calls.is_empty() && envelope(page_len + field) > max_body_bytes {
+            pages.push(std::mem::replace(&mut page, empty.clone()));
+            page_len = base;
+        }
+        page_len += field;
+        page.calls.push(call);
+    }
+    page.more = false;
+    pages.push(page);
+    pages
+}
+
 fn is_dialable_number(number: &str) -> bool {
     let digits = number.strip_prefix('+').unwrap_or(number);
     (3..=20).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
@@ -283,6 +318,16 @@ impl Pbx {
     /// in one answer; `next_page_token` is empty on the last page. The token is the index of the
     /// page's first device: the simulator's devices never change while it runs.
     pub fn list_devices(&self, request: &pbx::ListDevicesRequest) -> Result<pbx::ListDevicesResult, ServiceError> {
+        self.list_devices_within(request, self.max_answer_bytes)
+    }
+
+    /// [`Pbx::list_devices`] with pages of at most `max_answer_bytes` (the smaller of the PBX's and
+    /// the client's frame limits, less the header).
+    pub fn list_devices_within(
+        &self,
+        request: &pbx::ListDevicesRequest,
+        max_answer_bytes: usize,
+    ) -> Result<pbx::ListDevicesResult, ServiceError> {
         let devices = self.devices();
         let start = match request.page_token.as_str() {
             "" => 0,
@@ -300,7 +345,7 @@ impl Pbx {
             0 => DEFAULT_DEVICE_PAGE,
             size => size as usize,
         };
-        let budget = self.max_answer_bytes.saturating_sub(LIST_ENVELOPE_BYTES);
+        let budget = max_answer_bytes.min(self.max_answer_bytes).saturating_sub(LIST_ENVELOPE_BYTES);
         let mut used = 0;
         let mut page = Vec::new();
         for device in devices.into_iter().skip(start).take(page_size) {
@@ -358,6 +403,17 @@ impl Pbx {
     }
 
     /// Call ids a device has a connection in.
+    /// Whether `device` has a connection in any call; unlike [`Pbx::calls_of`], copies nothing.
+    pub fn has_calls(&self, device: &str) -> bool {
+        self.device_calls.contains_key(device)
+    }
+
+    /// Ready agents with no call, as the ACD offers calls to them: what the traffic picks from, at
+    /// the cost of the idle agents only, not of every station.
+    pub fn idle_agents(&self) -> impl Iterator<Item = &str> {
+        self.idle_agents.iter().map(|(_, device)| device.as_str())
+    }
+
     pub fn calls_of(&self, device: &str) -> Vec<String> {
         self.device_calls.get(device).map(|calls| calls.iter().cloned().collect()).unwrap_or_default()
     }
@@ -392,6 +448,7 @@ impl Pbx {
             device: Some(pbx::DeviceInfo { device_id: device.to_owned(), kind: kind as i32, name }),
             agent: self.agent(device).cloned(),
             calls: self.calls_of(device).iter().filter_map(|call| self.snapshot_call(call)).collect(),
+            more: false,
         })
     }
 
@@ -1033,6 +1090,17 @@ impl Pbx {
             return refuse(
                 ErrorCause::InvalidObjectState,
                 format!("cannot {verb} {} and {}: both wait in a queue", held.call_id, active.call_id),
+            );
+        }
+        // The station is in both calls and stays at most once.
+        let joined = held_call.parties.len() + active_call.parties.len() - 1;
+        if joined > MAX_CALL_PARTIES {
+            return refuse(
+                ErrorCause::ResourceBusy,
+                format!(
+                    "cannot {verb} {} and {}: {joined} parties, and a call holds at most {MAX_CALL_PARTIES}",
+                    held.call_id, active.call_id
+                ),
             );
         }
         Ok(())

@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use proto::pbx::{self, DeviceKind, ErrorCause, request, response};
-use proto::wire::{LinkCodec, LinkMessage};
+use proto::wire::{DEFAULT_MAX_FRAME_LENGTH, HEADER_LEN, LinkCodec, LinkMessage, MIN_MAX_FRAME_LENGTH};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::faults::{EventFate, FaultSettings, Faults};
 use super::inspect::StateDump;
-use super::model::{Layout, Pbx, PbxEvent};
+use super::model::{Layout, Pbx, PbxEvent, snapshot_pages};
 use super::traffic::{Traffic, TrafficConfig};
 
 /// The service-level protocol version this simulator speaks.
@@ -111,6 +111,8 @@ fn bump(counter: &AtomicU64) {
 #[derive(Debug)]
 enum Outbound {
     Frame(LinkMessage),
+    /// Frames written back to back, nothing between them: the pages of one snapshot.
+    Frames(Vec<LinkMessage>),
     Event {
         report: pbx::EventReport,
         not_before: Instant,
@@ -134,6 +136,8 @@ struct Link {
     next_monitor: u32,
     next_sequence: u64,
     held_back: Option<pbx::EventReport>,
+    /// The largest frame this link may be sent: the smaller of the simulator's and the client's.
+    max_frame_length: usize,
 }
 
 impl Link {
@@ -546,6 +550,7 @@ async fn serve_link(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
             next_monitor: 1,
             next_sequence: 1,
             held_back: None,
+            max_frame_length: shared.config.max_frame_length,
         };
         state.links.insert(id, link);
         id
@@ -668,6 +673,10 @@ fn register(shared: &Shared, link_id: u64, invoke_id: u32, service: Option<reque
         link.send(Outbound::Frame(error), &shared.counters);
         return Registration::NotYet;
     };
+    let client_max_frame_length = match register.max_frame_length as usize {
+        0 => DEFAULT_MAX_FRAME_LENGTH,
+        stated => stated,
+    };
     let refusal = if register.protocol_version != PROTOCOL_VERSION {
         Some((
             ErrorCause::UnsupportedVersion,
@@ -678,6 +687,14 @@ fn register(shared: &Shared, link_id: u64, invoke_id: u32, service: Option<reque
         ))
     } else if register.user != config.user || register.password != config.password {
         Some((ErrorCause::InvalidCredentials, format!("wrong user name or password for user {:?}", register.user)))
+    } else if client_max_frame_length < MIN_MAX_FRAME_LENGTH {
+        Some((
+            ErrorCause::MalformedRequest,
+            format!(
+                "max_frame_length {client_max_frame_length} is below the smallest a client may state \
+                 ({MIN_MAX_FRAME_LENGTH} bytes; 0 means {DEFAULT_MAX_FRAME_LENGTH})"
+            ),
+        ))
     } else {
         None
     };
@@ -689,6 +706,7 @@ fn register(shared: &Shared, link_id: u64, invoke_id: u32, service: Option<reque
         return Registration::Refused("registration refused");
     }
     link.registered = true;
+    link.max_frame_length = config.max_frame_length.min(client_max_frame_length);
     bump(&shared.counters.links_registered);
     let result = pbx::RegisterResult {
         pbx_name: config.layout.pbx_name.clone(),
@@ -746,14 +764,39 @@ fn answer(shared: &Shared, link_id: u64, invoke_id: u32, service: Option<request
         Some(_) if state.faults.congested() => {
             Err((ErrorCause::Congestion, "the switch is congested; try again later".to_owned()))
         }
+        Some(request::Service::ListDevices(list)) => {
+            let max_answer_bytes = state.links.get(&link_id).map_or(0, |link| link.max_frame_length - HEADER_LEN);
+            state
+                .pbx
+                .list_devices_within(&list, max_answer_bytes)
+                .map(response::Result::ListDevices)
+                .map_err(|error| (error.cause, error.message))
+        }
         Some(service) => state.pbx.execute(service).map_err(|error| (error.cause, error.message)),
     };
-    let frame = match outcome {
-        Ok(result) => LinkMessage::Result { invoke_id, body: pbx::Response { result: Some(result) } },
-        Err((cause, message)) => error_response(invoke_id, cause, &message),
-    };
     if let Some(link) = state.links.get_mut(&link_id) {
-        link.send(Outbound::Frame(frame), &shared.counters);
+        let outbound = match outcome {
+            // Taken at this instant and queued as one item, so no event can come between the pages.
+            Ok(response::Result::SnapshotDevice(snapshot)) => {
+                let pages = snapshot_pages(snapshot, link.max_frame_length - HEADER_LEN);
+                let mut frames: Vec<LinkMessage> = pages
+                    .into_iter()
+                    .map(|page| LinkMessage::Result {
+                        invoke_id,
+                        body: pbx::Response { result: Some(response::Result::SnapshotDevice(page)) },
+                    })
+                    .collect();
+                match frames.len() {
+                    1 => Outbound::Frame(frames.remove(0)),
+                    _ => Outbound::Frames(frames),
+                }
+            }
+            Ok(result) => {
+                Outbound::Frame(LinkMessage::Result { invoke_id, body: pbx::Response { result: Some(result) } })
+            }
+            Err((cause, message)) => Outbound::Frame(error_response(invoke_id, cause, &message)),
+        };
+        link.send(outbound, &shared.counters);
     }
     shared.publish(state);
 }
@@ -824,6 +867,16 @@ async fn write_link(
         let written = match item {
             None | Some(Outbound::Close) => break,
             Some(Outbound::Frame(frame)) => sink.feed(frame).await,
+            Some(Outbound::Frames(frames)) => {
+                let mut written = Ok(());
+                for frame in frames {
+                    written = sink.feed(frame).await;
+                    if written.is_err() {
+                        break;
+                    }
+                }
+                written
+            }
             Some(Outbound::Event { report, not_before }) => {
                 tokio::select! {
                     () = cancel.cancelled() => break,

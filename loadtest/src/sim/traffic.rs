@@ -263,7 +263,7 @@ impl Traffic {
                     let Some(dropped) = &cleared.dropped else { continue };
                     self.outside_parties_finish(pbx, &dropped.call_id, now);
                     let agent = &dropped.device_id;
-                    if self.agents.contains(agent) && pbx.calls_of(agent).is_empty() {
+                    if self.agents.contains(agent) && !pbx.has_calls(agent) {
                         self.scripts.remove(agent);
                         self.consultees.remove(agent);
                         let work = self.around(self.config.after_call_work);
@@ -422,7 +422,7 @@ impl Traffic {
                 let ready_now = pbx.agent(&agent).is_some_and(|info| {
                     info.state == AgentState::WorkingAfterCall as i32 || info.state == AgentState::NotReady as i32
                 });
-                if ready_now && pbx.calls_of(&agent).is_empty() {
+                if ready_now && !pbx.has_calls(&agent) {
                     let _ = pbx.set_agent_state(&agent, AgentState::Ready, "", &[], "");
                 }
             }
@@ -517,15 +517,21 @@ impl Traffic {
         }
     }
 
+    /// Ready agents with no call, in id order. From the PBX's idle set rather than by asking about
+    /// every agent: at 6,000 agents and hundreds of calls a second, the walk over every agent under
+    /// the simulator's lock was most of its time.
     fn idle_agents(&self, pbx: &Pbx) -> Vec<String> {
-        self.agents
-            .iter()
+        let mut idle: Vec<String> = pbx
+            .idle_agents()
             .filter(|agent| {
-                pbx.agent(agent).is_some_and(|info| info.state == AgentState::Ready as i32)
-                    && pbx.calls_of(agent).is_empty()
+                self.agents.contains(*agent)
+                    && pbx.agent(agent).is_some_and(|info| info.state == AgentState::Ready as i32)
+                    && !pbx.has_calls(agent)
             })
-            .cloned()
-            .collect()
+            .map(str::to_owned)
+            .collect();
+        idle.sort_unstable();
+        idle
     }
 
     fn other_idle_agent(&mut self, pbx: &Pbx, except: &str) -> Option<String> {

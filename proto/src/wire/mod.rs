@@ -24,6 +24,9 @@ pub const FRAME_VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 12;
 /// The default bound on a whole frame, header included.
 pub const DEFAULT_MAX_FRAME_LENGTH: usize = 64 * 1024;
+/// The smallest maximum frame length a side may state (`RegisterRequest.max_frame_length`,
+/// `RegisterResult.max_frame_length`): room for any one call's snapshot.
+pub const MIN_MAX_FRAME_LENGTH: usize = 4 * 1024;
 
 /// What a frame's body is, and so which protobuf message it decodes as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use proto::pbx::event_report::Event;
 use proto::pbx::{self, AgentState, ConnectionState as State, DeviceKind, ErrorCause, EventCause, request, response};
 
-use super::{Layout, Pbx, PbxEvent, ServiceError};
+use super::{Layout, MAX_CALL_PARTIES, Pbx, PbxEvent, ServiceError, snapshot_pages};
 
 const T0: u64 = 1_700_000_000_000;
 const QUEUE: &str = "6000";
@@ -2319,4 +2319,60 @@ proptest! {
         prop_assert!(pbx.waiting.is_empty());
         prop_assert!(pbx.orbits.values().all(Option::is_none));
     }
+}
+
+#[test]
+fn a_conference_stops_growing_at_the_most_parties_a_call_holds_and_fits_the_smallest_frame() {
+    let mut pbx = new_pbx();
+    let first = pbx.make_call(A, B).unwrap();
+    pbx.answer_call(&first).unwrap();
+    pbx.answer_call(&conn(&first.call_id, B)).unwrap();
+    let mut conference = first.call_id;
+    for guest in 0.. {
+        assert!(guest < MAX_CALL_PARTIES, "the conference never stopped growing");
+        // The longest outside numbers there are (20 digits), for the largest snapshot.
+        let consultation = pbx.consultation_call(&conn(&conference, A), &format!("+4930{guest:015}")).unwrap();
+        match pbx.conference_call(&conn(&conference, A), &consultation) {
+            Ok(merged) => conference = merged,
+            Err(error) => {
+                assert_eq!(error.cause, ErrorCause::ResourceBusy);
+                assert_eq!(pbx.snapshot_call(&conference).unwrap().parties.len(), MAX_CALL_PARTIES);
+                break;
+            }
+        }
+    }
+    // The station's snapshot holds the full conference and the consultation refused to join it.
+    let snapshot = pbx.snapshot_device(A).unwrap();
+    let frame = pbx::Response { result: Some(response::Result::SnapshotDevice(snapshot)) };
+    assert!(proto::wire::HEADER_LEN + prost::Message::encoded_len(&frame) <= proto::wire::MIN_MAX_FRAME_LENGTH);
+}
+
+/// A queue's snapshot with `calls` waiting calls, from a PBX with nobody ready to take them.
+fn queue_snapshot(calls: usize) -> pbx::SnapshotDeviceResult {
+    let mut pbx = new_pbx();
+    for index in 0..calls {
+        pbx.inbound_call(&format!("+49301{index:07}"), QUEUE).unwrap();
+    }
+    pbx.snapshot_device(QUEUE).unwrap()
+}
+
+#[test]
+fn a_snapshot_too_large_for_a_frame_comes_in_pages_that_each_fit() {
+    let whole = queue_snapshot(1_000);
+    for max_frame_length in [proto::wire::MIN_MAX_FRAME_LENGTH, 10_000, proto::wire::DEFAULT_MAX_FRAME_LENGTH] {
+        let pages = snapshot_pages(whole.clone(), max_frame_length - proto::wire::HEADER_LEN);
+        assert!(pages.len() > 1, "1,000 calls do not fit {max_frame_length} bytes");
+        for (index, page) in pages.iter().enumerate() {
+            let frame = pbx::Response { result: Some(response::Result::SnapshotDevice(page.clone())) };
+            assert!(proto::wire::HEADER_LEN + prost::Message::encoded_len(&frame) <= max_frame_length);
+            assert_eq!(page.more, index + 1 < pages.len(), "every page but the last says more follow");
+            assert_eq!((&page.device, &page.agent), (&whole.device, &whole.agent));
+            assert!(!page.calls.is_empty());
+        }
+        let calls: Vec<pbx::CallSnapshot> = pages.into_iter().flat_map(|page| page.calls).collect();
+        assert_eq!(calls, whole.calls, "every call once, in order ({max_frame_length} bytes)");
+    }
+    // A snapshot that fits is one page, as it was.
+    let small = queue_snapshot(3);
+    assert_eq!(snapshot_pages(small.clone(), proto::wire::DEFAULT_MAX_FRAME_LENGTH), vec![small]);
 }

@@ -24,6 +24,7 @@ fn sample_messages() -> Vec<LinkMessage> {
                     protocol_version: 1,
                     client_name: "test".into(),
                     heartbeat_interval_ms: 5_000,
+                    max_frame_length: 65_536,
                 })),
             },
         },
@@ -51,6 +52,22 @@ fn sample_messages() -> Vec<LinkMessage> {
         LinkMessage::Result {
             invoke_id: 7,
             body: pbx::Response { result: Some(response::Result::HoldCall(pbx::Empty {})) },
+        },
+        // A page of a snapshot too large for one frame: more pages follow with the same invoke id.
+        LinkMessage::Result {
+            invoke_id: 9,
+            body: pbx::Response {
+                result: Some(response::Result::SnapshotDevice(pbx::SnapshotDeviceResult {
+                    device: Some(pbx::DeviceInfo {
+                        device_id: "6000".into(),
+                        kind: pbx::DeviceKind::AcdQueue as i32,
+                        name: "ACD queue 6000".into(),
+                    }),
+                    agent: None,
+                    calls: vec![pbx::CallSnapshot { call_id: "C1".into(), ..Default::default() }],
+                    more: true,
+                })),
+            },
         },
         LinkMessage::Error {
             invoke_id: 8,
