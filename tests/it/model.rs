@@ -386,3 +386,55 @@ async fn call_log_records_match_the_simulators_finished_calls_one_to_one() {
         simulator.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_renumbered_while_the_link_was_down_keeps_its_first_id_as_the_log_key() {
+    let (simulator, gateway) = start(Layout { stations: 4, ..Layout::default() }, 1).await;
+    let model = gateway.model();
+    let mut events = model.publisher().subscribe();
+    let call = simulator.with_pbx(|pbx| pbx.inbound_call("+4930777111", "2001")).unwrap();
+    let at = |device: &str| proto::pbx::ConnectionId { call_id: call.clone(), device_id: device.to_owned() };
+    simulator.with_pbx(|pbx| pbx.answer_call(&at("2001"))).unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !model.call(&call).is_some_and(|view| view.parties.len() == 2) {
+        assert!(tokio::time::Instant::now() < deadline, "the call never showed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The link goes down; meanwhile 2001 hands the call to 2002, which gives it a new id.
+    simulator.set_accepting(false);
+    simulator.drop_links();
+    let mut status = gateway.link().watch_status();
+    within(status.wait_for(|status| !matches!(status, gateway::pbx::LinkStatus::Up { .. }))).await.unwrap();
+    simulator.with_pbx(|pbx| pbx.single_step_transfer(&at("2001"), "2002")).unwrap();
+    let renamed = simulator.with_pbx(|pbx| pbx.calls_of("2002")).pop().expect("2002 rings");
+    assert_ne!(renamed, call);
+    let answering = proto::pbx::ConnectionId { call_id: renamed.clone(), device_id: "2002".to_owned() };
+    simulator.with_pbx(|pbx| pbx.answer_call(&answering)).unwrap();
+    simulator.set_accepting(true);
+    resyncs(&gateway, 2).await;
+    // The gateway meets the call first in a snapshot, under its new id: the PBX's linkage id says
+    // which call it is, so 2002's leg is keyed by the customer call's first id.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !model.call(&renamed).is_some_and(|view| view.root == call) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the renumbered call never showed its root: {:?}",
+            model.call(&renamed)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    simulator.with_pbx(|pbx| pbx.clear_call(&renamed)).unwrap();
+    let mut keys = Vec::new();
+    within(async {
+        while !keys.iter().any(|key: &String| key.ends_with(":2002")) {
+            if let ModelEvent::CallLog(record) = events.recv().await.unwrap().event.clone() {
+                keys.push(record.key());
+            }
+        }
+    })
+    .await;
+    assert!(keys.contains(&format!("{call}:2002")), "{keys:?}");
+    assert!(keys.iter().all(|key| key.starts_with(&format!("{call}:"))), "every leg under the first id: {keys:?}");
+    converged(&simulator, model, "after the outage").await;
+    gateway.shutdown(Duration::from_secs(5)).await;
+}

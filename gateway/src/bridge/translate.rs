@@ -366,7 +366,16 @@ impl Translator {
             }
             Event::Conferenced(event) => {
                 let secondary = non_empty(event.secondary_old_call);
-                kinds.merge(event.primary_old_call, secondary, event.new_call_id, None, event.connections, linkage, at, out);
+                kinds.merge(
+                    event.primary_old_call,
+                    secondary,
+                    event.new_call_id,
+                    None,
+                    event.connections,
+                    linkage,
+                    at,
+                    out,
+                );
             }
             Event::Parked(event) => {
                 let Some(parked) = event.parked else { return };
