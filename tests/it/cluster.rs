@@ -294,6 +294,78 @@ async fn three_nodes_share_the_lines_evenly_and_a_killed_nodes_lines_move_to_the
     simulator.shutdown().await;
 }
 
+/// How many links of the simulator monitor each device (a device monitored by no link is absent).
+fn monitors(simulator: &Simulator) -> BTreeMap<String, usize> {
+    let mut monitors = BTreeMap::new();
+    for device in simulator.monitored_devices().into_iter().flatten() {
+        *monitors.entry(device).or_default() += 1;
+    }
+    monitors
+}
+
+/// Waits until the simulator sees every line monitored by exactly one link, and nothing else.
+async fn monitored_once_each(simulator: &Simulator, lines: &BTreeSet<String>) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let monitors = monitors(simulator);
+        let keys: BTreeSet<String> = monitors.keys().cloned().collect();
+        if keys == *lines && monitors.values().all(|links| *links == 1) {
+            return;
+        }
+        let twice: Vec<_> = monitors.iter().filter(|(_, links)| **links > 1).collect();
+        let missing: Vec<_> = lines.difference(&keys).collect();
+        assert!(
+            Instant::now() < deadline,
+            "the simulator never saw each line monitored once: {} monitors over {} lines\nmonitored more than once: {twice:?}\nunmonitored: {missing:?}",
+            monitors.values().sum::<usize>(),
+            lines.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_that_comes_back_leaves_every_line_monitored_once() {
+    let etcd_server = EtcdServer::start().await.expect("etcd starts");
+    let etcd = Etcd::new(&[etcd_server.url().to_owned()], Duration::from_secs(2)).expect("an etcd client");
+    let simulator = simulator(60).await;
+    let lines = simulator.shared_devices();
+    let prefix = "/it-return";
+    // The lines configured, not listed from the PBX, as a large site (and switchboard-failover)
+    // does: the list is given to the cluster once.
+    let config = |name: &str| {
+        let mut config = node_config(&simulator, etcd_server.url().to_owned(), name, prefix);
+        config.pbx.devices = lines.iter().cloned().collect();
+        config
+    };
+    let first = Gateway::start(&config("node-1")).await.unwrap();
+    let second = Gateway::start(&config("node-2")).await.unwrap();
+    let mut third = Gateway::start(&config("node-3")).await.unwrap();
+    one_owner_each(&etcd, prefix, &lines, &[("node-1", &first), ("node-2", &second), ("node-3", &third)]).await;
+    monitored_once_each(&simulator, &lines).await;
+    simulator.start_traffic(traffic(5, 40));
+
+    for _ in 0..2 {
+        third.kill().await;
+        one_owner_each(&etcd, prefix, &lines, &[("node-1", &first), ("node-2", &second)]).await;
+        monitored_once_each(&simulator, &lines).await;
+        // The same node comes back (a restarted process): it takes its share back from the two.
+        third = Gateway::start(&config("node-3")).await.unwrap();
+        one_owner_each(&etcd, prefix, &lines, &[("node-1", &first), ("node-2", &second), ("node-3", &third)]).await;
+        monitored_once_each(&simulator, &lines).await;
+    }
+    // The survivors kept one lease throughout: a node whose term ended for nothing would revoke its
+    // claims while its link kept their monitors.
+    for (name, gateway) in [("node-1", &first), ("node-2", &second)] {
+        let stats = gateway.cluster().expect("cluster mode").stats();
+        assert_eq!(gateway::cluster::ClusterStats::get(&stats.leases), 1, "{name} took a new lease");
+    }
+    third.shutdown(Duration::from_secs(5)).await;
+    first.shutdown(Duration::from_secs(5)).await;
+    second.shutdown(Duration::from_secs(5)).await;
+    simulator.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joining_node_takes_only_its_share_and_a_leaving_one_hands_over_at_once() {
     let etcd_server = EtcdServer::start().await.expect("etcd starts");

@@ -408,8 +408,10 @@ impl Node {
                 tracing::info!(node = self.shared.node_id, "left the cluster");
                 break;
             }
-            // The term ended in a fence: drop what is left of the old lease, if etcd still has it,
-            // so its claims do not block the lines until it expires.
+            // The term ended in a fence: nothing is served any more (whatever ended the term, no line
+            // is served once its claim may be gone); drop what is left of the old lease, if etcd
+            // still has it, so its claims do not block the lines until it expires.
+            self.shared.serve(BTreeMap::new()).await;
             if let Err(error) = self.etcd.revoke(term.lease).await {
                 self.etcd_failed("revoking a fenced lease", &error);
             }
@@ -449,11 +451,14 @@ impl Node {
     async fn serve_term(&mut self, term: &mut Term) {
         let mut ticks = tokio::time::interval(self.tick());
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut lines_open = true;
         loop {
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
                 _ = ticks.tick() => {}
-                changed = self.lines.changed() => if changed.is_err() { return },
+                // A fixed list of lines (configured devices) is sent once and its sender dropped:
+                // the lines stay as last sent, and the term goes on.
+                changed = self.lines.changed(), if lines_open => lines_open = changed.is_ok(),
             }
             if Instant::now() >= term.next_keepalive && !self.renew(term).await {
                 return;
