@@ -477,6 +477,41 @@ async fn a_node_cut_off_from_etcd_stops_serving_before_another_takes_its_lines()
     simulator.shutdown().await;
 }
 
+/// A watch on a prefix hears of a key created under it and of its lease lapsing (a dead member):
+/// members learn of a dead node at once instead of at their next tick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_on_the_members_hears_a_member_join_and_its_lease_lapse() {
+    let etcd_server = EtcdServer::start().await.expect("etcd starts");
+    let etcd = Arc::new(Etcd::new(&[etcd_server.url().to_owned()], Duration::from_secs(2)).expect("an etcd client"));
+    let (changes_tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
+    let watcher = {
+        let etcd = etcd.clone();
+        tokio::spawn(async move {
+            etcd.watch_prefix("/it-watch/members/", || {
+                let _ = changes_tx.send(());
+            })
+            .await
+        })
+    };
+    // The first notice says the watch is set up; changes made after it are heard.
+    within(changes.recv()).await.expect("the watch is set up");
+    let (lease, _) = etcd.grant(2).await.expect("a lease");
+    etcd.put("/it-watch/members/node-1", "{}", lease).await.expect("a member joins");
+    within(changes.recv()).await.expect("the join is heard");
+    assert!(etcd.get("/it-watch/members/node-1").await.expect("a read").is_some());
+    // The lease is not renewed: etcd deletes the member key when it lapses, and the watch says so.
+    within(async {
+        loop {
+            changes.recv().await.expect("the watch goes on");
+            if etcd.get("/it-watch/members/node-1").await.expect("a read").is_none() {
+                return;
+            }
+        }
+    })
+    .await;
+    watcher.abort();
+}
+
 /// Three nodes' ledgers race for blocks of one day's shared Salesforce allowance: together they get
 /// exactly the cap, never more, and then hear that the day is spent until the next one starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
