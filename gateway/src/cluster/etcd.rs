@@ -331,6 +331,20 @@ impl Etcd {
         }
     }
 
+    /// Deletes every key only if each was last written at the revision given with it (still our
+    /// claims), in one transaction; whether it did (not: some key changed, delete those one by one).
+    pub async fn delete_all_if(&self, keys: &[(String, i64)]) -> Result<bool, EtcdError> {
+        let compare: Vec<Value> = keys
+            .iter()
+            .map(|(key, revision)| {
+                json!({ "key": encode(key), "target": "MOD", "result": "EQUAL", "mod_revision": revision.to_string() })
+            })
+            .collect();
+        let success: Vec<Value> = keys.iter().map(|(key, _)| TxnOp::Delete { key: key.clone() }.to_json()).collect();
+        let answer = self.post("/v3/kv/txn", json!({ "compare": compare, "success": success })).await?;
+        Ok(answer["succeeded"].as_bool().unwrap_or(false))
+    }
+
     /// Deletes `key` only if it was last written at `mod_revision` (still our claim); whether it did.
     pub async fn delete_if(&self, key: &str, mod_revision: i64) -> Result<bool, EtcdError> {
         let key = encode(key);
