@@ -153,7 +153,9 @@ async fn main() -> anyhow::Result<()> {
     let binary = gateway::binary(args.gateway_bin)?;
     let etcd = EtcdServer::start().await?;
     let simulator = Simulator::start(SimConfig {
-        layout: Layout { stations: args.lines, ..Layout::default() },
+        // Stations from 10000 on: from the default 2000, 10,000 stations would take 6000, the
+        // queue's id, and the PBX would list one device id twice.
+        layout: Layout { first_station: 10_000, stations: args.lines, ..Layout::default() },
         ..SimConfig::default()
     })
     .await
@@ -166,6 +168,8 @@ async fn main() -> anyhow::Result<()> {
             .collect()
     });
     let devices = listed.len();
+    let distinct: std::collections::BTreeSet<&String> = listed.iter().collect();
+    anyhow::ensure!(distinct.len() == devices, "the simulated PBX lists a device id twice: its layout overlaps");
     // The devices are configured, not listed: the simulator's list of 10,000 devices is larger than
     // one link frame (`pbx.max_frame_length`).
     let configured = listed.join(",");
