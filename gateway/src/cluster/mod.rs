@@ -50,6 +50,9 @@ const CLAIMS_PER_TXN: usize = 100;
 /// Lines claimed together, and the revision of the claim if it applied.
 type ChunkClaim = (Vec<String>, Result<Option<i64>, EtcdError>);
 
+/// Claims released together (each with its token), and whether the transaction applied.
+type ChunkRelease = (Vec<(String, i64)>, Result<bool, EtcdError>);
+
 /// Why the cluster part could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -588,7 +591,7 @@ impl Node {
         // lines to a newcomer would otherwise spend thousands of round trips.
         let releasing: Vec<(String, i64)> = std::mem::take(&mut term.releasing).into_iter().collect();
         let chunks: Vec<Vec<(String, i64)>> = releasing.chunks(CLAIMS_PER_TXN).map(<[_]>::to_vec).collect();
-        let batched: Vec<(Vec<(String, i64)>, Result<bool, EtcdError>)> = futures::stream::iter(chunks)
+        let batched: Vec<ChunkRelease> = futures::stream::iter(chunks)
             .map(|chunk| async move {
                 let keys: Vec<(String, i64)> =
                     chunk.iter().map(|(line, token)| (self.owner_key(line), *token)).collect();
