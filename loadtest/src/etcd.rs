@@ -110,10 +110,71 @@ impl EtcdServer {
     }
 }
 
+/// Whether `key` exists now in the etcd at `url` (`http://host:port`): a one-key count over etcd's
+/// JSON gateway, within a second.
+pub async fn key_exists(url: &str, key: &str) -> Result<bool, String> {
+    let address = url.trim_start_matches("http://");
+    let body = serde_json::json!({ "key": base64(key.as_bytes()), "count_only": true }).to_string();
+    let ask = async {
+        let mut stream = TcpStream::connect(address).await.map_err(|error| error.to_string())?;
+        let request = format!(
+            "POST /v3/kv/range HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.map_err(|error| error.to_string())?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.map_err(|error| error.to_string())?;
+        Ok::<_, String>(String::from_utf8_lossy(&answer).into_owned())
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(1), ask)
+        .await
+        .map_err(|_| format!("etcd at {address} did not answer within 1 s"))??;
+    let json = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    let value: serde_json::Value =
+        serde_json::from_str(json).map_err(|error| format!("etcd's answer {answer:?}: {error}"))?;
+    // Proto3 JSON leaves a count of 0 out; 64-bit numbers come as strings.
+    let count = match &value["count"] {
+        serde_json::Value::String(count) => count.parse().unwrap_or(0),
+        other => other.as_u64().unwrap_or(0),
+    };
+    Ok(count > 0)
+}
+
+/// Standard base64 with padding, as etcd's JSON gateway wants keys.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, byte)| n | u32::from(*byte) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 impl Drop for EtcdServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base64;
+
+    #[test]
+    fn keys_are_base64_encoded_with_padding() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"/switchboard/members/node-3"), "L3N3aXRjaGJvYXJkL21lbWJlcnMvbm9kZS0z");
     }
 }

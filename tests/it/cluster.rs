@@ -294,6 +294,78 @@ async fn three_nodes_share_the_lines_evenly_and_a_killed_nodes_lines_move_to_the
     simulator.shutdown().await;
 }
 
+/// How many links of the simulator monitor each device (a device monitored by no link is absent).
+fn monitors(simulator: &Simulator) -> BTreeMap<String, usize> {
+    let mut monitors = BTreeMap::new();
+    for device in simulator.monitored_devices().into_iter().flatten() {
+        *monitors.entry(device).or_default() += 1;
+    }
+    monitors
+}
+
+/// Waits until the simulator sees every line monitored by exactly one link, and nothing else.
+async fn monitored_once_each(simulator: &Simulator, lines: &BTreeSet<String>) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let monitors = monitors(simulator);
+        let keys: BTreeSet<String> = monitors.keys().cloned().collect();
+        if keys == *lines && monitors.values().all(|links| *links == 1) {
+            return;
+        }
+        let twice: Vec<_> = monitors.iter().filter(|(_, links)| **links > 1).collect();
+        let missing: Vec<_> = lines.difference(&keys).collect();
+        assert!(
+            Instant::now() < deadline,
+            "the simulator never saw each line monitored once: {} monitors over {} lines\nmonitored more than once: {twice:?}\nunmonitored: {missing:?}",
+            monitors.values().sum::<usize>(),
+            lines.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_that_comes_back_leaves_every_line_monitored_once() {
+    let etcd_server = EtcdServer::start().await.expect("etcd starts");
+    let etcd = Etcd::new(&[etcd_server.url().to_owned()], Duration::from_secs(2)).expect("an etcd client");
+    let simulator = simulator(60).await;
+    let lines = simulator.shared_devices();
+    let prefix = "/it-return";
+    // The lines configured, not listed from the PBX, as a large site (and switchboard-failover)
+    // does: the list is given to the cluster once.
+    let config = |name: &str| {
+        let mut config = node_config(&simulator, etcd_server.url().to_owned(), name, prefix);
+        config.pbx.devices = lines.iter().cloned().collect();
+        config
+    };
+    let first = Gateway::start(&config("node-1")).await.unwrap();
+    let second = Gateway::start(&config("node-2")).await.unwrap();
+    let mut third = Gateway::start(&config("node-3")).await.unwrap();
+    one_owner_each(&etcd, prefix, &lines, &[("node-1", &first), ("node-2", &second), ("node-3", &third)]).await;
+    monitored_once_each(&simulator, &lines).await;
+    simulator.start_traffic(traffic(5, 40));
+
+    for _ in 0..2 {
+        third.kill().await;
+        one_owner_each(&etcd, prefix, &lines, &[("node-1", &first), ("node-2", &second)]).await;
+        monitored_once_each(&simulator, &lines).await;
+        // The same node comes back (a restarted process): it takes its share back from the two.
+        third = Gateway::start(&config("node-3")).await.unwrap();
+        one_owner_each(&etcd, prefix, &lines, &[("node-1", &first), ("node-2", &second), ("node-3", &third)]).await;
+        monitored_once_each(&simulator, &lines).await;
+    }
+    // The survivors kept one lease throughout: a node whose term ended for nothing would revoke its
+    // claims while its link kept their monitors.
+    for (name, gateway) in [("node-1", &first), ("node-2", &second)] {
+        let stats = gateway.cluster().expect("cluster mode").stats();
+        assert_eq!(gateway::cluster::ClusterStats::get(&stats.leases), 1, "{name} took a new lease");
+    }
+    third.shutdown(Duration::from_secs(5)).await;
+    first.shutdown(Duration::from_secs(5)).await;
+    second.shutdown(Duration::from_secs(5)).await;
+    simulator.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joining_node_takes_only_its_share_and_a_leaving_one_hands_over_at_once() {
     let etcd_server = EtcdServer::start().await.expect("etcd starts");
@@ -405,6 +477,41 @@ async fn a_node_cut_off_from_etcd_stops_serving_before_another_takes_its_lines()
     simulator.shutdown().await;
 }
 
+/// A watch on a prefix hears of a key created under it and of its lease lapsing (a dead member):
+/// members learn of a dead node at once instead of at their next tick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_on_the_members_hears_a_member_join_and_its_lease_lapse() {
+    let etcd_server = EtcdServer::start().await.expect("etcd starts");
+    let etcd = Arc::new(Etcd::new(&[etcd_server.url().to_owned()], Duration::from_secs(2)).expect("an etcd client"));
+    let (changes_tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
+    let watcher = {
+        let etcd = etcd.clone();
+        tokio::spawn(async move {
+            etcd.watch_prefix("/it-watch/members/", || {
+                let _ = changes_tx.send(());
+            })
+            .await
+        })
+    };
+    // The first notice says the watch is set up; changes made after it are heard.
+    within(changes.recv()).await.expect("the watch is set up");
+    let (lease, _) = etcd.grant(2).await.expect("a lease");
+    etcd.put("/it-watch/members/node-1", "{}", lease).await.expect("a member joins");
+    within(changes.recv()).await.expect("the join is heard");
+    assert!(etcd.get("/it-watch/members/node-1").await.expect("a read").is_some());
+    // The lease is not renewed: etcd deletes the member key when it lapses, and the watch says so.
+    within(async {
+        loop {
+            changes.recv().await.expect("the watch goes on");
+            if etcd.get("/it-watch/members/node-1").await.expect("a read").is_none() {
+                return;
+            }
+        }
+    })
+    .await;
+    watcher.abort();
+}
+
 /// Three nodes' ledgers race for blocks of one day's shared Salesforce allowance: together they get
 /// exactly the cap, never more, and then hear that the day is spent until the next one starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -421,10 +528,16 @@ async fn nodes_share_one_salesforce_allowance_taken_in_blocks_from_etcd() {
     const BLOCK: u64 = 37;
     // 12:00 UTC on day 20,000 since the epoch.
     let noon = 20_000 * 86_400 + 43_200;
-    let nodes: Vec<_> = (0..3)
-        .map(|_| {
-            let ledger = ledger();
+    // Every ledger is built before any races, and they start together: building one takes long
+    // enough that a ledger started at once could take the whole day before the next exists.
+    let ledgers: Vec<_> = (0..3).map(|_| ledger()).collect();
+    let start = Arc::new(tokio::sync::Barrier::new(ledgers.len()));
+    let nodes: Vec<_> = ledgers
+        .into_iter()
+        .map(|ledger| {
+            let start = start.clone();
             tokio::spawn(async move {
+                start.wait().await;
                 let mut granted = 0;
                 loop {
                     match ledger.take_at(BLOCK, CAP, noon).await.expect("etcd answers") {

@@ -396,7 +396,7 @@ async fn a_call_renumbered_while_the_link_was_down_keeps_its_first_id_as_the_log
     let at = |device: &str| proto::pbx::ConnectionId { call_id: call.clone(), device_id: device.to_owned() };
     simulator.with_pbx(|pbx| pbx.answer_call(&at("2001"))).unwrap();
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !model.call(&call).is_some_and(|view| view.parties.len() == 2) {
+    while model.call(&call).is_none_or(|view| view.parties.len() != 2) {
         assert!(tokio::time::Instant::now() < deadline, "the call never showed");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -415,7 +415,7 @@ async fn a_call_renumbered_while_the_link_was_down_keeps_its_first_id_as_the_log
     // The gateway meets the call first in a snapshot, under its new id: the PBX's linkage id says
     // which call it is, so 2002's leg is keyed by the customer call's first id.
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !model.call(&renamed).is_some_and(|view| view.root == call) {
+    while model.call(&renamed).is_none_or(|view| view.root != call) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the renumbered call never showed its root: {:?}",

@@ -1,7 +1,7 @@
 //! A small etcd v3 client over etcd's JSON gateway (`POST /v3/...`, keys and values in base64,
-//! 64-bit numbers as strings): leases, puts, gets, prefix ranges, and the transactions ownership and
-//! the shared budget need (create-if-absent, delete-if-unchanged, put-if-unchanged). Workspace
-//! Cargo.toml says why not gRPC.
+//! 64-bit numbers as strings): leases, puts, gets, prefix ranges, a watch on a prefix, and the
+//! transactions ownership and the shared budget need (create-if-absent, delete-if-unchanged,
+//! put-if-unchanged). Workspace Cargo.toml says why not gRPC.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -88,6 +88,8 @@ impl TxnOp {
 #[derive(Debug)]
 pub struct Etcd {
     http: reqwest::Client,
+    /// For watches, which stay open: no overall timeout.
+    watcher: reqwest::Client,
     endpoints: Vec<String>,
     preferred: AtomicUsize,
 }
@@ -144,8 +146,12 @@ impl Etcd {
             .pool_max_idle_per_host(64)
             .build()
             .map_err(|error| EtcdError::Unreachable(format!("building the http client: {error}")))?;
+        let watcher = reqwest::Client::builder()
+            .connect_timeout(timeout)
+            .build()
+            .map_err(|error| EtcdError::Unreachable(format!("building the http client: {error}")))?;
         let endpoints = endpoints.iter().map(|endpoint| endpoint.trim_end_matches('/').to_owned()).collect();
-        Ok(Self { http, endpoints, preferred: AtomicUsize::new(0) })
+        Ok(Self { http, watcher, endpoints, preferred: AtomicUsize::new(0) })
     }
 
     async fn post(&self, path: &str, body: Value) -> Result<Value, EtcdError> {
@@ -295,6 +301,48 @@ impl Etcd {
             keys.iter().map(|key| TxnOp::Put { key: key.clone(), value: value.to_owned(), lease }.to_json()).collect();
         let answer = self.post("/v3/kv/txn", json!({ "compare": compare, "success": success })).await?;
         Ok(answer["succeeded"].as_bool().unwrap_or(false).then(|| int(&answer["header"]["revision"])))
+    }
+
+    /// Watches every key under `prefix`: calls `changed` once the watch is set up and again as
+    /// changes arrive, until the watch breaks; returns why. (Any part of the stream counts as a
+    /// change: the caller reads what it needs afresh.)
+    pub async fn watch_prefix(&self, prefix: &str, changed: impl Fn()) -> EtcdError {
+        let index = self.preferred.load(Ordering::Relaxed) % self.endpoints.len().max(1);
+        let Some(endpoint) = self.endpoints.get(index) else {
+            return EtcdError::Unreachable("no endpoint configured".to_owned());
+        };
+        let url = format!("{endpoint}/v3/watch");
+        let end = STANDARD.encode(prefix_end(prefix));
+        let body = json!({ "create_request": { "key": encode(prefix), "range_end": end } });
+        let mut response = match self.watcher.post(&url).json(&body).send().await {
+            Ok(response) if response.status().is_success() => response,
+            Ok(response) => {
+                let status = response.status().as_u16();
+                return EtcdError::Refused { status, message: "the watch was refused".to_owned() };
+            }
+            Err(error) => return EtcdError::Unreachable(format!("{url}: {error}")),
+        };
+        loop {
+            match response.chunk().await {
+                Ok(Some(_)) => changed(),
+                Ok(None) => return EtcdError::Unreachable(format!("{url}: the watch ended")),
+                Err(error) => return EtcdError::Unreachable(format!("{url}: {error}")),
+            }
+        }
+    }
+
+    /// Deletes every key only if each was last written at the revision given with it (still our
+    /// claims), in one transaction; whether it did (not: some key changed, delete those one by one).
+    pub async fn delete_all_if(&self, keys: &[(String, i64)]) -> Result<bool, EtcdError> {
+        let compare: Vec<Value> = keys
+            .iter()
+            .map(|(key, revision)| {
+                json!({ "key": encode(key), "target": "MOD", "result": "EQUAL", "mod_revision": revision.to_string() })
+            })
+            .collect();
+        let success: Vec<Value> = keys.iter().map(|(key, _)| TxnOp::Delete { key: key.clone() }.to_json()).collect();
+        let answer = self.post("/v3/kv/txn", json!({ "compare": compare, "success": success })).await?;
+        Ok(answer["succeeded"].as_bool().unwrap_or(false))
     }
 
     /// Deletes `key` only if it was last written at `mod_revision` (still our claim); whether it did.

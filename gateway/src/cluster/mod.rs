@@ -22,14 +22,14 @@ pub mod journal;
 mod lease;
 pub mod rendezvous;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -49,6 +49,9 @@ const CLAIMS_PER_TXN: usize = 100;
 
 /// Lines claimed together, and the revision of the claim if it applied.
 type ChunkClaim = (Vec<String>, Result<Option<i64>, EtcdError>);
+
+/// Claims released together (each with its token), and whether the transaction applied.
+type ChunkRelease = (Vec<(String, i64)>, Result<bool, EtcdError>);
 
 /// Why the cluster part could not start.
 #[derive(Debug, thiserror::Error)]
@@ -352,6 +355,48 @@ async fn guard(shared: Arc<Shared>) {
     }
 }
 
+/// Renews `lease` every keep-alive interval from `first_due` on, moving the fence guard's deadline
+/// with each renewal; returns when the lease is gone or the node has fenced (the term is over).
+/// A renewal that fails leaves the deadline where it was: the guard fences when it passes.
+async fn keep_alive(etcd: Arc<Etcd>, shared: Arc<Shared>, clock: LeaseClock, lease: i64, first_due: Instant) {
+    let mut due = first_due;
+    loop {
+        tokio::time::sleep_until(due).await;
+        if shared.fenced.load(Ordering::SeqCst) {
+            return;
+        }
+        let sent = Instant::now();
+        due = sent + clock.keepalive_interval();
+        match etcd.keep_alive(lease).await {
+            Ok(ttl) => match clock.fence_at(sent, ttl) {
+                Some(at) if !shared.fenced.load(Ordering::SeqCst) => {
+                    shared.fence_at.send_replace(Some(at));
+                }
+                Some(_) => return,
+                None => {
+                    shared.fence("etcd says the lease has expired").await;
+                    return;
+                }
+            },
+            Err(error) => {
+                // Keep serving: the guard fences when the lease may lapse.
+                shared.stats.etcd_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(node = shared.node_id, %error, "etcd: renewing the lease failed");
+            }
+        }
+    }
+}
+
+/// Keeps a watch on the members open (opened again a `pause` after it breaks), telling `changed`
+/// of every change.
+async fn watch_members(etcd: Arc<Etcd>, prefix: String, changed: &Notify, pause: Duration) {
+    loop {
+        let error = etcd.watch_prefix(&prefix, || changed.notify_one()).await;
+        tracing::debug!(%error, "the watch on the cluster's members broke; opening it again");
+        tokio::time::sleep(pause).await;
+    }
+}
+
 struct Node {
     shared: Arc<Shared>,
     etcd: Arc<Etcd>,
@@ -369,7 +414,8 @@ struct Term {
     held: BTreeMap<String, i64>,
     /// Claims given up whose deletion etcd has not confirmed yet.
     releasing: BTreeMap<String, i64>,
-    next_keepalive: Instant,
+    /// When the lease was granted: the first renewal is due a keep-alive interval after it.
+    granted_at: Instant,
 }
 
 impl Node {
@@ -398,7 +444,20 @@ impl Node {
                     () = tokio::time::sleep(self.tick()) => continue,
                 }
             };
-            self.serve_term(&mut term).await;
+            // The lease is renewed on its own schedule, whatever the term's loop is waiting on (a
+            // claim of thousands of lines, the link applying them): a renewal behind a long claim
+            // would let the lease lapse under a live node. The term ends when either ends.
+            let renewals = keep_alive(
+                self.etcd.clone(),
+                self.shared.clone(),
+                self.clock,
+                term.lease,
+                term.granted_at + self.clock.keepalive_interval(),
+            );
+            tokio::select! {
+                () = self.serve_term(&mut term) => {}
+                () = renewals => {}
+            }
             if self.shutdown.is_cancelled() {
                 // Leave cleanly: stop serving, then revoke (every claim goes with the lease).
                 self.shared.serve(BTreeMap::new()).await;
@@ -408,8 +467,10 @@ impl Node {
                 tracing::info!(node = self.shared.node_id, "left the cluster");
                 break;
             }
-            // The term ended in a fence: drop what is left of the old lease, if etcd still has it,
-            // so its claims do not block the lines until it expires.
+            // The term ended in a fence: nothing is served any more (whatever ended the term, no line
+            // is served once its claim may be gone); drop what is left of the old lease, if etcd
+            // still has it, so its claims do not block the lines until it expires.
+            self.shared.serve(BTreeMap::new()).await;
             if let Err(error) = self.etcd.revoke(term.lease).await {
                 self.etcd_failed("revoking a fenced lease", &error);
             }
@@ -437,26 +498,29 @@ impl Node {
         self.shared.fenced.store(false, Ordering::SeqCst);
         self.shared.fence_at.send_replace(self.clock.fence_at(sent, granted));
         tracing::info!(node = self.shared.node_id, lease, "joined the cluster");
-        Some(Term {
-            lease,
-            held: BTreeMap::new(),
-            releasing: BTreeMap::new(),
-            next_keepalive: sent + self.clock.keepalive_interval(),
-        })
+        Some(Term { lease, held: BTreeMap::new(), releasing: BTreeMap::new(), granted_at: sent })
     }
 
-    /// Renews, reads the members, releases and claims, until the node fences or leaves.
+    /// Reads the members, releases and claims, until the node fences or leaves. It does so
+    /// every tick, and at once when the members change (a watch on `members/`): a dead node's
+    /// lease lapsing deletes its member key, and its lines are claimed without waiting for a tick.
     async fn serve_term(&mut self, term: &mut Term) {
         let mut ticks = tokio::time::interval(self.tick());
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let members_changed = Notify::new();
+        let watch =
+            watch_members(self.etcd.clone(), format!("{}/members/", self.prefix), &members_changed, self.tick());
+        tokio::pin!(watch);
+        let mut lines_open = true;
         loop {
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
                 _ = ticks.tick() => {}
-                changed = self.lines.changed() => if changed.is_err() { return },
-            }
-            if Instant::now() >= term.next_keepalive && !self.renew(term).await {
-                return;
+                () = members_changed.notified() => {}
+                () = &mut watch => {}
+                // A fixed list of lines (configured devices) is sent once and its sender dropped:
+                // the lines stay as last sent, and the term goes on.
+                changed = self.lines.changed(), if lines_open => lines_open = changed.is_ok(),
             }
             if self.shared.fenced.load(Ordering::SeqCst) {
                 return;
@@ -482,30 +546,6 @@ impl Node {
             }
             if !decision.claim.is_empty() {
                 self.claim(term, decision.claim).await;
-            }
-        }
-    }
-
-    /// Renews the lease once; false when it is gone (the node must fence and start over).
-    async fn renew(&self, term: &mut Term) -> bool {
-        let sent = Instant::now();
-        term.next_keepalive = sent + self.clock.keepalive_interval();
-        match self.etcd.keep_alive(term.lease).await {
-            Ok(ttl) => match self.clock.fence_at(sent, ttl) {
-                Some(at) if !self.shared.fenced.load(Ordering::SeqCst) => {
-                    self.shared.fence_at.send_replace(Some(at));
-                    true
-                }
-                Some(_) => false,
-                None => {
-                    self.shared.fence("etcd says the lease has expired").await;
-                    false
-                }
-            },
-            Err(error) => {
-                // Keep serving: the guard fences when the lease may lapse.
-                self.etcd_failed("renewing the lease", &error);
-                true
             }
         }
     }
@@ -547,8 +587,33 @@ impl Node {
         if term.releasing.is_empty() {
             return;
         }
-        let releasing = std::mem::take(&mut term.releasing);
-        let outcomes: Vec<(String, i64, Result<bool, EtcdError>)> = futures::stream::iter(releasing)
+        // A hundred claims per transaction, as they were taken: a node that hands a third of 10,000
+        // lines to a newcomer would otherwise spend thousands of round trips.
+        let releasing: Vec<(String, i64)> = std::mem::take(&mut term.releasing).into_iter().collect();
+        let chunks: Vec<Vec<(String, i64)>> = releasing.chunks(CLAIMS_PER_TXN).map(<[_]>::to_vec).collect();
+        let batched: Vec<ChunkRelease> = futures::stream::iter(chunks)
+            .map(|chunk| async move {
+                let keys: Vec<(String, i64)> =
+                    chunk.iter().map(|(line, token)| (self.owner_key(line), *token)).collect();
+                let outcome = self.etcd.delete_all_if(&keys).await;
+                (chunk, outcome)
+            })
+            .buffer_unordered(CLAIMS_IN_FLIGHT)
+            .collect()
+            .await;
+        let mut one_by_one = Vec::new();
+        for (chunk, outcome) in batched {
+            match outcome {
+                Ok(true) => {}
+                // Some claim is not ours as we took it any more: each line on its own.
+                Ok(false) => one_by_one.extend(chunk),
+                Err(error) => {
+                    self.etcd_failed("releasing lines", &error);
+                    term.releasing.extend(chunk);
+                }
+            }
+        }
+        let outcomes: Vec<(String, i64, Result<bool, EtcdError>)> = futures::stream::iter(one_by_one)
             .map(|(line, token)| async move {
                 let outcome = self.etcd.delete_if(&self.owner_key(&line), token).await;
                 (line, token, outcome)
@@ -569,6 +634,7 @@ impl Node {
     /// renewal); a transaction that finds a line held is claimed again line by line, each with a
     /// create-if-absent. Serves those won.
     async fn claim(&self, term: &mut Term, lines: Vec<String>) {
+        let (lines, adopted) = self.unclaimed(term, lines).await;
         let me = self.shared.node_id.clone();
         let lease = term.lease;
         let chunks: Vec<Vec<String>> = lines.chunks(CLAIMS_PER_TXN).map(<[String]>::to_vec).collect();
@@ -584,7 +650,7 @@ impl Node {
             .buffer_unordered(CLAIMS_IN_FLIGHT)
             .collect()
             .await;
-        let mut won = 0;
+        let mut won = adopted;
         let mut one_by_one = Vec::new();
         for (chunk, outcome) in batched {
             match outcome {
@@ -604,6 +670,37 @@ impl Node {
         crate::metrics::cluster_ownership_change("claimed", won);
         tracing::info!(node = self.shared.node_id, lines = won, "claimed lines");
         self.shared.serve(term.held.clone()).await;
+    }
+
+    /// Leaves out of `lines` those another node holds now (one range over `owners/`), and takes
+    /// back those held under this term's lease already (a claim whose answer was lost); returns the
+    /// free ones and how many it took back. When a node joins, most of its share is still held by
+    /// the members handing it over: asking for each line on its own would cost a round trip apiece,
+    /// every tick, until they have.
+    async fn unclaimed(&self, term: &mut Term, lines: Vec<String>) -> (Vec<String>, u64) {
+        let prefix = format!("{}/owners/", self.prefix);
+        let claims = match self.etcd.range_prefix(&prefix).await {
+            Ok((claims, _)) => claims,
+            Err(error) => {
+                self.etcd_failed("reading the claims", &error);
+                return (lines, 0);
+            }
+        };
+        let holders: HashMap<&str, &KeyValue> =
+            claims.iter().filter_map(|claim| Some((claim.key.strip_prefix(&prefix)?, claim))).collect();
+        let mut free = Vec::new();
+        let mut adopted = 0;
+        for line in lines {
+            match holders.get(line.as_str()) {
+                None => free.push(line),
+                Some(claim) if claim.value == self.shared.node_id && claim.lease == term.lease => {
+                    term.held.insert(line, claim.mod_revision);
+                    adopted += 1;
+                }
+                Some(claim) => tracing::debug!(line, holder = claim.value, "line still held"),
+            }
+        }
+        (free, adopted)
     }
 
     /// Claims lines with a create-if-absent each; how many it won.

@@ -5,7 +5,7 @@
 //! survivors (each monitor is followed at once by the device's snapshot). Repeats `--runs` times,
 //! bringing the killed node back in between.
 
-use std::collections::BTreeSet;
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -39,13 +39,58 @@ struct Args {
     gateway_bin: Option<PathBuf>,
 }
 
-/// How many devices are monitored, and how many distinct ones.
-fn monitored(simulator: &Simulator) -> (usize, usize) {
-    let links = simulator.monitored_devices();
-    let total = links.iter().map(Vec::len).sum();
-    let distinct: BTreeSet<&String> = links.iter().flatten().collect();
-    (total, distinct.len())
+/// What the simulator's links monitor, counted in one look at its state.
+struct Census {
+    /// Monitors over every link.
+    total: usize,
+    /// Devices monitored by one link or more.
+    distinct: usize,
+    /// Links that monitor something.
+    serving: usize,
+    /// Monitors on each registered link.
+    per_link: Vec<usize>,
+    /// Devices monitored by more than one link.
+    doubled: Vec<String>,
 }
+
+impl Census {
+    fn take(simulator: &Simulator) -> Self {
+        let links = simulator.monitored_devices();
+        let mut links_of: HashMap<&str, usize> = HashMap::new();
+        for device in links.iter().flatten() {
+            *links_of.entry(device.as_str()).or_default() += 1;
+        }
+        let mut doubled: Vec<String> =
+            links_of.iter().filter(|(_, links)| **links > 1).map(|(device, _)| (*device).to_owned()).collect();
+        doubled.sort();
+        Self {
+            total: links.iter().map(Vec::len).sum(),
+            distinct: links_of.len(),
+            serving: links.iter().filter(|link| !link.is_empty()).count(),
+            per_link: links.iter().map(Vec::len).collect(),
+            doubled,
+        }
+    }
+
+    /// Every one of `devices` monitored exactly once, over `links` links.
+    fn served_once(&self, devices: usize, links: usize) -> bool {
+        self.total == devices && self.distinct == devices && self.serving == links
+    }
+
+    fn describe(&self, devices: usize) -> String {
+        format!(
+            "{} of {devices} devices monitored, {} monitors (per link: {:?}); {} devices on more than one link (first: {:?})",
+            self.distinct,
+            self.total,
+            self.per_link,
+            self.doubled.len(),
+            self.doubled.iter().take(10).collect::<Vec<_>>()
+        )
+    }
+}
+
+/// How often the simulator's monitors are counted while waiting.
+const POLL: Duration = Duration::from_millis(10);
 
 /// Waits (at most `limit`) until every one of `devices` is monitored exactly once, over `links`
 /// links.
@@ -57,17 +102,43 @@ async fn until_served_once(
 ) -> anyhow::Result<Duration> {
     let started = Instant::now();
     loop {
-        let (total, distinct) = monitored(simulator);
-        let serving = simulator.monitored_devices().iter().filter(|link| !link.is_empty()).count();
-        if total == devices && distinct == devices && serving == links {
+        let census = Census::take(simulator);
+        if census.served_once(devices, links) {
             return Ok(started.elapsed());
         }
         anyhow::ensure!(
             started.elapsed() < limit,
-            "lines not served once each within {limit:?}: {distinct} of {devices} monitored, {total} monitors"
+            "lines not served once each over {links} links within {limit:?}: {}",
+            census.describe(devices)
         );
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(POLL).await;
     }
+}
+
+/// When etcd no longer has `key` (the killed node's member key, which goes with its lease), polled.
+async fn until_gone(etcd_url: String, key: String, limit: Duration) -> anyhow::Result<Instant> {
+    let started = Instant::now();
+    loop {
+        match loadtest::etcd::key_exists(&etcd_url, &key).await {
+            Ok(false) => return Ok(Instant::now()),
+            Ok(true) => {}
+            Err(error) => tracing::warn!(%error, "asking etcd for {key}"),
+        }
+        anyhow::ensure!(started.elapsed() < limit, "{key} still in etcd after {limit:?}");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// One kill, measured from the moment of the `kill -9`.
+struct Failover {
+    /// Devices the killed node served.
+    unserved: usize,
+    /// Until etcd dropped the killed node's lease (its member key and claims went with it).
+    lease_gone: Duration,
+    /// Until the first of its devices was monitored again.
+    first_back: Duration,
+    /// Until every device was monitored once again.
+    all_back: Duration,
 }
 
 #[tokio::main]
@@ -78,10 +149,13 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     anyhow::ensure!(args.nodes >= 2, "--nodes {}: a failover needs two nodes or more", args.nodes);
+    anyhow::ensure!(args.runs >= 1, "--runs 0: nothing to measure");
     let binary = gateway::binary(args.gateway_bin)?;
     let etcd = EtcdServer::start().await?;
     let simulator = Simulator::start(SimConfig {
-        layout: Layout { stations: args.lines, ..Layout::default() },
+        // Stations from 10000 on: from the default 2000, 10,000 stations would take 6000, the
+        // queue's id, and the PBX would list one device id twice.
+        layout: Layout { first_station: 10_000, stations: args.lines, ..Layout::default() },
         ..SimConfig::default()
     })
     .await
@@ -94,6 +168,8 @@ async fn main() -> anyhow::Result<()> {
             .collect()
     });
     let devices = listed.len();
+    let distinct: std::collections::BTreeSet<&String> = listed.iter().collect();
+    anyhow::ensure!(distinct.len() == devices, "the simulated PBX lists a device id twice: its layout overlaps");
     // The devices are configured, not listed: the simulator's list of 10,000 devices is larger than
     // one link frame (`pbx.max_frame_length`).
     let configured = listed.join(",");
@@ -132,39 +208,67 @@ async fn main() -> anyhow::Result<()> {
     let spread = until_served_once(&simulator, devices, args.nodes, Duration::from_secs(120)).await?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{} nodes serve {devices} devices ({} lines) after {spread:?}", args.nodes, args.lines)?;
-    let mut times = Vec::new();
+    let mut runs = Vec::new();
     for run in 1..=args.runs {
         // The last node dies, and comes back after the measurement.
         let killed = nodes.pop().context("a node to kill")?;
-        let (before, _) = monitored(&simulator);
+        let before = Census::take(&simulator).total;
+        let member_key = format!("/switchboard/members/node-{}", args.nodes);
+        let lease = tokio::spawn(until_gone(etcd.url().to_owned(), member_key, Duration::from_secs(60)));
         let kill = Instant::now();
         drop(killed);
         // The simulator notices the link gone, then the survivors take its lines.
-        while monitored(&simulator).0 >= before {
+        let lost = loop {
+            let census = Census::take(&simulator);
+            if census.total < before {
+                break census.distinct;
+            }
             tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        let lost = monitored(&simulator).1;
+        };
+        let first_back = loop {
+            if Census::take(&simulator).distinct > lost {
+                break kill.elapsed();
+            }
+            anyhow::ensure!(kill.elapsed() < Duration::from_secs(60), "no line of the killed node served within 60 s");
+            tokio::time::sleep(POLL).await;
+        };
         until_served_once(&simulator, devices, args.nodes - 1, Duration::from_secs(60)).await?;
-        let took = kill.elapsed();
+        let all_back = kill.elapsed();
+        let lease_gone = lease.await.context("the etcd watcher")?? - kill;
+        let failover = Failover { unserved: devices - lost, lease_gone, first_back, all_back };
         writeln!(
             out,
-            "run {run}: {} devices unserved after the kill; all served again after {took:?}",
-            devices - lost
+            "run {run}: {} devices unserved after the kill; lease gone after {:.2} s, first line served again after {:.2} s, all after {:.2} s (takeover {:.2} s after the lease)",
+            failover.unserved,
+            failover.lease_gone.as_secs_f64(),
+            failover.first_back.as_secs_f64(),
+            failover.all_back.as_secs_f64(),
+            failover.all_back.saturating_sub(failover.lease_gone).as_secs_f64(),
         )?;
-        times.push(took);
+        runs.push(failover);
         nodes.push(GatewayProcess::start(&specs[args.nodes - 1], 0).await?.0);
-        until_served_once(&simulator, devices, args.nodes, Duration::from_secs(120)).await?;
+        let back = until_served_once(&simulator, devices, args.nodes, Duration::from_secs(120)).await?;
+        writeln!(out, "run {run}: node-{} back, every device served once again after {back:?}", args.nodes)?;
         // Let the spread settle back (the returning node takes its share) before the next kill.
         tokio::time::sleep(Duration::from_secs(2)).await;
         until_served_once(&simulator, devices, args.nodes, Duration::from_secs(60)).await?;
     }
-    times.sort();
-    let median = times[times.len() / 2];
-    let worst = times[times.len() - 1];
+    let median = |field: fn(&Failover) -> Duration| {
+        let mut times: Vec<Duration> = runs.iter().map(field).collect();
+        times.sort();
+        times[times.len() / 2]
+    };
+    let worst = runs.iter().map(|run| run.all_back).max().unwrap_or_default();
     writeln!(
         out,
-        "failover of a node of {} with {} lines, lease TTL {} s: median {median:?}, worst {worst:?}",
-        args.nodes, args.lines, args.lease_ttl_secs
+        "failover of a node of {} with {} lines, lease TTL {} s: median {:.2} s (lease gone {:.2} s, takeover {:.2} s), worst {:.2} s",
+        args.nodes,
+        args.lines,
+        args.lease_ttl_secs,
+        median(|run| run.all_back).as_secs_f64(),
+        median(|run| run.lease_gone).as_secs_f64(),
+        median(|run| run.all_back.saturating_sub(run.lease_gone)).as_secs_f64(),
+        worst.as_secs_f64(),
     )?;
     drop(nodes);
     let _ = std::fs::remove_dir_all(&work);
