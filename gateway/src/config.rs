@@ -144,7 +144,7 @@ impl Default for ClusterConfig {
             node_id: String::new(),
             advertise: String::new(),
             key_prefix: "/switchboard".to_owned(),
-            lease_ttl_secs: 5,
+            lease_ttl_secs: 3,
             salesforce_budget_block: 50,
         }
     }
