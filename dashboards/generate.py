@@ -122,8 +122,8 @@ panel("timeseries", "Agent lines by presence", "Agent lines by presence, stacked
       [(f"sum by (presence) (switchboard_agent_lines{{{F}}})", "{{presence}}")], width=8, stack=True)
 panel("timeseries", "Agent lines by PBX state", "Agent lines by the PBX's agent state (ready, not ready, after-call work, ...), stacked.", "none",
       [(f"sum by (state) (switchboard_agent_lines{{{F}}})", "{{state}}")], width=8, stack=True)
-panel("timeseries", "Call log records", "Call log records written per second (one per agent leg) and orphaned calls closed because the PBX no longer had them.", "ops",
-      [(rate("switchboard_call_log_records_total"), "records"), (rate("switchboard_orphan_calls_closed_total"), "orphans closed")], width=12)
+panel("timeseries", "Call log records", "Call log records written per second (one per agent leg), orphaned calls closed because the PBX no longer had them, and calls ended because they went on among outside parties only.", "ops",
+      [(rate("switchboard_call_log_records_total"), "records"), (rate("switchboard_orphan_calls_closed_total"), "orphans closed"), (rate("switchboard_calls_left_view_total"), "left view")], width=12)
 panel("timeseries", "Screen pop latency", "Seconds from a line ringing to its Salesforce screen pop: p50, p95, p99. SLO: p99 under 0.25 s.", "s",
       [(quantile(q, "switchboard_salesforce_screen_pop_seconds"), f"p{int(q * 100)}") for q in (0.5, 0.95, 0.99)], width=12)
 

@@ -412,6 +412,12 @@ impl CallState {
         self.timeline.push(TimelineEntry { at, moment });
     }
 
+    /// Whether any party is a device the gateway monitors (a line, a queue, a park orbit). A call
+    /// with none left is out of the gateway's view: the PBX reports nothing more about it.
+    pub fn in_view(&self) -> bool {
+        self.parties.iter().any(|party| party.kind != DeviceKind::External)
+    }
+
     fn caller_gone(&self) -> bool {
         !self.calling.is_empty() && self.party(&self.calling).is_none()
     }

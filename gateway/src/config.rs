@@ -570,6 +570,10 @@ pub struct CallsConfig {
     /// A line actor with nothing to do for this many milliseconds (up to twice it) stops; the
     /// line's state stays, and its next news starts an actor again. 0: line actors never rest.
     pub line_idle_ms: u64,
+    /// A call whose last monitored party left (a transfer to an outside number, or to another
+    /// cluster node's line) is checked against the PBX this many milliseconds after; if it goes on
+    /// among outside parties only, its part here ends and its logs are written. 0: the sweep does.
+    pub out_of_view_check_ms: u64,
     /// Events a subscriber may fall behind before it is cut off.
     pub event_buffer: usize,
     /// Recent events kept for subscribers that reconnect.
@@ -583,6 +587,7 @@ impl Default for CallsConfig {
             sweep_interval_secs: 60,
             sweep_idle_secs: 300,
             line_idle_ms: 60_000,
+            out_of_view_check_ms: 2_000,
             event_buffer: 65_536,
             event_history: 65_536,
         }
@@ -600,6 +605,7 @@ impl CallsConfig {
             sweep_interval: Duration::from_secs(self.sweep_interval_secs),
             sweep_idle: Duration::from_secs(self.sweep_idle_secs),
             line_idle: Duration::from_millis(self.line_idle_ms),
+            out_of_view_check: Duration::from_millis(self.out_of_view_check_ms),
         }
     }
 }

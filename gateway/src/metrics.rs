@@ -90,6 +90,8 @@ pub const ACTOR_MAILBOX_MESSAGES_MAX: &str = "switchboard_actor_mailbox_messages
 pub const ACTOR_RESTARTS: &str = "switchboard_actor_restarts_total";
 /// Calls closed because the PBX no longer had them (sweep or resync).
 pub const ORPHAN_CALLS_CLOSED: &str = "switchboard_orphan_calls_closed_total";
+/// Calls ended here because they went on among outside parties only (out of the gateway's view).
+pub const CALLS_LEFT_VIEW: &str = "switchboard_calls_left_view_total";
 
 // ---- gRPC API -----------------------------------------------------------------------------------
 
@@ -569,6 +571,7 @@ pub fn register() {
         CALL_LOG_RECORDS,
         ACTOR_RESTARTS,
         ORPHAN_CALLS_CLOSED,
+        CALLS_LEFT_VIEW,
         GRPC_RATE_LIMITED,
         SALESFORCE_COALESCED_LOOKUPS,
         OUTBOX_DELIVERED,
@@ -682,6 +685,10 @@ fn describe() {
     );
     describe_counter!(ACTOR_RESTARTS, "Line and call actors restarted after a crash.");
     describe_counter!(ORPHAN_CALLS_CLOSED, "Calls closed because the PBX no longer had them.");
+    describe_counter!(
+        CALLS_LEFT_VIEW,
+        "Calls ended here because the PBX went on with them among outside parties only (no monitored device left)."
+    );
     describe_counter!(GRPC_REQUESTS, "gRPC requests finished, by service, method and status code.");
     describe_histogram!(GRPC_REQUEST_DURATION, "Seconds to answer a unary gRPC request, by service and method.");
     describe_gauge!(GRPC_ACTIVE_STREAMS, "gRPC server streams open, by service and method.");
@@ -803,6 +810,7 @@ fn publish(link: &LinkHandle, model: &Model<LinkPort>, started: std::time::Syste
         (CALL_LOG_RECORDS, &stats.records),
         (ACTOR_RESTARTS, &stats.restarts),
         (ORPHAN_CALLS_CLOSED, &stats.orphans_closed),
+        (CALLS_LEFT_VIEW, &stats.out_of_view_closed),
     ] {
         counter!(name).absolute(ModelStats::get(value));
     }

@@ -35,6 +35,8 @@ pub(crate) enum CallOrder {
     TakeState(RpcReplyPort<CallState>),
     /// Check the state against the PBX's: used after a restart and by the orphan sweep.
     Resnapshot { at: Millis },
+    /// The call's last monitored party left at `at`: if it is still out of view, ask the PBX.
+    CheckView { at: Millis },
     /// Answer once every order sent before is handled (and the notes they made are sent).
     Barrier(RpcReplyPort<()>),
     /// Panic, as a bug would (supervision tests).
@@ -147,6 +149,15 @@ impl<P: PbxPort> Actor for CallActor<P> {
             // Rare and deep futures are boxed: an actor's task is as large as its largest await,
             // and a hundred thousand actors pay for it all the time.
             CallOrder::Resnapshot { at } => Box::pin(resnapshot(&myself, state, at)).await,
+            CallOrder::CheckView { at } => {
+                let still_out = {
+                    let call = lock(&state.call);
+                    !call.in_view() && !call.is_ended()
+                };
+                if still_out {
+                    Box::pin(resnapshot(&myself, state, at)).await;
+                }
+            }
             CallOrder::Crash => panic!("call actor crash requested"),
         }
         Ok(())
@@ -155,16 +166,22 @@ impl<P: PbxPort> Actor for CallActor<P> {
 
 /// Applies inputs in order and publishes the change once; ends the call if they ended it.
 async fn apply<P: PbxPort>(myself: &ActorRef<CallMsg>, state: &mut CallActorState<P>, inputs: Vec<CallInput>) {
-    let (changed, view) = {
+    let (changed, view, left_view) = {
         let mut call = lock(&state.call);
+        let was_in_view = call.in_view();
         let mut changed = false;
         for input in inputs {
             changed |= call.apply(input);
         }
-        (changed, changed.then(|| CallView::from(&*call)))
+        let left_view = (was_in_view && !call.in_view() && !call.is_ended())
+            .then(|| call.timeline.last().map_or(call.created_at, |entry| entry.at));
+        (changed, changed.then(|| CallView::from(&*call)), left_view)
     };
     if let Some(view) = view {
         state.context.publisher.publish(ModelEvent::Call(view));
+    }
+    if let Some(at) = left_view {
+        check_view_later(myself, state, at);
     }
     if changed {
         Box::pin(finish_if_ended(myself, state)).await;
@@ -177,12 +194,24 @@ async fn resnapshot<P: PbxPort>(myself: &ActorRef<CallMsg>, state: &mut CallActo
     let id = lock(&state.call).id.clone();
     match state.context.port.execute(PbxCommand::SnapshotCall { call: id.clone() }).await {
         Ok(PbxOutcome::Snapshot(Some(parties))) => {
-            let view = {
+            let (view, out_of_view) = {
                 let mut call = lock(&state.call);
-                call.reconcile(parties, at).then(|| CallView::from(&*call))
+                let changed = call.reconcile(parties, at);
+                let out_of_view = !call.in_view();
+                if out_of_view {
+                    // The PBX goes on with the call among outside parties only: it will report
+                    // nothing more of it to this gateway, so the gateway's part ends now.
+                    call.apply(CallInput::Ended { cause: Cause::Normal, at });
+                }
+                ((changed || out_of_view).then(|| CallView::from(&*call)), out_of_view)
             };
             if let Some(view) = view {
                 state.context.publisher.publish(ModelEvent::Call(view));
+            }
+            if out_of_view {
+                tracing::debug!(call = id, "a call left the gateway's view; its records are written");
+                bump(&state.context.stats.out_of_view_closed);
+                finish_if_ended(myself, state).await;
             }
         }
         Ok(PbxOutcome::Snapshot(None)) => {
@@ -200,6 +229,30 @@ async fn resnapshot<P: PbxPort>(myself: &ActorRef<CallMsg>, state: &mut CallActo
         Ok(other) => tracing::warn!(call = id, ?other, "unexpected answer to a call snapshot"),
         Err(error) => tracing::warn!(call = id, %error, "call snapshot failed; keeping the call"),
     }
+}
+
+/// Asks this actor, after the configured wait, whether a call that just lost its last monitored
+/// party is still out of view (a call between outside parties only, for a moment, is common:
+/// between an ACD queue letting go and the agent's phone ringing).
+fn check_view_later<P>(myself: &ActorRef<CallMsg>, state: &CallActorState<P>, at: Millis) {
+    let mailbox = Mailbox::new(myself.clone(), state.queued.clone());
+    check_view_after(state.context.config.out_of_view_check, mailbox, state.call.clone(), at);
+}
+
+/// Sends [`CallOrder::CheckView`] for `call` after `wait` (zero: never).
+pub(crate) fn check_view_after(
+    wait: std::time::Duration,
+    mailbox: Mailbox<CallMsg>,
+    call: Shared<CallState>,
+    at: Millis,
+) {
+    if wait.is_zero() {
+        return;
+    }
+    tokio::spawn(async move {
+        tokio::time::sleep(wait).await;
+        let _ = mailbox.cast(CallMsg { call, order: CallOrder::CheckView { at } });
+    });
 }
 
 /// Tells the durable journal about legs that opened or changed since it was last told (answered, or

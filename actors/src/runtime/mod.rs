@@ -139,6 +139,11 @@ pub struct ModelConfig {
     /// A line actor with nothing to do for this long (one to two times it) is stopped; the line's
     /// state stays in the registry and its next news starts an actor again. Zero: never.
     pub line_idle: Duration,
+    /// A call whose last monitored party left (a transfer to an outside number, or to a line
+    /// another cluster node serves) is checked against the PBX this long after: if the PBX still
+    /// has it with no party the gateway monitors, no event will ever say how it ends, so it ends
+    /// here and its records are written. Zero: leave it to the sweep.
+    pub out_of_view_check: Duration,
 }
 
 impl Default for ModelConfig {
@@ -151,6 +156,7 @@ impl Default for ModelConfig {
             sweep_interval: Duration::from_secs(60),
             sweep_idle: Duration::from_secs(300),
             line_idle: Duration::from_secs(60),
+            out_of_view_check: Duration::from_secs(2),
         }
     }
 }
@@ -170,6 +176,9 @@ pub struct ModelStats {
     pub restarts: AtomicU64,
     /// Calls closed by the sweep or a resync because the PBX no longer had them.
     pub orphans_closed: AtomicU64,
+    /// Calls ended here because they went on among outside parties only (see
+    /// [`ModelConfig::out_of_view_check`]).
+    pub out_of_view_closed: AtomicU64,
     /// Line actors stopped because their line was idle (see [`ModelConfig::line_idle`]).
     pub lines_rested: AtomicU64,
     /// Inputs routed.

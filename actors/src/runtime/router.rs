@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::call_actor::{CallMsg, CallOrder};
+use super::call_actor::{CallMsg, CallOrder, check_view_after};
 use super::line_actor::LineMsg;
 use super::supervisor::wall_clock_ms;
 use super::{CallSnapshot, Context, IdHasher, ModelInput, bump, creates_call, lock};
@@ -222,8 +222,17 @@ impl<P: PbxPort> Router<P> {
         old.extend(secondary);
         self.context.publisher.publish(ModelEvent::CallRenamed { old, new: new.clone() });
         let view = CallView::from(&merged);
+        // A merge that leaves only outside parties (a transfer to an outside number) took the call
+        // out of view at once: no input will, so the check starts here.
+        let out_of_view = !merged.in_view();
         match self.context.spawn_call(merged, Vec::new()).await {
-            Ok(_) => self.context.publisher.publish(ModelEvent::Call(view)),
+            Ok(entry) => {
+                if out_of_view {
+                    let wait = self.context.config.out_of_view_check;
+                    check_view_after(wait, entry.mailbox.clone(), entry.state.clone(), at);
+                }
+                self.context.publisher.publish(ModelEvent::Call(view));
+            }
             Err(error) => tracing::error!(call = new, %error, "merged call actor could not be started"),
         }
     }

@@ -644,3 +644,70 @@ async fn a_leg_journaled_before_the_linkage_id_came_moves_to_its_new_key() {
     assert!(open.is_empty(), "legs left open in the journal: {open:?}");
     fixture.model.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_call_handed_to_an_outside_number_leaves_the_view_and_its_lines_records_are_written() {
+    let config = ModelConfig { out_of_view_check: Duration::from_millis(50), ..ModelConfig::default() };
+    let mut fixture = fixture(config).await;
+    answered_call(&mut fixture).await;
+    let outside = vec![
+        Party { device: "+4930111".into(), kind: DeviceKind::External, state: ConnState::Connected },
+        Party { device: "+4930999".into(), kind: DeviceKind::External, state: ConnState::Alerting },
+    ];
+    fixture.pbx.calls.lock().unwrap().insert("C2".into(), outside);
+    // 2001 hands the call on to an outside number: no party this gateway monitors is left in it.
+    fixture
+        .router
+        .route(ModelInput::Merge {
+            primary: "C1".into(),
+            secondary: None,
+            new: "C2".into(),
+            leaving: Some("2001".into()),
+            devices: vec!["+4930111".into()],
+            linkage: None,
+            at: 9000,
+        })
+        .await;
+    fixture
+        .router
+        .route(ModelInput::Call {
+            call: "C2".into(),
+            inputs: vec![CallInput::PartyState {
+                device: "+4930999".into(),
+                kind: DeviceKind::External,
+                state: ConnState::Alerting,
+                cause: Cause::Transfer,
+                at: 9000,
+            }],
+        })
+        .await;
+    // The PBX still has the call, between outside parties: it ends here, and 2001's leg is logged.
+    let record = tokio::time::timeout(Duration::from_secs(10), fixture.logs.recv()).await.unwrap().unwrap();
+    assert_eq!((record.key().as_str(), record.outcome), ("C1:2001", LegOutcome::Transferred));
+    eventually(|| fixture.model.call("C2").is_none()).await;
+    assert_eq!(ModelStats::get(&fixture.model.stats().out_of_view_closed), 1);
+    fixture.model.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_call_out_of_view_for_a_moment_is_not_asked_about() {
+    let config = ModelConfig { out_of_view_check: Duration::from_millis(50), ..ModelConfig::default() };
+    let mut fixture = fixture(config).await;
+    let router = &mut fixture.router;
+    // Queued, then the queue lets go and 2002 rings: for a moment only the caller is in the call.
+    router.route(party("C7", "+4930777", DeviceKind::External, ConnState::Connected, 0)).await;
+    router.route(party("C7", "6000", DeviceKind::Queue, ConnState::Queued, 0)).await;
+    let diverted = ModelInput::Call {
+        call: "C7".into(),
+        inputs: vec![CallInput::PartyCleared { device: "6000".into(), cause: Cause::Distribution, at: 500 }],
+    };
+    router.route(diverted).await;
+    router.route(party("C7", "2002", DeviceKind::Line, ConnState::Alerting, 510)).await;
+    eventually(|| fixture.model.call("C7").is_some_and(|call| call.parties.len() == 2)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let asked =
+        fixture.pbx.sent.lock().unwrap().iter().any(|command| matches!(command, PbxCommand::SnapshotCall { .. }));
+    assert!(!asked, "a call back in view is not checked with the PBX");
+    assert!(fixture.model.call("C7").is_some());
+    fixture.model.shutdown().await;
+}
