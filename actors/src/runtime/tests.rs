@@ -490,6 +490,23 @@ fn a_call_is_answered_when_any_agent_talked_and_abandoned_when_the_caller_gave_u
     assert_eq!(CallOutcome::of([]), CallOutcome::Unanswered);
 }
 
+/// The legs a journal holds open after these notes, replayed as the outbox keeps them: by key.
+fn still_open(journal: &[LegNote]) -> std::collections::BTreeSet<String> {
+    let mut open = std::collections::BTreeSet::new();
+    for note in journal {
+        match note {
+            LegNote::Open(record) => {
+                open.insert(record.key());
+            }
+            LegNote::Moved(keys) => keys.iter().for_each(|key| {
+                open.remove(key);
+            }),
+            other => panic!("unexpected note {other:?}"),
+        }
+    }
+    open
+}
+
 /// 2001 answers C1, consults 2002 on C2, and transfers: C1 and C2 merge into C3.
 async fn transfer_c1_to_c2s_party(fixture: &mut Fixture) {
     answered_call(fixture).await;
@@ -519,21 +536,9 @@ async fn the_journal_hears_of_every_leg_and_is_left_with_none_open_after_a_merge
     let mut closed = vec![fixture.logs.recv().await.unwrap().key(), fixture.logs.recv().await.unwrap().key()];
     closed.sort();
     assert_eq!(closed, ["C1:2001", "C1:2002"]);
-    // Replay the journal as the outbox keeps it: by key.
-    let mut open = std::collections::BTreeSet::new();
-    let mut renamed_to_c3 = false;
-    for note in &fixture.logs.journal {
-        match note {
-            LegNote::Open(record) => {
-                renamed_to_c3 |= record.call_id == "C3";
-                open.insert(record.key());
-            }
-            LegNote::Moved(keys) => keys.iter().for_each(|key| {
-                open.remove(key);
-            }),
-            other => panic!("unexpected note {other:?}"),
-        }
-    }
+    let mut open = still_open(&fixture.logs.journal);
+    let renamed_to_c3 =
+        fixture.logs.journal.iter().any(|note| matches!(note, LegNote::Open(record) if record.call_id == "C3"));
     for key in &closed {
         open.remove(key);
     }
@@ -627,18 +632,7 @@ async fn a_leg_journaled_before_the_linkage_id_came_moves_to_its_new_key() {
     let closed = fixture.logs.recv().await.unwrap().key();
     assert_eq!(closed, "C1:2002");
     // Replayed as the outbox keeps it, the journal holds no leg under the old key.
-    let mut open = std::collections::BTreeSet::new();
-    for note in &fixture.logs.journal {
-        match note {
-            LegNote::Open(record) => {
-                open.insert(record.key());
-            }
-            LegNote::Moved(keys) => keys.iter().for_each(|key| {
-                open.remove(key);
-            }),
-            other => panic!("unexpected note {other:?}"),
-        }
-    }
+    let mut open = still_open(&fixture.logs.journal);
     assert!(fixture.logs.journal.contains(&LegNote::Moved(vec!["C5:2002".into()])), "{:?}", fixture.logs.journal);
     open.remove(&closed);
     assert!(open.is_empty(), "legs left open in the journal: {open:?}");
