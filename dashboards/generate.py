@@ -197,6 +197,8 @@ panel("timeseries", "Cluster members seen", "Members of its cluster each node se
       [(f"max by (instance) (switchboard_cluster_members{{{F}}})", "{{instance}}")], width=8)
 panel("timeseries", "Owned lines", "Agent lines each node owns in its cluster.", "none",
       [(f"max by (instance) (switchboard_cluster_owned_lines{{{F}}})", "{{instance}}")], width=8, stack=True)
+panel("timeseries", "Standby lines", "Agent lines each node monitors as their standby, ready to take them if their owner dies. With two nodes or more every line has one standby: the stack equals the owned lines' stack; less means some lines would be rebuilt from snapshots at a failover.", "none",
+      [(f"max by (instance) (switchboard_cluster_standby_lines{{{F}}})", "{{instance}}")], width=8, stack=True)
 panel("timeseries", "Forwarded requests", "gRPC requests passed to another node (the line's owner, or every member for a call id, a listing or an event stream), by outcome. Refused: not sent, the line was moving; unreachable: the other node did not answer.", "reqps",
       [(rate("switchboard_grpc_forwarded_requests_total", by="outcome"), "{{outcome}}")], width=8, stack=True)
 panel("timeseries", "Shared Salesforce allowance: blocks", "Blocks of the cluster's shared Salesforce allowance taken from etcd, per second, by result. spent: the cluster used its share for the day; unreachable: etcd did not answer (nodes spend what they hold, then wait).", "ops",

@@ -5,7 +5,7 @@
 //! the model down.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::broadcast;
 
@@ -172,10 +172,20 @@ struct History {
     keep: usize,
 }
 
+/// The lines a model answers for, when it watches more lines than it serves: a cluster node also
+/// watches the lines it stands by for, ready to take them, and says nothing about them until it
+/// does (their owner does).
+pub trait Scope: Send + Sync {
+    /// Whether this node answers for `device`.
+    fn serves(&self, device: &str) -> bool;
+}
+
 /// Numbers, keeps and fans out model events.
 pub struct Publisher {
     history: Mutex<History>,
     sender: broadcast::Sender<Arc<Sequenced>>,
+    /// Events about lines out of scope only are not published; with none, every event is.
+    scope: OnceLock<Arc<dyn Scope>>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -189,7 +199,40 @@ impl Publisher {
     /// events for subscribers that resume.
     pub fn new(buffer: usize, keep: usize) -> Self {
         let (sender, _) = broadcast::channel(buffer.max(1));
-        Self { history: Mutex::new(History { next_sequence: 1, recent: VecDeque::new(), keep }), sender }
+        Self {
+            history: Mutex::new(History { next_sequence: 1, recent: VecDeque::new(), keep }),
+            sender,
+            scope: OnceLock::new(),
+        }
+    }
+
+    /// Publishes from now on only events about lines `scope` serves (set once; later calls are
+    /// ignored and return false).
+    pub fn set_scope(&self, scope: Arc<dyn Scope>) -> bool {
+        self.scope.set(scope).is_ok()
+    }
+
+    /// Whether a scope is set.
+    pub fn is_scoped(&self) -> bool {
+        self.scope.get().is_some()
+    }
+
+    /// Whether `device` is in scope (every device is, without a scope).
+    pub fn serves(&self, device: &str) -> bool {
+        self.scope.get().is_none_or(|scope| scope.serves(device))
+    }
+
+    /// Whether `event` concerns a line in scope: a call does if any of its parties is on one.
+    pub fn in_scope(&self, event: &ModelEvent) -> bool {
+        let Some(scope) = self.scope.get() else { return true };
+        match event {
+            ModelEvent::Line(line) => scope.serves(&line.device),
+            ModelEvent::Call(call) => call.parties.iter().any(|party| scope.serves(&party.device)),
+            ModelEvent::CallLog(record) => scope.serves(&record.device),
+            ModelEvent::ScreenPop(pop) => scope.serves(&pop.device),
+            // Says only that ids changed; the calls' own events are scoped.
+            ModelEvent::CallRenamed { .. } => true,
+        }
     }
 
     fn history(&self) -> std::sync::MutexGuard<'_, History> {
@@ -198,6 +241,9 @@ impl Publisher {
 
     /// Numbers and sends one event.
     pub fn publish(&self, event: ModelEvent) {
+        if !self.in_scope(&event) {
+            return;
+        }
         let mut history = self.history();
         let sequenced = Arc::new(Sequenced { sequence: history.next_sequence, event });
         history.next_sequence += 1;
@@ -328,6 +374,54 @@ mod tests {
 
     fn renamed(n: u64) -> ModelEvent {
         ModelEvent::CallRenamed { old: vec![format!("C{n}")], new: format!("C{}", n + 1) }
+    }
+
+    struct Served(&'static [&'static str]);
+
+    impl Scope for Served {
+        fn serves(&self, device: &str) -> bool {
+            self.0.contains(&device)
+        }
+    }
+
+    fn line(device: &str) -> ModelEvent {
+        ModelEvent::Line(LineView {
+            device: device.into(),
+            agent: None,
+            presence: Presence::Offline,
+            calls: Vec::new(),
+        })
+    }
+
+    fn call(parties: &[&str]) -> ModelEvent {
+        let mut call = CallState::new("C1".into(), 0);
+        call.parties = parties
+            .iter()
+            .map(|device| Party {
+                device: (*device).into(),
+                kind: crate::domain::DeviceKind::Line,
+                state: ConnState::Connected,
+            })
+            .collect();
+        ModelEvent::Call(CallView::from(&call))
+    }
+
+    #[test]
+    fn with_a_scope_only_events_about_served_lines_are_numbered_and_sent() {
+        let publisher = Publisher::new(16, 16);
+        let mut receiver = publisher.subscribe();
+        publisher.publish(line("2002"));
+        assert!(publisher.set_scope(Arc::new(Served(&["2001"]))));
+        assert!(!publisher.set_scope(Arc::new(Served(&[]))), "the scope is set once");
+        publisher.publish(line("2002"));
+        publisher.publish(call(&["+4930", "2002"]));
+        publisher.publish(line("2001"));
+        publisher.publish(call(&["2002", "2001"]));
+        publisher.publish(renamed(1));
+        let sent: Vec<u64> = std::iter::from_fn(|| receiver.try_recv().ok()).map(|event| event.sequence).collect();
+        assert_eq!(sent, [1, 2, 3, 4], "the watched-only line's events and its call are left out");
+        assert!(publisher.serves("2001") && !publisher.serves("2002"));
+        assert!(Publisher::new(1, 0).serves("2002"), "without a scope every line is served");
     }
 
     #[test]

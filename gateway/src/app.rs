@@ -14,10 +14,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bridge::{Directory, LinkPort, Translator};
 use crate::cluster::journal::{EtcdJournal, LegJournal};
-use crate::cluster::{Cluster, ClusterError, Etcd, EtcdLedger, LeaseClock, Serve};
+use crate::cluster::{Cluster, ClusterError, Etcd, EtcdLedger, LeaseClock, Serve, Serving};
 use crate::config::Config;
 use crate::pbx::{self, LinkEvent, LinkHandle, LinkStatus};
-use crate::salesforce::{Salesforce, SalesforceError};
+use crate::salesforce::{NodeLines, Salesforce, SalesforceError, SharedJournal};
 
 /// What the gateway has seen of the phone system, for the status line and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -48,8 +48,9 @@ pub enum StartError {
     Cluster(#[from] ClusterError),
 }
 
-/// The lines this node serves, with their fencing tokens, as the cluster publishes them.
-type Owned = watch::Receiver<Arc<BTreeMap<String, i64>>>;
+/// The lines this node serves, with their fencing tokens, and those it stands by for, as the
+/// cluster publishes them.
+type Owned = (watch::Receiver<Arc<BTreeMap<String, i64>>>, watch::Receiver<Arc<BTreeSet<String>>>);
 
 /// A running gateway.
 pub struct Gateway {
@@ -90,12 +91,15 @@ impl Gateway {
         // down is still logged after a restart.
         let model_config = ModelConfig { journal_legs: config.salesforce.enabled, ..config.calls.model() };
         let present_tx = model_config.journal_legs.then(|| logs_tx.clone());
+        let logs_tx_for_promotions = logs_tx.clone();
         let (model, router) = runtime::start(model_config.clone(), port, logs_tx).await?;
         let node_id = config.cluster.node_id(&config.grpc.listen);
         // In a cluster, open legs are journaled in etcd, where the next owner of a line finds them.
-        let journal: Option<(Arc<dyn LegJournal>, String)> = if config.cluster.enabled && model_config.journal_legs {
+        let journal = if config.cluster.enabled && model_config.journal_legs {
             let journal = EtcdJournal::new(&config.cluster, node_id.clone()).map_err(ClusterError::from)?;
-            Some((Arc::new(journal), node_id.clone()))
+            let journal: Arc<dyn LegJournal> = Arc::new(journal);
+            let standby_window = config.cluster.standby_window();
+            Some(SharedJournal { journal, node_id: node_id.clone(), standby_window })
         } else {
             None
         };
@@ -118,17 +122,25 @@ impl Gateway {
             let (lines_tx, lines) = watch::channel(Arc::new(BTreeSet::new()));
             let lines_task =
                 tokio::spawn(list_lines(config.pbx.devices.clone(), link.clone(), lines_tx, shutdown.child_token()));
+            let promotions = Promotions {
+                model: model.clone(),
+                notes: shared_journal.then(|| logs_tx_for_promotions.clone()),
+                last: Arc::default(),
+            };
             let serving = link.clone();
-            let serve: Serve = Arc::new(move |devices| {
-                let link = serving.clone();
-                Box::pin(async move { link.monitor_only(devices).await })
+            let serve: Serve = Arc::new(move |lines| {
+                let (link, promotions) = (serving.clone(), promotions.clone());
+                Box::pin(async move { promotions.serve(&link, lines).await })
             });
             let advertise = config.cluster.advertise(&config.grpc.listen);
-            (Some(Cluster::start(&config.cluster, node_id, advertise, lines, serve)?), Some(lines_task))
+            let cluster = Cluster::start(&config.cluster, node_id, advertise, lines, serve)?;
+            // Standby lines are watched, not served: the model says nothing of them until taken.
+            model.publisher().set_scope(Arc::new(cluster.placement()));
+            (Some(cluster), Some(lines_task))
         } else {
             (None, None)
         };
-        let owned = cluster.as_ref().map(Cluster::watch_owned);
+        let owned = cluster.as_ref().map(|cluster| (cluster.watch_owned(), cluster.watch_standby()));
         let (progress_tx, progress) = watch::channel(Progress::default());
         let first_resync = present_tx.map(|notes| ResyncNotes {
             model: model.clone(),
@@ -237,6 +249,45 @@ impl Gateway {
         if let Some(salesforce) = &self.salesforce {
             salesforce.shutdown().await;
         }
+    }
+}
+
+/// Applies the cluster's line set to the link, and tells the model and the journal of lines taken
+/// that were watched already.
+#[derive(Clone)]
+struct Promotions {
+    model: Model<LinkPort>,
+    /// Where the journal hears of lines taken, when legs are journaled.
+    notes: Option<mpsc::Sender<LegNote>>,
+    /// The lines watched and owned last.
+    last: Arc<tokio::sync::Mutex<Serving>>,
+}
+
+impl Promotions {
+    /// Monitors the lines owned and stood by for. A line that goes from standby to owned gets no
+    /// new snapshot (it is monitored already, and the model has its calls): its state is published
+    /// now that it is in scope, and the journal is told it was taken, as a snapshot would.
+    async fn serve(&self, link: &LinkHandle, lines: Serving) {
+        let mut last = self.last.lock().await;
+        let promoted: Vec<String> = lines.owned.iter().filter(|line| last.standby.contains(*line)).cloned().collect();
+        let watched: BTreeSet<String> = lines.owned.union(&lines.standby).cloned().collect();
+        link.monitor_only(watched).await;
+        *last = lines;
+        drop(last);
+        if promoted.is_empty() {
+            return;
+        }
+        tracing::info!(lines = promoted.len(), "took lines this node stood by for");
+        // Not bounded by the cluster's wait for the link: the journal must hear of every line taken.
+        let (model, notes) = (self.model.clone(), self.notes.clone());
+        tokio::spawn(async move {
+            model.settled().await;
+            model.announce(&promoted);
+            if let Some(notes) = notes {
+                let calls = model.calls().into_iter().map(|call| call.id).collect();
+                let _ = notes.send(LegNote::Taken { lines: promoted, calls }).await;
+            }
+        });
     }
 }
 
@@ -423,11 +474,14 @@ async fn write_call_logs(
                 Err(_) => break,
             }
         }
-        if let Some(owned) = &owned {
-            let owned = owned.borrow().clone();
+        let lines = owned.as_ref().map(|(owned, standby)| NodeLines {
+            owned: (**owned.borrow()).clone(),
+            standby: (**standby.borrow()).clone(),
+        });
+        if let Some(lines) = &lines {
             batch.retain(|note| match note {
                 LegNote::Open(record) | LegNote::Closed(record) | LegNote::Skipped(record) => {
-                    owned.contains_key(&record.device)
+                    lines.owned.contains_key(&record.device) || lines.standby.contains(&record.device)
                 }
                 LegNote::Moved(_) | LegNote::Present(_) | LegNote::Taken { .. } => true,
             });
@@ -438,6 +492,10 @@ async fn write_call_logs(
         let mut records = 0;
         for note in &batch {
             if let LegNote::Closed(record) = note {
+                // A standby line's record is kept, not logged (its owner logs it).
+                if lines.as_ref().is_some_and(|lines| !lines.owned.contains_key(&record.device)) {
+                    continue;
+                }
                 records += 1;
                 tracing::debug!(
                     call = record.root_call_id,
@@ -451,8 +509,7 @@ async fn write_call_logs(
             }
         }
         if let Some(salesforce) = &salesforce {
-            let owned = owned.as_ref().map(|owned| owned.borrow().clone());
-            salesforce.record(batch, owned.as_deref(), &abandon).await;
+            salesforce.record(batch, lines.as_ref(), &abandon).await;
         }
         progress.send_modify(|progress| progress.call_logs += records);
     }

@@ -162,6 +162,13 @@ impl ClusterConfig {
         format!("{host}-{port}")
     }
 
+    /// How long a node keeps what the model said about the lines it stands by for: long enough to
+    /// cover the owner's last journal writes, its lease running out and the takeover (four lease
+    /// TTLs, and 30 s at least).
+    pub fn standby_window(&self) -> std::time::Duration {
+        std::time::Duration::from_secs((self.lease_ttl_secs * 4).max(30))
+    }
+
     /// Where the other nodes reach this one: the configured address, or `grpc_listen`.
     pub fn advertise(&self, grpc_listen: &str) -> String {
         if self.advertise.is_empty() { grpc_listen.to_owned() } else { self.advertise.clone() }

@@ -183,6 +183,8 @@ pub const OUTBOX_DEAD_LETTERED: &str = "switchboard_outbox_dead_lettered_total";
 pub const CLUSTER_MEMBERS: &str = "switchboard_cluster_members";
 /// Agent lines this node owns in its cluster.
 pub const CLUSTER_OWNED_LINES: &str = "switchboard_cluster_owned_lines";
+/// Agent lines this node stands by for: it monitors them, ready to take them if their owner dies.
+pub const CLUSTER_STANDBY_LINES: &str = "switchboard_cluster_standby_lines";
 /// Lines this node claimed or released; label `change` (`claimed`, `released`).
 pub const CLUSTER_OWNERSHIP_CHANGES: &str = "switchboard_cluster_ownership_changes_total";
 /// Times this node stopped serving every line because its lease could not be known valid.
@@ -459,9 +461,10 @@ pub fn grpc_forwarded(service: &'static str, method: &'static str, outcome: Forw
 }
 
 /// Publishes what this node sees of its cluster.
-pub fn cluster(members: u64, owned_lines: u64) {
+pub fn cluster(members: u64, owned_lines: u64, standby_lines: u64) {
     gauge!(CLUSTER_MEMBERS).set(members as f64);
     gauge!(CLUSTER_OWNED_LINES).set(owned_lines as f64);
+    gauge!(CLUSTER_STANDBY_LINES).set(standby_lines as f64);
 }
 
 /// Records lines claimed or released (`change` is `claimed` or `released`).
@@ -647,8 +650,9 @@ pub fn register() {
     }
     gauge!(SALESFORCE_BUDGET_HELD).set(0.0);
     outbox_state(0, 0.0, 0);
-    // Until clustering lands, a node is a cluster of one that owns nothing it could hand over.
-    cluster(1, 0);
+    // A single node is a cluster of one that owns nothing it could hand over; a cluster node sets
+    // these as it joins.
+    cluster(1, 0, 0);
     publish_runtime();
 }
 
@@ -722,6 +726,7 @@ fn describe() {
     describe_counter!(OUTBOX_DEAD_LETTERED, "Records given up on and moved to the dead letters.");
     describe_gauge!(CLUSTER_MEMBERS, "Members of this gateway's cluster that this node sees.");
     describe_gauge!(CLUSTER_OWNED_LINES, "Agent lines this node owns in its cluster.");
+    describe_gauge!(CLUSTER_STANDBY_LINES, "Agent lines this node monitors as their standby, ready to take them.");
     describe_counter!(CLUSTER_OWNERSHIP_CHANGES, "Lines this node claimed or released, by change.");
     describe_counter!(CLUSTER_SELF_FENCES, "Times this node stopped serving every line for want of a valid lease.");
     describe_counter!(

@@ -35,7 +35,7 @@ use self::mailbox::{Mailbox, Tally};
 use self::supervisor::Supervisor;
 use crate::call::{CallInput, CallState, LegNote, Party};
 use crate::domain::{CallId, ConnState, DeviceId, Direction, Millis};
-use crate::events::{CallView, LineView, Publisher};
+use crate::events::{CallView, LineView, ModelEvent, Publisher};
 use crate::line::{Agent, LineInput, LineState};
 use crate::port::PbxPort;
 
@@ -491,10 +491,16 @@ impl<P: PbxPort> Model<P> {
         Some(view)
     }
 
-    /// Every line, by device id.
+    /// Every line in the publisher's scope (every line, without one), by device id.
     pub fn lines(&self) -> Vec<LineView> {
-        let mut lines: Vec<LineView> =
-            self.context.lines.iter().map(|entry| LineView::from(&*lock(&entry.state))).collect();
+        let publisher = &self.context.publisher;
+        let mut lines: Vec<LineView> = self
+            .context
+            .lines
+            .iter()
+            .filter(|entry| publisher.serves(entry.key()))
+            .map(|entry| LineView::from(&*lock(&entry.state)))
+            .collect();
         lines.sort_by(|a, b| a.device.cmp(&b.device));
         lines
     }
@@ -518,14 +524,33 @@ impl<P: PbxPort> Model<P> {
         }
     }
 
-    /// Every call in progress, by id.
+    /// Publishes how `devices` and their calls stand now, as events: for lines that came into
+    /// scope already watched (a cluster node taking lines it stood by for), whose subscribers have
+    /// heard nothing of them from this node yet.
+    pub fn announce(&self, devices: &[DeviceId]) {
+        for device in devices {
+            if let Some(line) = self.line(device) {
+                self.context.publisher.publish(ModelEvent::Line(line));
+            }
+        }
+        for call in self.calls() {
+            if call.parties.iter().any(|party| devices.contains(&party.device)) {
+                self.context.publisher.publish(ModelEvent::Call(call));
+            }
+        }
+    }
+
+    /// Every call in progress with a party on a line in the publisher's scope (every call, without
+    /// one), by id.
     pub fn calls(&self) -> Vec<CallView> {
+        let publisher = &self.context.publisher;
         let mut calls: Vec<CallView> = self
             .context
             .calls
             .iter()
             .map(|entry| CallView::from(&*lock(&entry.state)))
             .filter(|call| call.ended_at.is_none())
+            .filter(|call| !publisher.is_scoped() || call.parties.iter().any(|party| publisher.serves(&party.device)))
             .collect();
         calls.sort_by(|a, b| a.id.cmp(&b.id));
         calls

@@ -28,6 +28,15 @@ const TOMBSTONE_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Open legs as the journal holds them: by line, then leg key.
 pub type JournaledLegs = BTreeMap<String, BTreeMap<String, CallLogRecord>>;
 
+/// What the journal holds for some lines: their open legs, and the keys of legs logged lately.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Journaled {
+    /// Open legs, by line, then key.
+    pub open: JournaledLegs,
+    /// Legs logged (by their owner, or by the node that took their line), by key.
+    pub logged: BTreeSet<String>,
+}
+
 /// What the journal holds for one leg.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -39,6 +48,12 @@ pub enum JournalEntry {
     },
     /// The node that took the line logged the leg as ended in the gap.
     Closed {
+        /// That node.
+        by: String,
+    },
+    /// The line's owner logged the leg. Kept a while (twice the standby window at least), so a
+    /// node that stood by for the line and takes it knows not to log the leg again.
+    Logged {
         /// That node.
         by: String,
     },
@@ -84,8 +99,8 @@ pub enum WriteOutcome {
 
 /// The journal's port: the cluster's call log path reads and writes legs through it.
 pub trait LegJournal: Send + Sync {
-    /// The open legs journaled on `lines`, by line and key.
-    fn load<'a>(&'a self, lines: &'a BTreeSet<String>) -> BoxFuture<'a, Result<JournaledLegs, JournalError>>;
+    /// The open legs journaled on `lines`, by line and key, and the legs logged lately.
+    fn load<'a>(&'a self, lines: &'a BTreeSet<String>) -> BoxFuture<'a, Result<Journaled, JournalError>>;
     /// Applies each line's writes, fenced by its token.
     fn write<'a>(&'a self, writes: &'a [LineWrites]) -> BoxFuture<'a, Vec<WriteOutcome>>;
     /// What the journal holds for leg `key` on `line`.
@@ -151,6 +166,10 @@ pub struct EtcdJournal {
     node_id: String,
     /// The lease tombstones go on, and when it was granted.
     tombstone_lease: Mutex<Option<(i64, Instant)>>,
+    /// The lease owners' `Logged` marks go on, and when it was granted.
+    logged_lease: Mutex<Option<(i64, Instant)>>,
+    /// How long a `Logged` mark lives at most (at least half of it).
+    logged_ttl: Duration,
     stats: Arc<JournalStats>,
 }
 
@@ -169,6 +188,8 @@ impl EtcdJournal {
             prefix: config.key_prefix.trim_end_matches('/').to_owned(),
             node_id,
             tombstone_lease: Mutex::new(None),
+            logged_lease: Mutex::new(None),
+            logged_ttl: config.standby_window() * 4,
             stats: Arc::default(),
         })
     }
@@ -190,15 +211,16 @@ impl EtcdJournal {
         format!("{}/owners/{line}", self.prefix)
     }
 
-    /// The lease for tombstones: granted once, and again when half its life is gone.
-    async fn tombstone_lease(&self) -> Result<i64, EtcdError> {
-        let mut lease = self.tombstone_lease.lock().await;
+    /// The lease for marks that live `ttl`: granted once, and again when half its life is gone
+    /// (so a mark lives at least half of `ttl`).
+    async fn mark_lease(&self, slot: &Mutex<Option<(i64, Instant)>>, ttl: Duration) -> Result<i64, EtcdError> {
+        let mut lease = slot.lock().await;
         if let Some((id, granted)) = *lease
-            && granted.elapsed() < TOMBSTONE_TTL / 2
+            && granted.elapsed() < ttl / 2
         {
             return Ok(id);
         }
-        let (id, _) = self.etcd.grant(TOMBSTONE_TTL.as_secs() as i64).await?;
+        let (id, _) = self.etcd.grant(ttl.as_secs() as i64).await?;
         *lease = Some((id, Instant::now()));
         Ok(id)
     }
@@ -211,9 +233,12 @@ impl EtcdJournal {
                 None => TxnOp::Delete { key },
                 Some(entry) => {
                     // Open legs outlive their writer's lease (the next owner needs them); a
-                    // tombstone lives a day.
-                    let lease =
-                        if matches!(entry, JournalEntry::Closed { .. }) { self.tombstone_lease().await? } else { 0 };
+                    // tombstone lives a day; an owner's mark, a few standby windows.
+                    let lease = match entry {
+                        JournalEntry::Open { .. } => 0,
+                        JournalEntry::Closed { .. } => self.mark_lease(&self.tombstone_lease, TOMBSTONE_TTL).await?,
+                        JournalEntry::Logged { .. } => self.mark_lease(&self.logged_lease, self.logged_ttl).await?,
+                    };
                     let value = serde_json::to_string(entry).unwrap_or_default();
                     TxnOp::Put { key, value, lease }
                 }
@@ -287,12 +312,12 @@ impl EtcdJournal {
 }
 
 impl LegJournal for EtcdJournal {
-    fn load<'a>(&'a self, lines: &'a BTreeSet<String>) -> BoxFuture<'a, Result<JournaledLegs, JournalError>> {
+    fn load<'a>(&'a self, lines: &'a BTreeSet<String>) -> BoxFuture<'a, Result<Journaled, JournalError>> {
         Box::pin(async move {
             // One range over every line's legs: at a failover thousands of lines are taken at once.
             let prefix = self.legs_prefix();
             let (kvs, _) = self.etcd.range_prefix(&prefix).await?;
-            let mut legs = JournaledLegs::new();
+            let mut journaled = Journaled::default();
             for kv in kvs {
                 let Some((line, key)) = kv.key.strip_prefix(&prefix).and_then(|rest| rest.split_once('/')) else {
                     continue;
@@ -302,11 +327,16 @@ impl LegJournal for EtcdJournal {
                 }
                 let entry: JournalEntry = serde_json::from_str(&kv.value)
                     .map_err(|error| JournalError::Unreadable { key: kv.key.clone(), reason: error.to_string() })?;
-                if let JournalEntry::Open { record } = entry {
-                    legs.entry(line.to_owned()).or_default().insert(key.to_owned(), *record);
+                match entry {
+                    JournalEntry::Open { record } => {
+                        journaled.open.entry(line.to_owned()).or_default().insert(key.to_owned(), *record);
+                    }
+                    JournalEntry::Closed { .. } | JournalEntry::Logged { .. } => {
+                        journaled.logged.insert(key.to_owned());
+                    }
                 }
             }
-            Ok(legs)
+            Ok(journaled)
         })
     }
 
@@ -395,7 +425,8 @@ mod tests {
         let json = serde_json::to_string(&open).unwrap();
         assert!(json.starts_with(r#"{"state":"open""#), "{json}");
         assert_eq!(serde_json::from_str::<JournalEntry>(&json).unwrap(), open);
-        let closed = JournalEntry::Closed { by: "node-2".into() };
-        assert_eq!(serde_json::from_str::<JournalEntry>(&serde_json::to_string(&closed).unwrap()).unwrap(), closed);
+        for mark in [JournalEntry::Closed { by: "node-2".into() }, JournalEntry::Logged { by: "node-1".into() }] {
+            assert_eq!(serde_json::from_str::<JournalEntry>(&serde_json::to_string(&mark).unwrap()).unwrap(), mark);
+        }
     }
 }

@@ -61,9 +61,19 @@ pub enum ClusterError {
     Etcd(#[from] EtcdError),
 }
 
-/// Starts and stops serving lines: the gateway's link monitors exactly the set it is given, and
-/// the future ends once monitors of lines left out have stopped.
-pub type Serve = Arc<dyn Fn(BTreeSet<String>) -> BoxFuture<'static, ()> + Send + Sync>;
+/// The lines a node serves (it owns them) and those it stands by for (it watches them, ready to
+/// take them the moment their owner's lease lapses, and answers for none of them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Serving {
+    /// Lines owned.
+    pub owned: BTreeSet<String>,
+    /// Lines watched for their owner (never one of `owned`).
+    pub standby: BTreeSet<String>,
+}
+
+/// Starts and stops serving lines: the gateway's link monitors exactly the lines it is given
+/// (owned and standby), and the future ends once monitors of lines left out have stopped.
+pub type Serve = Arc<dyn Fn(Serving) -> BoxFuture<'static, ()> + Send + Sync>;
 
 /// A live member as this node last read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +109,8 @@ struct Shared {
     node_id: String,
     /// Lines served now, with the fencing token (claim revision) of each.
     owned: watch::Sender<Arc<BTreeMap<String, i64>>>,
+    /// Lines this node stands by for, as the members last read say (owned ones left out).
+    standby: watch::Sender<Arc<BTreeSet<String>>>,
     members: watch::Sender<Arc<BTreeMap<String, Member>>>,
     /// When the node must stop serving unless the lease is renewed; `None` while it holds none.
     fence_at: watch::Sender<Option<Instant>>,
@@ -119,9 +131,16 @@ impl Shared {
         let owned = if self.fenced.load(Ordering::SeqCst) { BTreeMap::new() } else { owned };
         let lines: BTreeSet<String> = owned.keys().cloned().collect();
         let count = lines.len();
+        // A node serving nothing (fenced, leaving) stands by for nothing either.
+        let standby = if owned.is_empty() {
+            BTreeSet::new()
+        } else {
+            self.standby.borrow().iter().filter(|line| !owned.contains_key(*line)).cloned().collect()
+        };
         self.owned.send_replace(Arc::new(owned));
-        crate::metrics::cluster(self.members.borrow().len() as u64, count as u64);
-        if tokio::time::timeout(self.apply_timeout, (self.serve)(lines)).await.is_err() {
+        crate::metrics::cluster(self.members.borrow().len() as u64, count as u64, standby.len() as u64);
+        let serving = Serving { owned: lines, standby };
+        if tokio::time::timeout(self.apply_timeout, (self.serve)(serving)).await.is_err() {
             tracing::warn!("the link did not apply the cluster's line set in time");
         }
     }
@@ -225,6 +244,13 @@ impl Placement {
     }
 }
 
+/// Publishes the model's events about the lines this node owns only (not those it stands by for).
+impl actors::events::Scope for Placement {
+    fn serves(&self, device: &str) -> bool {
+        Placement::serves(self, device)
+    }
+}
+
 /// The address in a member's value (`{"advertise": "ip:port"}`); empty if it has none.
 fn advertise_of(value: &str) -> String {
     let value: serde_json::Value = serde_json::from_str(value).unwrap_or_default();
@@ -264,6 +290,7 @@ impl Cluster {
         let shared = Arc::new(Shared {
             node_id,
             owned: watch::channel(Arc::default()).0,
+            standby: watch::channel(Arc::default()).0,
             members: watch::channel(Arc::default()).0,
             fence_at: watch::channel(None).0,
             fenced: AtomicBool::new(false),
@@ -295,6 +322,11 @@ impl Cluster {
     /// A receiver that sees every change of the lines served.
     pub fn watch_owned(&self) -> watch::Receiver<Arc<BTreeMap<String, i64>>> {
         self.shared.owned.subscribe()
+    }
+
+    /// A receiver that sees every change of the lines this node stands by for.
+    pub fn watch_standby(&self) -> watch::Receiver<Arc<BTreeSet<String>>> {
+        self.shared.standby.subscribe()
     }
 
     /// The live members as last read from etcd.
@@ -547,6 +579,19 @@ impl Node {
             if !decision.claim.is_empty() {
                 self.claim(term, decision.claim).await;
             }
+            // The lines to stand by for follow the members; cut off from etcd, they stay.
+            if fresh {
+                let held: BTreeSet<String> = term.held.keys().cloned().collect();
+                let standby: BTreeSet<String> = rendezvous::standby(&self.shared.node_id, &lines, &members)
+                    .into_iter()
+                    .filter(|line| !held.contains(line))
+                    .collect();
+                if **self.shared.standby.borrow() != standby {
+                    tracing::info!(node = self.shared.node_id, lines = standby.len(), "standing by for lines");
+                    self.shared.standby.send_replace(Arc::new(standby));
+                    self.shared.serve(term.held.clone()).await;
+                }
+            }
         }
     }
 
@@ -562,7 +607,8 @@ impl Node {
         let ids = members.keys().cloned().collect();
         if **self.shared.members.borrow() != members {
             tracing::info!(node = self.shared.node_id, members = ?members.keys().collect::<Vec<_>>(), "cluster members changed");
-            crate::metrics::cluster(members.len() as u64, self.shared.owned.borrow().len() as u64);
+            let (owned, standby) = (self.shared.owned.borrow().len(), self.shared.standby.borrow().len());
+            crate::metrics::cluster(members.len() as u64, owned as u64, standby as u64);
             self.shared.members.send_replace(Arc::new(members));
         }
         ids

@@ -39,6 +39,23 @@ pub fn owner<'a>(line: &str, members: impl IntoIterator<Item = &'a String>) -> O
         .map(|(_, node)| node.as_str())
 }
 
+/// The lines `me` stands by for among `members`: those whose owner is another member and whose
+/// next choice is `me`. Rendezvous hashing makes the next choice the owner when the owner leaves,
+/// so a standby that watches its lines already is the node that takes them at a failover.
+pub fn standby(me: &str, lines: &BTreeSet<String>, members: &BTreeSet<String>) -> BTreeSet<String> {
+    if !members.contains(me) {
+        return BTreeSet::new();
+    }
+    lines
+        .iter()
+        .filter(|line| {
+            let Some(first) = owner(line, members) else { return false };
+            first != me && owner(line, members.iter().filter(|node| node.as_str() != first)) == Some(me)
+        })
+        .cloned()
+        .collect()
+}
+
 /// The whole assignment: each line to its owner among `members`.
 pub fn assign<'a>(lines: &'a BTreeSet<String>, members: &'a BTreeSet<String>) -> BTreeMap<&'a str, &'a str> {
     lines.iter().filter_map(|line| Some((line.as_str(), owner(line, members)?))).collect()
@@ -115,7 +132,36 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_lone_node_stands_by_for_nothing_and_of_three_each_stands_by_for_a_third() {
+        let lines = lines(3_000);
+        assert!(standby("node-1", &lines, &set(&["node-1"])).is_empty());
+        assert!(standby("node-9", &lines, &set(&["node-1", "node-2"])).is_empty(), "not a member");
+        let members = set(&["node-1", "node-2", "node-3"]);
+        for node in &members {
+            let count = standby(node, &lines, &members).len();
+            assert!((850..=1_150).contains(&count), "{node} stands by for {count} of 3,000");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn the_standby_of_a_line_is_the_owner_once_its_owner_leaves(
+            members in proptest::collection::btree_set("[a-z]{1,6}", 2..8),
+            lines in proptest::collection::btree_set("[0-9]{1,5}", 0..64),
+        ) {
+            let owners = assign(&lines, &members);
+            for line in &lines {
+                let standbys: Vec<&String> =
+                    members.iter().filter(|node| standby(node, &lines, &members).contains(line)).collect();
+                prop_assert_eq!(standbys.len(), 1, "one standby per line");
+                let owner = owners[line.as_str()];
+                prop_assert_ne!(standbys[0].as_str(), owner);
+                let survivors: BTreeSet<String> = members.iter().filter(|node| *node != owner).cloned().collect();
+                prop_assert_eq!(super::owner(line, &survivors), Some(standbys[0].as_str()));
+            }
+        }
+
         #[test]
         fn every_line_has_exactly_one_owner_among_the_members(
             members in proptest::collection::btree_set("[a-z]{1,6}", 1..8),

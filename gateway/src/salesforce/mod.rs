@@ -21,7 +21,7 @@ use actors::events::Publisher;
 use tokio_util::sync::CancellationToken;
 
 use self::shared::SharedLegs;
-use crate::cluster::journal::{LegJournal, WriteOutcome, line_of};
+use crate::cluster::journal::{JournalEntry, LegJournal, WriteOutcome, line_of};
 
 pub use self::client::SalesforceClient;
 pub use self::observe::MetricsObserver;
@@ -52,6 +52,26 @@ pub struct Salesforce {
     observer: Arc<MetricsObserver>,
     shared: Option<SharedPath>,
     stop: CancellationToken,
+}
+
+/// The lines a cluster node owns, with the fencing token of each, and those it stands by for.
+#[derive(Debug, Clone, Default)]
+pub struct NodeLines {
+    /// Owned lines and their tokens.
+    pub owned: BTreeMap<String, i64>,
+    /// Lines stood by for.
+    pub standby: BTreeSet<String>,
+}
+
+/// The cluster's shared leg journal, as a node's call log path uses it.
+pub struct SharedJournal {
+    /// The journal.
+    pub journal: Arc<dyn LegJournal>,
+    /// This node.
+    pub node_id: String,
+    /// How long what the model says about standby lines is kept
+    /// ([`crate::config::ClusterConfig::standby_window`]).
+    pub standby_window: Duration,
 }
 
 /// A cluster node's call log path: open legs live in the cluster's shared journal, not in the
@@ -96,7 +116,7 @@ impl Salesforce {
         config: &SalesforceConfig,
         publisher: Arc<Publisher>,
         budget: Option<(Arc<dyn BudgetLedger>, u32)>,
-        journal: Option<(Arc<dyn LegJournal>, String)>,
+        journal: Option<SharedJournal>,
     ) -> Result<Self, SalesforceError> {
         let mut crm_config = config.crm()?;
         crm_config.budget.shared_block = budget.as_ref().map(|(_, block)| *block);
@@ -113,12 +133,14 @@ impl Salesforce {
         let crm = Arc::new(actor::start(crm_config, parts).await?);
         let stop = CancellationToken::new();
         let shared = match journal {
-            Some((journal, node_id)) => {
+            Some(SharedJournal { journal, node_id, standby_window }) => {
                 let held = outbox.unconfirmed()?;
                 if !held.is_empty() {
-                    tokio::spawn(settle_held_back(held, journal.clone(), outbox.clone(), crm.clone(), stop.clone()));
+                    let (outbox, crm, stop) = (outbox.clone(), crm.clone(), stop.clone());
+                    tokio::spawn(settle_held_back(held, journal.clone(), node_id.clone(), outbox, crm, stop));
                 }
-                Some(SharedPath { journal, legs: tokio::sync::Mutex::new(SharedLegs::new(node_id)) })
+                let legs = tokio::sync::Mutex::new(SharedLegs::new(node_id, standby_window));
+                Some(SharedPath { journal, legs })
             }
             None => None,
         };
@@ -159,12 +181,12 @@ impl Salesforce {
     }
 
     /// Commits the model's leg notes to the outbox (retrying until the disk takes them: a log is
-    /// never dropped), then hands the new call logs to the budget actor. In a cluster, `owned` is
-    /// what this node owns now, with each line's fencing token, and open legs go to the shared
-    /// journal ([`Self::record_shared`]).
-    pub async fn record(&self, notes: Vec<LegNote>, owned: Option<&BTreeMap<String, i64>>, stop: &CancellationToken) {
-        if let (Some(shared), Some(owned)) = (&self.shared, owned) {
-            return self.record_shared(shared, &notes, owned, stop).await;
+    /// never dropped), then hands the new call logs to the budget actor. In a cluster, `lines` says
+    /// what this node owns now (with each line's fencing token) and stands by for, and open legs go
+    /// to the shared journal ([`Self::record_shared`]).
+    pub async fn record(&self, notes: Vec<LegNote>, lines: Option<&NodeLines>, stop: &CancellationToken) {
+        if let (Some(shared), Some(lines)) = (&self.shared, lines) {
+            return self.record_shared(shared, &notes, lines, stop).await;
         }
         let notes = Arc::new(notes);
         let mut delay = Duration::from_millis(100);
@@ -206,13 +228,8 @@ impl Salesforce {
     /// those of lines another node owns now (the journal, which this node could no longer change,
     /// gives them to that node). Retries until etcd answers, or `stop`: held-back logs then wait
     /// for the next start.
-    async fn record_shared(
-        &self,
-        shared: &SharedPath,
-        notes: &[LegNote],
-        owned: &BTreeMap<String, i64>,
-        stop: &CancellationToken,
-    ) {
+    async fn record_shared(&self, shared: &SharedPath, notes: &[LegNote], lines: &NodeLines, stop: &CancellationToken) {
+        let owned = &lines.owned;
         let mut legs = shared.legs.lock().await;
         let mut delay = Duration::from_millis(100);
         loop {
@@ -232,7 +249,7 @@ impl Salesforce {
                 return;
             }
         }
-        let plan = legs.plan(notes, owned, unix_ms());
+        let plan = legs.plan(notes, owned, &lines.standby, unix_ms());
         let log_keys: Vec<String> = plan.logs.iter().map(actors::call::CallLogRecord::key).collect();
         if !plan.logs.is_empty() {
             let outbox = self.outbox.clone();
@@ -313,11 +330,12 @@ impl Salesforce {
 }
 
 /// Settles the logs a previous run committed but had not cleared with the journal: a leg the
-/// journal no longer has was cleared (this node logs it); one it still has, open or closed by
-/// another node, is the line's owner's to log.
+/// journal marks as logged by this node, or no longer has, was cleared (this node logs it); one it
+/// still has open, or marked by another node, is that node's to log.
 async fn settle_held_back(
     mut held: Vec<String>,
     journal: Arc<dyn LegJournal>,
+    node_id: String,
     outbox: Arc<SqliteOutbox>,
     crm: Arc<CrmHandle>,
     stop: CancellationToken,
@@ -327,7 +345,9 @@ async fn settle_held_back(
         let (mut release, mut withdraw, mut unknown) = (Vec::new(), Vec::new(), Vec::new());
         for key in held {
             match journal.entry(line_of(&key), &key).await {
+                // Cleared: the mark this node left, or none once it has lapsed.
                 Ok(None) => release.push(key),
+                Ok(Some(JournalEntry::Logged { by })) if by == node_id => release.push(key),
                 Ok(Some(_)) => withdraw.push(key),
                 Err(error) => {
                     tracing::warn!(key, %error, "asking the leg journal about a held-back call log");

@@ -10,13 +10,22 @@
 //! times win. When the model says which calls it holds after taking lines ([`LegNote::Taken`]),
 //! the journaled legs of calls it does not hold ended in the gap: they are logged, and a tombstone
 //! takes their place in the journal.
+//!
+//! A node also keeps, for a while (the standby window), what the model said about the lines it
+//! stands by for. When it takes such a line, that account is applied first, as if it had owned the
+//! line all along: it saw what happened while the owner could no longer journal it (a leg that
+//! began and ended in the gap, a consultation merged into the customer's call at the owner's last
+//! moment), and the owner's `Logged` marks tell it which legs the owner logged already.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use actors::call::{CallLogRecord, LegNote};
 
 use super::outbox::ended_while_down;
-use crate::cluster::journal::{JournalEntry, JournaledLegs, LineWrites, continue_leg, line_of};
+use crate::cluster::journal::{JournalEntry, Journaled, LineWrites, continue_leg, line_of};
+
+/// Notes kept per standby line at most: a line's account of a window is a few calls long.
+const WATCHED_PER_LINE: usize = 256;
 
 /// One open leg as this node knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +47,13 @@ pub struct Plan {
     pub logs: Vec<CallLogRecord>,
 }
 
+/// A batch's writes by line and key, and its logs, as they are planned.
+#[derive(Default)]
+struct Batch {
+    writes: BTreeMap<String, BTreeMap<String, Option<JournalEntry>>>,
+    logs: Vec<CallLogRecord>,
+}
+
 /// The open legs of the lines a node owns.
 #[derive(Debug)]
 pub struct SharedLegs {
@@ -48,12 +64,30 @@ pub struct SharedLegs {
     open: BTreeMap<String, BTreeMap<String, OpenLeg>>,
     /// The model's key of a continued leg -> its key in the journal.
     aliases: HashMap<String, String>,
+    /// What the model said about the lines this node stands by for, by line, oldest first, each
+    /// with when (Unix ms).
+    watched: BTreeMap<String, VecDeque<(u64, LegNote)>>,
+    /// How long watched notes are kept, in ms.
+    window_ms: u64,
+    /// The watched notes of lines just taken, applied before the next batch.
+    replay: Vec<LegNote>,
+    /// Keys the journal says were logged lately, on lines just taken: their notes are not replayed.
+    logged: HashSet<String>,
 }
 
 impl SharedLegs {
-    /// An empty view for node `node_id`.
-    pub fn new(node_id: String) -> Self {
-        Self { node_id, loaded: BTreeMap::new(), open: BTreeMap::new(), aliases: HashMap::new() }
+    /// An empty view for node `node_id`, keeping what it hears of standby lines for `window`.
+    pub fn new(node_id: String, window: std::time::Duration) -> Self {
+        Self {
+            node_id,
+            loaded: BTreeMap::new(),
+            open: BTreeMap::new(),
+            aliases: HashMap::new(),
+            watched: BTreeMap::new(),
+            window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
+            replay: Vec::new(),
+            logged: HashSet::new(),
+        }
     }
 
     /// Forgets lines no longer owned (or owned under another token) and returns the owned lines
@@ -71,10 +105,17 @@ impl SharedLegs {
         owned.keys().filter(|line| !self.loaded.contains_key(*line)).cloned().collect()
     }
 
-    /// Takes the journal's legs of lines just read, under the tokens `owned` gives.
-    pub fn loaded(&mut self, lines: &BTreeSet<String>, owned: &BTreeMap<String, i64>, mut legs: JournaledLegs) {
+    /// Takes the journal's legs of lines just read, under the tokens `owned` gives, and queues
+    /// what this node heard of them while it stood by.
+    pub fn loaded(&mut self, lines: &BTreeSet<String>, owned: &BTreeMap<String, i64>, journaled: Journaled) {
+        let Journaled { open: mut legs, logged } = journaled;
+        self.logged.extend(logged.into_iter().filter(|key| lines.contains(line_of(key))));
         for line in lines {
             let Some(token) = owned.get(line) else { continue };
+            if let Some(watched) = self.watched.remove(line) {
+                tracing::debug!(line, notes = watched.len(), "taking a line stood by for; replaying what was heard");
+                self.replay.extend(watched.into_iter().map(|(_, note)| note));
+            }
             let inherited = legs.remove(line).unwrap_or_default();
             let open = inherited
                 .into_iter()
@@ -141,70 +182,137 @@ impl SharedLegs {
         }
     }
 
-    /// Plans a batch: `owned` is what the node owns now (notes of other lines are left out).
-    pub fn plan(&mut self, notes: &[LegNote], owned: &BTreeMap<String, i64>, now_ms: u64) -> Plan {
-        let mut writes: BTreeMap<String, BTreeMap<String, Option<JournalEntry>>> = BTreeMap::new();
-        let mut logs = Vec::new();
-        for note in notes {
-            match note {
-                LegNote::Open(record) | LegNote::Closed(record) | LegNote::Skipped(record) => {
-                    if !owned.contains_key(&record.device) {
-                        continue;
-                    }
-                    let model_key = record.key();
-                    let (key, record) = self.resolve(record.clone());
-                    let line = record.device.clone();
-                    let legs = self.open.entry(line.clone()).or_default();
-                    if let LegNote::Open(_) = note {
-                        let inherited = legs.get(&key).and_then(|leg| leg.inherited.clone());
-                        legs.insert(key.clone(), OpenLeg { inherited, current: record.clone(), continued: true });
-                        let entry = JournalEntry::Open { record: Box::new(record) };
-                        writes.entry(line).or_default().insert(key, Some(entry));
-                        continue;
-                    }
-                    legs.remove(&key);
-                    self.aliases.remove(&model_key);
+    /// Keeps `note` if it is about a line this node stands by for.
+    fn watch(&mut self, note: &LegNote, standby: &BTreeSet<String>, now_ms: u64) {
+        let mut keep = |line: &str, note: LegNote| {
+            if standby.contains(line) {
+                let notes = self.watched.entry(line.to_owned()).or_default();
+                if notes.len() == WATCHED_PER_LINE {
+                    notes.pop_front();
+                }
+                notes.push_back((now_ms, note));
+            }
+        };
+        match note {
+            LegNote::Open(record) | LegNote::Closed(record) | LegNote::Skipped(record) => {
+                keep(&record.device, note.clone());
+            }
+            LegNote::Moved(keys) => {
+                for key in keys {
+                    keep(line_of(key), LegNote::Moved(vec![key.clone()]));
+                }
+            }
+            LegNote::Present(_) | LegNote::Taken { .. } => {}
+        }
+    }
+
+    /// Drops watched notes older than the window, and lines no longer stood by for once empty.
+    fn prune(&mut self, now_ms: u64) {
+        let oldest = now_ms.saturating_sub(self.window_ms);
+        self.watched.retain(|_, notes| {
+            while notes.front().is_some_and(|(at, _)| *at < oldest) {
+                notes.pop_front();
+            }
+            !notes.is_empty()
+        });
+    }
+
+    /// Plans one note about lines `owned` into `batch`.
+    fn apply(&mut self, note: &LegNote, owned: &BTreeMap<String, i64>, batch: &mut Batch, now_ms: u64) {
+        let Batch { writes, logs } = batch;
+        match note {
+            LegNote::Open(record) | LegNote::Closed(record) | LegNote::Skipped(record) => {
+                if !owned.contains_key(&record.device) {
+                    return;
+                }
+                let model_key = record.key();
+                let (key, record) = self.resolve(record.clone());
+                let line = record.device.clone();
+                let legs = self.open.entry(line.clone()).or_default();
+                if let LegNote::Open(_) = note {
+                    let inherited = legs.get(&key).and_then(|leg| leg.inherited.clone());
+                    legs.insert(key.clone(), OpenLeg { inherited, current: record.clone(), continued: true });
+                    let entry = JournalEntry::Open { record: Box::new(record) };
+                    writes.entry(line).or_default().insert(key, Some(entry));
+                    return;
+                }
+                legs.remove(&key);
+                self.aliases.remove(&model_key);
+                if let LegNote::Closed(_) = note {
+                    // The mark tells a node standing by for the line that this leg is logged.
+                    let mark = JournalEntry::Logged { by: self.node_id.clone() };
+                    writes.entry(line).or_default().insert(key, Some(mark));
+                    logs.push(record);
+                } else {
                     writes.entry(line).or_default().insert(key, None);
-                    if let LegNote::Closed(_) = note {
-                        logs.push(record);
+                }
+            }
+            LegNote::Moved(keys) => {
+                for model_key in keys {
+                    let line = line_of(model_key).to_owned();
+                    if !owned.contains_key(&line) {
+                        continue;
+                    }
+                    let key = self.aliases.remove(model_key).unwrap_or_else(|| model_key.clone());
+                    if let Some(legs) = self.open.get_mut(&line) {
+                        legs.remove(&key);
+                    }
+                    writes.entry(line).or_default().insert(key, None);
+                }
+            }
+            LegNote::Taken { lines, calls } => {
+                let present: HashSet<&str> = calls.iter().map(String::as_str).collect();
+                for line in lines.iter().filter(|line| owned.contains_key(*line)) {
+                    let Some(legs) = self.open.get_mut(line) else { continue };
+                    tracing::debug!(line, legs = legs.len(), "line taken; its journaled legs checked");
+                    let vanished: Vec<String> = legs
+                        .iter()
+                        .filter(|(_, leg)| !leg.continued && !present.contains(leg.current.call_id.as_str()))
+                        .map(|(key, _)| key.clone())
+                        .collect();
+                    for key in vanished {
+                        let Some(leg) = legs.remove(&key) else { continue };
+                        tracing::warn!(key, "a call leg ended while no node watched its line; logging it");
+                        logs.push(ended_while_down(leg.current, now_ms));
+                        let tombstone = JournalEntry::Closed { by: self.node_id.clone() };
+                        writes.entry(line.clone()).or_default().insert(key, Some(tombstone));
                     }
                 }
-                LegNote::Moved(keys) => {
-                    for model_key in keys {
-                        let line = line_of(model_key).to_owned();
-                        if !owned.contains_key(&line) {
-                            continue;
-                        }
-                        let key = self.aliases.remove(model_key).unwrap_or_else(|| model_key.clone());
-                        if let Some(legs) = self.open.get_mut(&line) {
-                            legs.remove(&key);
-                        }
-                        writes.entry(line).or_default().insert(key, None);
-                    }
+            }
+            // The single node's restart check; a cluster node learns the same from `Taken`.
+            LegNote::Present(_) => {}
+        }
+    }
+
+    /// Plans a batch: `owned` is what the node owns now (notes of other lines are left out, but
+    /// those of `standby` lines are kept for the window).
+    pub fn plan(
+        &mut self,
+        notes: &[LegNote],
+        owned: &BTreeMap<String, i64>,
+        standby: &BTreeSet<String>,
+        now_ms: u64,
+    ) -> Plan {
+        let mut batch = Batch::default();
+        let replay = std::mem::take(&mut self.replay);
+        let logged = std::mem::take(&mut self.logged);
+        for note in &replay {
+            let skip = match note {
+                LegNote::Open(record) | LegNote::Closed(record) | LegNote::Skipped(record) => {
+                    logged.contains(&record.key())
                 }
-                LegNote::Taken { lines, calls } => {
-                    let present: HashSet<&str> = calls.iter().map(String::as_str).collect();
-                    for line in lines.iter().filter(|line| owned.contains_key(*line)) {
-                        let Some(legs) = self.open.get_mut(line) else { continue };
-                        tracing::debug!(line, legs = legs.len(), "line taken; its journaled legs checked");
-                        let vanished: Vec<String> = legs
-                            .iter()
-                            .filter(|(_, leg)| !leg.continued && !present.contains(leg.current.call_id.as_str()))
-                            .map(|(key, _)| key.clone())
-                            .collect();
-                        for key in vanished {
-                            let Some(leg) = legs.remove(&key) else { continue };
-                            tracing::warn!(key, "a call leg ended while no node watched its line; logging it");
-                            logs.push(ended_while_down(leg.current, now_ms));
-                            let tombstone = JournalEntry::Closed { by: self.node_id.clone() };
-                            writes.entry(line.clone()).or_default().insert(key, Some(tombstone));
-                        }
-                    }
-                }
-                // The single node's restart check; a cluster node learns the same from `Taken`.
-                LegNote::Present(_) => {}
+                _ => false,
+            };
+            if !skip {
+                self.apply(note, owned, &mut batch, now_ms);
             }
         }
+        for note in notes {
+            self.watch(note, standby, now_ms);
+            self.apply(note, owned, &mut batch, now_ms);
+        }
+        self.prune(now_ms);
+        let Batch { writes, logs } = batch;
         let writes = writes
             .into_iter()
             .filter_map(|(line, legs)| {
@@ -221,6 +329,12 @@ mod tests {
     use actors::domain::{Direction, LegOutcome};
 
     use super::*;
+
+    const WINDOW: std::time::Duration = std::time::Duration::from_secs(30);
+
+    fn standby(lines: &[&str]) -> BTreeSet<String> {
+        lines.iter().map(|line| (*line).to_owned()).collect()
+    }
 
     fn record(root: &str, call: &str, line: &str, offered_at: u64) -> CallLogRecord {
         CallLogRecord {
@@ -251,43 +365,53 @@ mod tests {
     }
 
     fn taken(shared: &mut SharedLegs, owned: &BTreeMap<String, i64>, journal: Vec<CallLogRecord>) {
+        taken_with_marks(shared, owned, journal, &[]);
+    }
+
+    fn taken_with_marks(
+        shared: &mut SharedLegs,
+        owned: &BTreeMap<String, i64>,
+        journal: Vec<CallLogRecord>,
+        logged: &[&str],
+    ) {
         let lines = shared.to_load(owned);
-        let mut legs = JournaledLegs::new();
+        let mut journaled = Journaled::default();
         for record in journal {
-            legs.entry(record.device.clone()).or_default().insert(record.key(), record);
+            journaled.open.entry(record.device.clone()).or_default().insert(record.key(), record);
         }
-        shared.loaded(&lines, owned, legs);
+        journaled.logged = logged.iter().map(|key| (*key).to_owned()).collect();
+        shared.loaded(&lines, owned, journaled);
     }
 
     #[test]
     fn an_owners_legs_are_journaled_while_open_and_logged_once_closed() {
         let owned = owned(&[("2001", 7)]);
-        let mut shared = SharedLegs::new("n1".into());
+        let mut shared = SharedLegs::new("n1".into(), WINDOW);
         taken(&mut shared, &owned, Vec::new());
-        let plan = shared.plan(&[LegNote::Open(record("C1", "C1", "2001", 10))], &owned, 20);
+        let plan = shared.plan(&[LegNote::Open(record("C1", "C1", "2001", 10))], &owned, &BTreeSet::new(), 20);
         assert!(plan.logs.is_empty());
         assert_eq!(plan.writes.len(), 1);
         assert_eq!((plan.writes[0].line.as_str(), plan.writes[0].token), ("2001", 7));
         assert!(matches!(plan.writes[0].legs["C1:2001"], Some(JournalEntry::Open { .. })));
-        let plan = shared.plan(&[LegNote::Closed(record("C1", "C1", "2001", 10))], &owned, 30);
+        let plan = shared.plan(&[LegNote::Closed(record("C1", "C1", "2001", 10))], &owned, &BTreeSet::new(), 30);
         assert_eq!(plan.logs, [record("C1", "C1", "2001", 10)]);
-        assert_eq!(plan.writes[0].legs["C1:2001"], None);
+        assert_eq!(plan.writes[0].legs["C1:2001"], Some(JournalEntry::Logged { by: "n1".into() }));
         assert_eq!(shared.open_legs("2001"), 0);
     }
 
     #[test]
     fn notes_of_lines_not_owned_are_left_out() {
         let owned = owned(&[("2001", 7)]);
-        let mut shared = SharedLegs::new("n1".into());
+        let mut shared = SharedLegs::new("n1".into(), WINDOW);
         taken(&mut shared, &owned, Vec::new());
-        let plan = shared.plan(&[LegNote::Closed(record("C1", "C1", "2002", 10))], &owned, 30);
+        let plan = shared.plan(&[LegNote::Closed(record("C1", "C1", "2002", 10))], &owned, &BTreeSet::new(), 30);
         assert_eq!(plan, Plan::default());
     }
 
     #[test]
     fn a_taken_leg_continues_under_its_first_id_and_one_that_ended_in_the_gap_is_logged() {
         let owned = owned(&[("2001", 9), ("2002", 9)]);
-        let mut shared = SharedLegs::new("n2".into());
+        let mut shared = SharedLegs::new("n2".into(), WINDOW);
         // The previous owner journaled C1 (now known as C5 after a transfer) and C2.
         let mut transferred = record("C1", "C5", "2001", 100);
         transferred.answered_at = Some(200);
@@ -300,6 +424,7 @@ mod tests {
                 LegNote::Taken { lines: vec!["2001".into(), "2002".into()], calls: vec!["C5".into()] },
             ],
             &owned,
+            &BTreeSet::new(),
             10_000,
         );
         assert_eq!(plan.logs.len(), 1);
@@ -309,40 +434,106 @@ mod tests {
         assert!(matches!(by_line["2001"].legs["C1:2001"], Some(JournalEntry::Open { .. })));
         assert_eq!(by_line["2002"].legs["C2:2002"], Some(JournalEntry::Closed { by: "n2".into() }));
         // The continued leg ends later: logged under its first id, with its first start times.
-        let plan = shared.plan(&[LegNote::Closed(rebuilt)], &owned, 20_000);
+        let plan = shared.plan(&[LegNote::Closed(rebuilt)], &owned, &BTreeSet::new(), 20_000);
         assert_eq!(plan.logs.len(), 1);
         assert_eq!(plan.logs[0].key(), "C1:2001");
         assert_eq!((plan.logs[0].offered_at, plan.logs[0].answered_at), (100, Some(200)));
-        assert_eq!(plan.writes[0].legs["C1:2001"], None);
+        assert_eq!(plan.writes[0].legs["C1:2001"], Some(JournalEntry::Logged { by: "n2".into() }));
     }
 
     #[test]
     fn a_call_that_changed_ids_in_the_gap_is_known_by_its_numbers() {
         let owned = owned(&[("2001", 9)]);
-        let mut shared = SharedLegs::new("n2".into());
+        let mut shared = SharedLegs::new("n2".into(), WINDOW);
         taken(&mut shared, &owned, vec![record("C1", "C3", "2001", 100)]);
         // Transferred in the gap: the snapshot shows C8, placed from and to the same numbers.
         let rebuilt = record("C8", "C8", "2001", 9_000);
         let plan = shared.plan(
             &[LegNote::Open(rebuilt.clone()), LegNote::Taken { lines: vec!["2001".into()], calls: vec!["C8".into()] }],
             &owned,
+            &BTreeSet::new(),
             10_000,
         );
         assert!(plan.logs.is_empty(), "{:?}", plan.logs);
-        let plan = shared.plan(&[LegNote::Closed(rebuilt)], &owned, 20_000);
+        let plan = shared.plan(&[LegNote::Closed(rebuilt)], &owned, &BTreeSet::new(), 20_000);
         assert_eq!(plan.logs.iter().map(CallLogRecord::key).collect::<Vec<_>>(), ["C1:2001"]);
     }
 
     #[test]
     fn a_line_lost_and_taken_again_is_read_afresh() {
-        let mut shared = SharedLegs::new("n1".into());
+        let mut shared = SharedLegs::new("n1".into(), WINDOW);
         let first = owned(&[("2001", 3)]);
         taken(&mut shared, &first, Vec::new());
-        shared.plan(&[LegNote::Open(record("C1", "C1", "2001", 10))], &first, 20);
+        shared.plan(&[LegNote::Open(record("C1", "C1", "2001", 10))], &first, &BTreeSet::new(), 20);
         assert_eq!(shared.open_legs("2001"), 1);
         assert!(shared.to_load(&BTreeMap::new()).is_empty());
         assert_eq!(shared.open_legs("2001"), 0);
         let again = owned(&[("2001", 11)]);
         assert_eq!(shared.to_load(&again), BTreeSet::from(["2001".to_owned()]));
+    }
+    #[test]
+    fn a_standby_that_takes_a_line_logs_a_leg_that_began_and_ended_while_the_owner_was_dying() {
+        let mut shared = SharedLegs::new("n2".into(), WINDOW);
+        let watching = standby(&["2001"]);
+        let none = BTreeMap::new();
+        let leg = record("C1", "C1", "2001", 1_000);
+        let plan = shared.plan(&[LegNote::Open(leg.clone()), LegNote::Closed(leg.clone())], &none, &watching, 2_000);
+        assert_eq!(plan, Plan::default(), "a standby line's notes are kept, not acted on");
+        // The owner died before it journaled anything of the leg; n2 takes the line.
+        let owned = owned(&[("2001", 9)]);
+        taken(&mut shared, &owned, Vec::new());
+        let plan = shared.plan(&[], &owned, &BTreeSet::new(), 5_000);
+        assert_eq!(plan.logs, [leg]);
+        assert_eq!(plan.writes[0].legs["C1:2001"], Some(JournalEntry::Logged { by: "n2".into() }));
+    }
+
+    #[test]
+    fn a_standby_does_not_log_again_a_leg_its_owner_marked_logged() {
+        let mut shared = SharedLegs::new("n2".into(), WINDOW);
+        let leg = record("C1", "C1", "2001", 1_000);
+        let notes = [LegNote::Open(leg.clone()), LegNote::Closed(leg)];
+        shared.plan(&notes, &BTreeMap::new(), &standby(&["2001"]), 2_000);
+        let owned = owned(&[("2001", 9)]);
+        taken_with_marks(&mut shared, &owned, Vec::new(), &["C1:2001"]);
+        let plan = shared.plan(&[], &owned, &BTreeSet::new(), 5_000);
+        assert!(plan.logs.is_empty(), "{plan:?}");
+        assert!(plan.writes.is_empty(), "{plan:?}");
+    }
+
+    #[test]
+    fn a_consultation_merged_after_the_owners_last_journal_write_is_no_leg_of_its_own() {
+        let mut shared = SharedLegs::new("n2".into(), WINDOW);
+        // The owner journaled the consultation C2 on 2002; n2 heard it merge into C1.
+        let consultation = record("C2", "C2", "2002", 1_000);
+        let merged = record("C1", "C1", "2002", 1_000);
+        let heard = [LegNote::Moved(vec!["C2:2002".into()]), LegNote::Open(merged.clone())];
+        shared.plan(&heard, &BTreeMap::new(), &standby(&["2002"]), 2_000);
+        let owned = owned(&[("2002", 9)]);
+        taken(&mut shared, &owned, vec![consultation]);
+        let plan = shared.plan(
+            &[LegNote::Taken { lines: vec!["2002".into()], calls: vec!["C1".into()] }],
+            &owned,
+            &BTreeSet::new(),
+            5_000,
+        );
+        assert!(plan.logs.is_empty(), "the consultation's leg goes on in C1: {:?}", plan.logs);
+        assert_eq!(plan.writes[0].legs["C2:2002"], None);
+        assert!(matches!(plan.writes[0].legs["C1:2002"], Some(JournalEntry::Open { .. })));
+        let plan = shared.plan(&[LegNote::Closed(merged)], &owned, &BTreeSet::new(), 9_000);
+        assert_eq!(plan.logs.iter().map(CallLogRecord::key).collect::<Vec<_>>(), ["C1:2002"]);
+    }
+
+    #[test]
+    fn what_a_standby_heard_is_kept_for_the_window_only_and_only_for_its_standby_lines() {
+        let mut shared = SharedLegs::new("n2".into(), WINDOW);
+        let old = record("C1", "C1", "2001", 1_000);
+        shared.plan(&[LegNote::Open(old.clone()), LegNote::Closed(old)], &BTreeMap::new(), &standby(&["2001"]), 1_000);
+        let other = record("C3", "C3", "2003", 1_000);
+        let notes = [LegNote::Open(other.clone()), LegNote::Closed(other)];
+        shared.plan(&notes, &BTreeMap::new(), &standby(&["2001"]), 40_000);
+        let owned = owned(&[("2001", 9), ("2003", 9)]);
+        taken(&mut shared, &owned, Vec::new());
+        let plan = shared.plan(&[], &owned, &BTreeSet::new(), 41_000);
+        assert_eq!(plan, Plan::default(), "30 s on, the owner had long journaled C1; C3 was never stood by for");
     }
 }
