@@ -113,8 +113,34 @@ impl EtcdServer {
 /// Whether `key` exists now in the etcd at `url` (`http://host:port`): a one-key count over etcd's
 /// JSON gateway, within a second.
 pub async fn key_exists(url: &str, key: &str) -> Result<bool, String> {
+    Ok(count(url, serde_json::json!({ "key": base64(key.as_bytes()), "count_only": true })).await? > 0)
+}
+
+/// How many keys start with `prefix` now in the etcd at `url`, within a second.
+pub async fn keys_under(url: &str, prefix: &str) -> Result<u64, String> {
+    let range_end = prefix_end(prefix.as_bytes());
+    let request =
+        serde_json::json!({ "key": base64(prefix.as_bytes()), "range_end": base64(&range_end), "count_only": true });
+    count(url, request).await
+}
+
+/// The end of the range of keys that start with `prefix`: the prefix with its last byte raised.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Every byte 0xff (or empty): every key from the prefix on.
+    vec![0]
+}
+
+/// The count etcd's JSON gateway answers a `count_only` range `body` with.
+async fn count(url: &str, body: serde_json::Value) -> Result<u64, String> {
     let address = url.trim_start_matches("http://");
-    let body = serde_json::json!({ "key": base64(key.as_bytes()), "count_only": true }).to_string();
+    let body = body.to_string();
     let ask = async {
         let mut stream = TcpStream::connect(address).await.map_err(|error| error.to_string())?;
         let request = format!(
@@ -133,11 +159,10 @@ pub async fn key_exists(url: &str, key: &str) -> Result<bool, String> {
     let value: serde_json::Value =
         serde_json::from_str(json).map_err(|error| format!("etcd's answer {answer:?}: {error}"))?;
     // Proto3 JSON leaves a count of 0 out; 64-bit numbers come as strings.
-    let count = match &value["count"] {
+    Ok(match &value["count"] {
         serde_json::Value::String(count) => count.parse().unwrap_or(0),
         other => other.as_u64().unwrap_or(0),
-    };
-    Ok(count > 0)
+    })
 }
 
 /// Standard base64 with padding, as etcd's JSON gateway wants keys.
@@ -167,7 +192,14 @@ impl Drop for EtcdServer {
 
 #[cfg(test)]
 mod tests {
-    use super::base64;
+    use super::{base64, prefix_end};
+
+    #[test]
+    fn a_prefix_range_ends_at_the_prefix_with_its_last_byte_raised() {
+        assert_eq!(prefix_end(b"/sb/owners/"), b"/sb/owners0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff"), [0]);
+    }
 
     #[test]
     fn keys_are_base64_encoded_with_padding() {

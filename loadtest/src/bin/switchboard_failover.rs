@@ -1,9 +1,9 @@
 //! `switchboard-failover`: measures how long a cluster takes to serve a killed node's lines again.
 //! Starts etcd, the PBX simulator with `--lines` stations, the Salesforce sandbox and `--nodes`
-//! `switchboard` processes in a cluster; once every line is monitored exactly once, kills one
-//! node (`kill -9`) and times until the simulator sees every line monitored again by the
-//! survivors (each monitor is followed at once by the device's snapshot). Repeats `--runs` times,
-//! bringing the killed node back in between.
+//! `switchboard` processes in a cluster; once every line is owned and monitored by its owner and
+//! its standby, kills one node (`kill -9`) and times until every line has an owner again in etcd
+//! (the killed node's lines go to their standbys, which monitor them already). Repeats `--runs`
+//! times, bringing the killed node back in between.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -49,8 +49,10 @@ struct Census {
     serving: usize,
     /// Monitors on each registered link.
     per_link: Vec<usize>,
-    /// Devices monitored by more than one link.
-    doubled: Vec<String>,
+    /// Devices monitored by more or fewer links than the others should.
+    odd: Vec<String>,
+    /// Links monitoring each device.
+    links_of: HashMap<String, usize>,
 }
 
 impl Census {
@@ -60,31 +62,34 @@ impl Census {
         for device in links.iter().flatten() {
             *links_of.entry(device.as_str()).or_default() += 1;
         }
-        let mut doubled: Vec<String> =
-            links_of.iter().filter(|(_, links)| **links > 1).map(|(device, _)| (*device).to_owned()).collect();
-        doubled.sort();
         Self {
             total: links.iter().map(Vec::len).sum(),
             distinct: links_of.len(),
             serving: links.iter().filter(|link| !link.is_empty()).count(),
             per_link: links.iter().map(Vec::len).collect(),
-            doubled,
+            odd: Vec::new(),
+            links_of: links_of.into_iter().map(|(device, links)| (device.to_owned(), links)).collect(),
         }
     }
 
-    /// Every one of `devices` monitored exactly once, over `links` links.
-    fn served_once(&self, devices: usize, links: usize) -> bool {
-        self.total == devices && self.distinct == devices && self.serving == links
+    /// Every one of `devices` monitored by its owner and, with two nodes or more, its standby,
+    /// over `nodes` links.
+    fn served(&mut self, devices: usize, nodes: usize) -> bool {
+        let each = nodes.min(2);
+        self.odd =
+            self.links_of.iter().filter(|(_, links)| **links != each).map(|(device, _)| device.clone()).collect();
+        self.odd.sort();
+        self.total == devices * each && self.distinct == devices && self.serving == nodes && self.odd.is_empty()
     }
 
     fn describe(&self, devices: usize) -> String {
         format!(
-            "{} of {devices} devices monitored, {} monitors (per link: {:?}); {} devices on more than one link (first: {:?})",
+            "{} of {devices} devices monitored, {} monitors (per link: {:?}); {} devices on too many or too few links (first: {:?})",
             self.distinct,
             self.total,
             self.per_link,
-            self.doubled.len(),
-            self.doubled.iter().take(10).collect::<Vec<_>>()
+            self.odd.len(),
+            self.odd.iter().take(10).collect::<Vec<_>>()
         )
     }
 }
@@ -92,28 +97,44 @@ impl Census {
 /// How often the simulator's monitors are counted while waiting.
 const POLL: Duration = Duration::from_millis(10);
 
-/// Waits (at most `limit`) until every one of `devices` is monitored exactly once, over `links`
-/// links.
-async fn until_served_once(
+/// Waits (at most `limit`) until every one of `devices` has an owner in etcd and is monitored by
+/// its owner and its standby, over `nodes` links.
+async fn until_served(
     simulator: &Simulator,
+    etcd_url: &str,
     devices: usize,
-    links: usize,
+    nodes: usize,
     limit: Duration,
 ) -> anyhow::Result<Duration> {
     let started = Instant::now();
     loop {
-        let census = Census::take(simulator);
-        if census.served_once(devices, links) {
+        let mut census = Census::take(simulator);
+        let owned = owned_lines(etcd_url).await;
+        if census.served(devices, nodes) && owned == devices as u64 {
             return Ok(started.elapsed());
         }
         anyhow::ensure!(
             started.elapsed() < limit,
-            "lines not served once each over {links} links within {limit:?}: {}",
+            "lines not served over {nodes} nodes within {limit:?}: {owned} owned; {}",
             census.describe(devices)
         );
         tokio::time::sleep(POLL).await;
     }
 }
+
+/// Lines with an owner in etcd now (0 while etcd does not answer).
+async fn owned_lines(etcd_url: &str) -> u64 {
+    match loadtest::etcd::keys_under(etcd_url, OWNERS).await {
+        Ok(count) => count,
+        Err(error) => {
+            tracing::warn!(%error, "asking etcd for the owners");
+            0
+        }
+    }
+}
+
+/// Where the cluster's claims are (the default `cluster.key_prefix`).
+const OWNERS: &str = "/switchboard/owners/";
 
 /// When etcd no longer has `key` (the killed node's member key, which goes with its lease), polled.
 async fn until_gone(etcd_url: String, key: String, limit: Duration) -> anyhow::Result<Instant> {
@@ -131,13 +152,13 @@ async fn until_gone(etcd_url: String, key: String, limit: Duration) -> anyhow::R
 
 /// One kill, measured from the moment of the `kill -9`.
 struct Failover {
-    /// Devices the killed node served.
-    unserved: usize,
+    /// Devices the killed node owned.
+    unserved: u64,
     /// Until etcd dropped the killed node's lease (its member key and claims went with it).
     lease_gone: Duration,
-    /// Until the first of its devices was monitored again.
+    /// Until the first of its devices was owned again.
     first_back: Duration,
-    /// Until every device was monitored once again.
+    /// Until every device was owned again.
     all_back: Duration,
 }
 
@@ -205,37 +226,46 @@ async fn main() -> anyhow::Result<()> {
     for spec in &specs {
         nodes.push(GatewayProcess::start(spec, 0).await?.0);
     }
-    let spread = until_served_once(&simulator, devices, args.nodes, Duration::from_secs(120)).await?;
+    let spread = until_served(&simulator, etcd.url(), devices, args.nodes, Duration::from_secs(120)).await?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{} nodes serve {devices} devices ({} lines) after {spread:?}", args.nodes, args.lines)?;
     let mut runs = Vec::new();
     for run in 1..=args.runs {
         // The last node dies, and comes back after the measurement.
         let killed = nodes.pop().context("a node to kill")?;
-        let before = Census::take(&simulator).total;
         let member_key = format!("/switchboard/members/node-{}", args.nodes);
         let lease = tokio::spawn(until_gone(etcd.url().to_owned(), member_key, Duration::from_secs(60)));
         let kill = Instant::now();
         drop(killed);
-        // The simulator notices the link gone, then the survivors take its lines.
+        // The killed node's claims go with its lease; then the survivors (each line's standby)
+        // claim its lines.
         let lost = loop {
-            let census = Census::take(&simulator);
-            if census.total < before {
-                break census.distinct;
+            let owned = owned_lines(etcd.url()).await;
+            if owned < devices as u64 && owned > 0 {
+                break owned;
             }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            anyhow::ensure!(kill.elapsed() < Duration::from_secs(60), "the killed node's claims outlived 60 s");
+            tokio::time::sleep(POLL).await;
         };
         let first_back = loop {
-            if Census::take(&simulator).distinct > lost {
+            if owned_lines(etcd.url()).await > lost {
                 break kill.elapsed();
             }
             anyhow::ensure!(kill.elapsed() < Duration::from_secs(60), "no line of the killed node served within 60 s");
             tokio::time::sleep(POLL).await;
         };
-        until_served_once(&simulator, devices, args.nodes - 1, Duration::from_secs(60)).await?;
-        let all_back = kill.elapsed();
+        let all_back = loop {
+            if owned_lines(etcd.url()).await == devices as u64 {
+                break kill.elapsed();
+            }
+            anyhow::ensure!(
+                kill.elapsed() < Duration::from_secs(60),
+                "the killed node's lines not all owned within 60 s"
+            );
+            tokio::time::sleep(POLL).await;
+        };
         let lease_gone = lease.await.context("the etcd watcher")?? - kill;
-        let failover = Failover { unserved: devices - lost, lease_gone, first_back, all_back };
+        let failover = Failover { unserved: devices as u64 - lost, lease_gone, first_back, all_back };
         writeln!(
             out,
             "run {run}: {} devices unserved after the kill; lease gone after {:.2} s, first line served again after {:.2} s, all after {:.2} s (takeover {:.2} s after the lease)",
@@ -247,11 +277,11 @@ async fn main() -> anyhow::Result<()> {
         )?;
         runs.push(failover);
         nodes.push(GatewayProcess::start(&specs[args.nodes - 1], 0).await?.0);
-        let back = until_served_once(&simulator, devices, args.nodes, Duration::from_secs(120)).await?;
-        writeln!(out, "run {run}: node-{} back, every device served once again after {back:?}", args.nodes)?;
+        let back = until_served(&simulator, etcd.url(), devices, args.nodes, Duration::from_secs(120)).await?;
+        writeln!(out, "run {run}: node-{} back, every device served again after {back:?}", args.nodes)?;
         // Let the spread settle back (the returning node takes its share) before the next kill.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        until_served_once(&simulator, devices, args.nodes, Duration::from_secs(60)).await?;
+        until_served(&simulator, etcd.url(), devices, args.nodes, Duration::from_secs(60)).await?;
     }
     let median = |field: fn(&Failover) -> Duration| {
         let mut times: Vec<Duration> = runs.iter().map(field).collect();
