@@ -326,12 +326,18 @@ fn forget<P>(myself: &ActorRef<CallMsg>, state: &CallActorState<P>) {
 /// When the call has ended: writes one record per agent leg to the log sink (waiting for room: a
 /// record is never dropped), publishes them, and stops.
 async fn finish_if_ended<P: PbxPort>(myself: &ActorRef<CallMsg>, state: &mut CallActorState<P>) {
-    let records: Vec<CallLogRecord> = {
+    let publisher = &state.context.publisher;
+    let (records, counted) = {
         let call = lock(&state.call);
         if !call.is_ended() {
             return;
         }
-        call.log_records()
+        // A node counts the calls it answers for; those it only watches (a cluster standby's) are
+        // their owner's to count.
+        let counted = !publisher.is_scoped()
+            || call.legs.iter().any(|leg| publisher.serves(&leg.device))
+            || call.queue.as_deref().is_some_and(|queue| publisher.serves(queue));
+        (call.log_records(), counted)
     };
     forget(myself, state);
     // Every leg counts towards the outcome, including the records left out below.
@@ -345,13 +351,17 @@ async fn finish_if_ended<P: PbxPort>(myself: &ActorRef<CallMsg>, state: &mut Cal
             continue;
         }
         record.agent_id = state.context.agent_on(&record.device);
-        bump(&state.context.stats.records);
+        if publisher.serves(&record.device) {
+            bump(&state.context.stats.records);
+        }
         state.context.publisher.publish(ModelEvent::CallLog(record.clone()));
         if state.context.logs.send(LegNote::Closed(record)).await.is_err() {
             tracing::error!("the call log sink is gone; a record could not be written");
         }
     }
-    state.context.stats.call_ended(outcome);
+    if counted {
+        state.context.stats.call_ended(outcome);
+    }
     release(myself, state);
 }
 

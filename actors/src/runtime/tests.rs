@@ -705,3 +705,47 @@ async fn a_call_out_of_view_for_a_moment_is_not_asked_about() {
     assert!(fixture.model.call("C7").is_some());
     fixture.model.shutdown().await;
 }
+
+/// Serves the lines in its set, which a test changes.
+#[derive(Default)]
+struct Serves(Mutex<Vec<String>>);
+
+impl crate::events::Scope for Serves {
+    fn serves(&self, device: &str) -> bool {
+        self.0.lock().unwrap().iter().any(|served| served == device)
+    }
+}
+
+#[tokio::test]
+async fn a_watched_only_lines_calls_are_mirrored_silently_until_the_line_is_taken_and_announced() {
+    let mut fixture = fixture(ModelConfig::default()).await;
+    let scope = Arc::new(Serves::default());
+    fixture.model.publisher().set_scope(scope.clone());
+    let mut events = fixture.model.publisher().subscribe();
+    answered_call(&mut fixture).await;
+    fixture.router.route(party("C2", "2001", DeviceKind::Line, ConnState::Alerting, 0)).await;
+    fixture.router.route(end("C2", 2_000)).await;
+    let record = fixture.logs.recv().await.expect("a watched line's record goes to the log sink all the same");
+    assert_eq!(record.key(), "C2:2001");
+    let model = &fixture.model;
+    eventually(|| model.call("C1").is_some_and(|call| call.parties.len() == 2)).await;
+    assert!(model.lines().is_empty() && model.calls().is_empty(), "listings show served lines only");
+    assert!(events.try_recv().is_err(), "no event about a line out of scope");
+    let stats = model.stats();
+    assert_eq!((ModelStats::get(&stats.records), ModelStats::get(&stats.calls_ended)), (0, 0), "nor counted");
+    // The line is taken: its state and its call are told as events, and from now on it counts.
+    scope.0.lock().unwrap().push("2001".into());
+    model.announce(&["2001".to_owned()]);
+    let told: Vec<String> = std::iter::from_fn(|| events.try_recv().ok())
+        .map(|event| match &event.event {
+            ModelEvent::Line(line) => format!("line {}", line.device),
+            ModelEvent::Call(call) => format!("call {}", call.id),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(told, ["line 2001", "call C1"]);
+    assert_eq!(model.lines().len(), 1);
+    fixture.router.route(end("C1", 5_000)).await;
+    assert_eq!(fixture.logs.recv().await.expect("C1's record").key(), "C1:2001");
+    eventually(|| ModelStats::get(&stats.records) == 1 && ModelStats::get(&stats.calls_ended) == 1).await;
+}
