@@ -57,24 +57,9 @@ pub enum ModelInput {
         /// What happened to it.
         input: LineInput,
     },
-    /// Calls joined under a new id: a transfer (`leaving` is the transferring line), a conference
-    /// (`leaving` is `None`), or a single-step transfer (`secondary` is `None`).
-    Merge {
-        /// The held (or only) call.
-        primary: CallId,
-        /// The active call, for transfer and conference.
-        secondary: Option<CallId>,
-        /// The new id.
-        new: CallId,
-        /// The line that leaves.
-        leaving: Option<DeviceId>,
-        /// The new call's devices, from the PBX's old-to-new connection pairs.
-        devices: Vec<DeviceId>,
-        /// The PBX's linkage id for the new call, if it gives one (see [`CallInput::Linkage`]).
-        linkage: Option<CallId>,
-        /// When.
-        at: Millis,
-    },
+    /// Calls joined under a new id (boxed: merges are rare, and every input is moved several times
+    /// on its way to an actor).
+    Merge(Box<Merge>),
     /// A resync begins: calls that no snapshot (or event) mentions before it completes have ended.
     ResyncStarted,
     /// One call as the PBX has it now.
@@ -92,6 +77,31 @@ pub enum ModelInput {
         at: Millis,
     },
 }
+
+/// Calls joined under a new id: a transfer (`leaving` is the transferring line), a conference
+/// (`leaving` is `None`), or a single-step transfer (`secondary` is `None`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Merge {
+    /// The held (or only) call.
+    pub primary: CallId,
+    /// The active call, for transfer and conference.
+    pub secondary: Option<CallId>,
+    /// The new id.
+    pub new: CallId,
+    /// The line that leaves.
+    pub leaving: Option<DeviceId>,
+    /// The new call's devices, from the PBX's old-to-new connection pairs.
+    pub devices: Vec<DeviceId>,
+    /// The PBX's linkage id for the new call, if it gives one (see [`CallInput::Linkage`]).
+    pub linkage: Option<CallId>,
+    /// When.
+    pub at: Millis,
+}
+
+// Every input is moved from the translator into a batch, and from there into its actor's message:
+// rare, large inputs are boxed so that this stays small.
+const _: () = assert!(std::mem::size_of::<ModelInput>() <= 72);
+const _: () = assert!(std::mem::size_of::<LineInput>() <= 48);
 
 /// A call as a PBX snapshot shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -579,7 +589,7 @@ impl<P: PbxPort> Model<P> {
 
 /// The lines' agent and calls, in the form [`LineInput::Snapshot`] takes.
 pub fn line_snapshot(agent: Option<Agent>, calls: BTreeMap<CallId, ConnState>) -> LineInput {
-    LineInput::Snapshot { agent, calls }
+    LineInput::Snapshot { agent: agent.map(Box::new), calls }
 }
 
 /// Inputs that make an unknown call known.

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use super::call_actor::{CallMsg, CallOrder, check_view_after};
 use super::line_actor::LineMsg;
 use super::supervisor::wall_clock_ms;
-use super::{CallSnapshot, Context, IdHasher, ModelInput, bump, creates_call, lock};
+use super::{CallSnapshot, Context, IdHasher, Merge, ModelInput, bump, creates_call, lock};
 use crate::call::{CallInput, CallState, Party};
 use crate::domain::{CallId, Cause, ConnState, DeviceKind, Millis};
 use crate::events::{CallView, ModelEvent};
@@ -88,7 +88,8 @@ impl<P: PbxPort> Router<P> {
         match input {
             ModelInput::Call { call, inputs } => self.route_call(call, inputs).await,
             ModelInput::Line { device, input } => self.route_line(device, vec![input]).await,
-            ModelInput::Merge { primary, secondary, new, leaving, devices, linkage, at } => {
+            ModelInput::Merge(merge) => {
+                let Merge { primary, secondary, new, leaving, devices, linkage, at } = *merge;
                 self.merge(primary, secondary, new, leaving, devices, linkage, at).await;
             }
             ModelInput::ResyncStarted => self.resync = Some(HashSet::new()),

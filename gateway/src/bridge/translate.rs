@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use actors::call::{CallInput, Party};
 use actors::domain::{AgentState, Cause, ConnState, DeviceKind, Direction, Millis};
 use actors::line::{Agent, LineInput};
-use actors::runtime::{CallSnapshot, IdHasher, ModelInput};
+use actors::runtime::{CallSnapshot, IdHasher, Merge, ModelInput};
 use proto::pbx::{self, EventCause, event_report::Event};
 
 use crate::pbx::LinkEvent;
@@ -132,7 +132,7 @@ impl Kinds<'_> {
                 line_inputs.push(ModelInput::Line { device: leaving.clone(), input });
             }
         }
-        out.push(ModelInput::Merge { primary, secondary, new, leaving, devices, linkage, at });
+        out.push(ModelInput::Merge(Box::new(Merge { primary, secondary, new, leaving, devices, linkage, at })));
         out.extend(line_inputs);
     }
 }
@@ -232,7 +232,7 @@ impl Translator {
                     Some((call.call_id.clone(), conn_state(party.state)))
                 })
                 .collect();
-            let input = LineInput::Snapshot { agent: agent(snapshot.agent.as_ref()), calls };
+            let input = LineInput::Snapshot { agent: agent(snapshot.agent.as_ref()).map(Box::new), calls };
             out.push(ModelInput::Line { device: device.device_id.clone(), input });
         }
         let at = wall_clock_ms();
@@ -398,7 +398,7 @@ impl Translator {
             }
             Event::AgentState(event) => {
                 if kinds.kind(&event.device_id) == DeviceKind::Line {
-                    let input = LineInput::Agent(agent(event.agent.as_ref()));
+                    let input = LineInput::Agent(agent(event.agent.as_ref()).map(Box::new));
                     out.push(ModelInput::Line { device: event.device_id, input });
                 }
             }
@@ -480,7 +480,7 @@ mod tests {
         };
         let out = translated(report("C0", Event::Transferred(transferred)));
         assert!(
-            matches!(&out[0], ModelInput::Merge { new, linkage: Some(linkage), .. } if new == "C3" && linkage == "C0"),
+            matches!(&out[0], ModelInput::Merge(merge) if merge.new == "C3" && merge.linkage.as_deref() == Some("C0")),
             "{out:?}"
         );
         let snapshot = pbx::SnapshotDeviceResult {
