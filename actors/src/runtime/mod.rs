@@ -282,9 +282,11 @@ impl CallEntry {
     }
 }
 
-/// Idle call actors kept for the next calls. Calls start and end all the time; a few hundred idle
-/// actors cover a burst of endings and starts in one batch of events, at a few KB each.
-const CALL_POOL: usize = 256;
+/// Idle call actors kept for the next calls. Calls start and end all the time, and the router
+/// starts the calls of the next batches of events while the actors still finish the last ones: a
+/// thousand idle actors (some 7 MB) cover bursts of thousands of calls per second, where an empty
+/// pool makes the router wait for each new actor's start (and a full one stops what it turns away).
+const CALL_POOL: usize = 1_024;
 
 /// A line in the registry. Its actor is stopped when the line has been idle for
 /// [`ModelConfig::line_idle`] and started again, over the same state, by the line's next news:
