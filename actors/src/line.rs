@@ -18,11 +18,12 @@ pub struct Agent {
     pub reason: String,
 }
 
-/// Something the PBX said about this line.
+/// Something the PBX said about this line. The agent, rare and large, is boxed: a line's calls are
+/// the common input, and every input is moved several times on its way to the line's actor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LineInput {
     /// The agent on the line changed (`None`: logged off).
-    Agent(Option<Agent>),
+    Agent(Option<Box<Agent>>),
     /// The line's connection in a call is now in `state` (`Null`: it left the call).
     Call {
         /// The call.
@@ -40,7 +41,7 @@ pub enum LineInput {
     /// The PBX's snapshot of the line: it replaces everything known.
     Snapshot {
         /// The agent, if one is logged on.
-        agent: Option<Agent>,
+        agent: Option<Box<Agent>>,
         /// Every call the line is in, with its connection state.
         calls: BTreeMap<CallId, ConnState>,
     },
@@ -209,7 +210,7 @@ impl LineState {
     pub fn apply(&mut self, input: LineInput) -> bool {
         match input {
             LineInput::Agent(agent) => {
-                let agent = agent.filter(|agent| agent.state != AgentState::LoggedOff);
+                let agent = agent.map(|agent| *agent).filter(|agent| agent.state != AgentState::LoggedOff);
                 if self.agent == agent {
                     return false;
                 }
@@ -226,7 +227,7 @@ impl LineState {
                 None => false,
             },
             LineInput::Snapshot { agent, calls } => {
-                let agent = agent.filter(|agent| agent.state != AgentState::LoggedOff);
+                let agent = agent.map(|agent| *agent).filter(|agent| agent.state != AgentState::LoggedOff);
                 let changed = self.agent != agent || self.calls != calls;
                 self.agent = agent;
                 self.calls = calls;

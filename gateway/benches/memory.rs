@@ -80,7 +80,7 @@ fn main() {
             router
                 .route(ModelInput::Line {
                     device: format!("{}", 100_000 + index),
-                    input: LineInput::Agent(Some(agent)),
+                    input: LineInput::Agent(Some(Box::new(agent))),
                 })
                 .await;
         }

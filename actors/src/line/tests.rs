@@ -10,7 +10,7 @@ fn agent(state: AgentState) -> Agent {
 
 fn line_with(calls: &[(&str, ConnState)]) -> LineState {
     let mut line = LineState::new("2001".into());
-    line.apply(LineInput::Agent(Some(agent(AgentState::Ready))));
+    line.apply(LineInput::Agent(Some(Box::new(agent(AgentState::Ready)))));
     for (call, state) in calls {
         line.apply(LineInput::Call { call: (*call).to_owned(), state: *state });
     }
@@ -21,7 +21,7 @@ fn line_with(calls: &[(&str, ConnState)]) -> LineState {
 fn presence_follows_the_agent_and_the_calls() {
     let mut line = LineState::new("2001".into());
     assert_eq!(line.presence(), Presence::Offline);
-    line.apply(LineInput::Agent(Some(agent(AgentState::Ready))));
+    line.apply(LineInput::Agent(Some(Box::new(agent(AgentState::Ready)))));
     assert_eq!(line.presence(), Presence::Available);
     line.apply(LineInput::Call { call: "C1".into(), state: ConnState::Alerting });
     assert_eq!(line.presence(), Presence::Busy);
@@ -33,7 +33,7 @@ fn presence_follows_the_agent_and_the_calls() {
         (AgentState::DoNotDisturb, Presence::DoNotDisturb),
         (AgentState::LoggedOff, Presence::Offline),
     ] {
-        line.apply(LineInput::Agent(Some(agent(state))));
+        line.apply(LineInput::Agent(Some(Box::new(agent(state)))));
         assert_eq!(line.presence(), presence, "{state:?}");
     }
 }
@@ -119,7 +119,7 @@ fn agent_commands_need_the_right_agent_state() {
         Err(CommandRefusal::CallsInProgress { line: "2001".into(), calls: 1 })
     );
     let mut dnd = line_with(&[]);
-    dnd.apply(LineInput::Agent(Some(agent(AgentState::DoNotDisturb))));
+    dnd.apply(LineInput::Agent(Some(Box::new(agent(AgentState::DoNotDisturb)))));
     assert_eq!(dnd.check(&LineCommand::MakeCall), Err(CommandRefusal::DoNotDisturb { line: "2001".into() }));
     assert_eq!(line_with(&[]).check(&LineCommand::MakeCall), Ok(()));
 }
@@ -139,7 +139,7 @@ proptest! {
             if agent_state == 5 {
                 line.apply(LineInput::Call { call: format!("C{call}"), state: states[state] });
             } else {
-                line.apply(LineInput::Agent(Some(agent(agent_states[agent_state]))));
+                line.apply(LineInput::Agent(Some(Box::new(agent(agent_states[agent_state])))));
             }
             let on_a_call = line.calls.values().any(|state| matches!(state, S::Initiated | S::Alerting | S::Connected | S::Held));
             let dnd = line.agent.as_ref().is_some_and(|agent| agent.state == AgentState::DoNotDisturb);

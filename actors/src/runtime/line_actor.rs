@@ -71,7 +71,7 @@ impl<P: PbxPort> Actor for LineActor<P> {
 async fn resnapshot<P: PbxPort>(state: &LineActorState<P>) {
     let device = lock(&state.line).device.clone();
     match state.context.port.execute(PbxCommand::SnapshotLine { device: device.clone() }).await {
-        Ok(PbxOutcome::LineSnapshot { agent, calls }) => apply(state, vec![LineInput::Snapshot { agent, calls }]),
+        Ok(PbxOutcome::LineSnapshot { agent, calls }) => apply(state, vec![super::line_snapshot(agent, calls)]),
         Ok(other) => tracing::warn!(device, ?other, "unexpected answer to a line snapshot"),
         Err(error) => tracing::warn!(device, %error, "line snapshot failed; keeping what is known"),
     }

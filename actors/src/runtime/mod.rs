@@ -57,24 +57,9 @@ pub enum ModelInput {
         /// What happened to it.
         input: LineInput,
     },
-    /// Calls joined under a new id: a transfer (`leaving` is the transferring line), a conference
-    /// (`leaving` is `None`), or a single-step transfer (`secondary` is `None`).
-    Merge {
-        /// The held (or only) call.
-        primary: CallId,
-        /// The active call, for transfer and conference.
-        secondary: Option<CallId>,
-        /// The new id.
-        new: CallId,
-        /// The line that leaves.
-        leaving: Option<DeviceId>,
-        /// The new call's devices, from the PBX's old-to-new connection pairs.
-        devices: Vec<DeviceId>,
-        /// The PBX's linkage id for the new call, if it gives one (see [`CallInput::Linkage`]).
-        linkage: Option<CallId>,
-        /// When.
-        at: Millis,
-    },
+    /// Calls joined under a new id (boxed: merges are rare, and every input is moved several times
+    /// on its way to an actor).
+    Merge(Box<Merge>),
     /// A resync begins: calls that no snapshot (or event) mentions before it completes have ended.
     ResyncStarted,
     /// One call as the PBX has it now.
@@ -92,6 +77,31 @@ pub enum ModelInput {
         at: Millis,
     },
 }
+
+/// Calls joined under a new id: a transfer (`leaving` is the transferring line), a conference
+/// (`leaving` is `None`), or a single-step transfer (`secondary` is `None`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Merge {
+    /// The held (or only) call.
+    pub primary: CallId,
+    /// The active call, for transfer and conference.
+    pub secondary: Option<CallId>,
+    /// The new id.
+    pub new: CallId,
+    /// The line that leaves.
+    pub leaving: Option<DeviceId>,
+    /// The new call's devices, from the PBX's old-to-new connection pairs.
+    pub devices: Vec<DeviceId>,
+    /// The PBX's linkage id for the new call, if it gives one (see [`CallInput::Linkage`]).
+    pub linkage: Option<CallId>,
+    /// When.
+    pub at: Millis,
+}
+
+// Every input is moved from the translator into a batch, and from there into its actor's message:
+// rare, large inputs are boxed so that this stays small.
+const _: () = assert!(std::mem::size_of::<ModelInput>() <= 72);
+const _: () = assert!(std::mem::size_of::<LineInput>() <= 48);
 
 /// A call as a PBX snapshot shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -272,9 +282,11 @@ impl CallEntry {
     }
 }
 
-/// Idle call actors kept for the next calls. Calls start and end all the time; a few hundred idle
-/// actors cover a burst of endings and starts in one batch of events, at a few KB each.
-const CALL_POOL: usize = 256;
+/// Idle call actors kept for the next calls. Calls start and end all the time, and the router
+/// starts the calls of the next batches of events while the actors still finish the last ones: a
+/// thousand idle actors (some 7 MB) cover bursts of thousands of calls per second, where an empty
+/// pool makes the router wait for each new actor's start (and a full one stops what it turns away).
+const CALL_POOL: usize = 1_024;
 
 /// A line in the registry. Its actor is stopped when the line has been idle for
 /// [`ModelConfig::line_idle`] and started again, over the same state, by the line's next news:
@@ -604,7 +616,7 @@ impl<P: PbxPort> Model<P> {
 
 /// The lines' agent and calls, in the form [`LineInput::Snapshot`] takes.
 pub fn line_snapshot(agent: Option<Agent>, calls: BTreeMap<CallId, ConnState>) -> LineInput {
-    LineInput::Snapshot { agent, calls }
+    LineInput::Snapshot { agent: agent.map(Box::new), calls }
 }
 
 /// Inputs that make an unknown call known.

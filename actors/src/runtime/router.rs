@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use super::call_actor::{CallMsg, CallOrder, check_view_after};
 use super::line_actor::LineMsg;
 use super::supervisor::wall_clock_ms;
-use super::{CallSnapshot, Context, IdHasher, ModelInput, bump, creates_call, lock};
+use super::{CallSnapshot, Context, IdHasher, Merge, ModelInput, bump, creates_call, lock};
 use crate::call::{CallInput, CallState, Party};
 use crate::domain::{CallId, Cause, ConnState, DeviceKind, Millis};
 use crate::events::{CallView, ModelEvent};
@@ -46,6 +46,12 @@ impl<P: PbxPort> Router<P> {
         let mut line_index: HashMap<String, usize, IdHasher> = HashMap::default();
         for input in inputs.drain(..) {
             match input {
+                // A call's events mostly come one after another: the last call needs no look-up.
+                ModelInput::Call { call, inputs } if calls.last().is_some_and(|(last, _)| *last == call) => {
+                    if let Some((_, run)) = calls.last_mut() {
+                        run.extend(inputs);
+                    }
+                }
                 ModelInput::Call { call, inputs } => match call_index.get(&call) {
                     Some(&index) => calls[index].1.extend(inputs),
                     None => {
@@ -53,6 +59,11 @@ impl<P: PbxPort> Router<P> {
                         calls.push((call, inputs));
                     }
                 },
+                ModelInput::Line { device, input } if lines.last().is_some_and(|(last, _)| *last == device) => {
+                    if let Some((_, run)) = lines.last_mut() {
+                        run.push(input);
+                    }
+                }
                 ModelInput::Line { device, input } => match line_index.get(&device) {
                     Some(&index) => lines[index].1.push(input),
                     None => {
@@ -88,7 +99,8 @@ impl<P: PbxPort> Router<P> {
         match input {
             ModelInput::Call { call, inputs } => self.route_call(call, inputs).await,
             ModelInput::Line { device, input } => self.route_line(device, vec![input]).await,
-            ModelInput::Merge { primary, secondary, new, leaving, devices, linkage, at } => {
+            ModelInput::Merge(merge) => {
+                let Merge { primary, secondary, new, leaving, devices, linkage, at } = *merge;
                 self.merge(primary, secondary, new, leaving, devices, linkage, at).await;
             }
             ModelInput::ResyncStarted => self.resync = Some(HashSet::new()),

@@ -104,12 +104,12 @@ fn party(call: &str, device: &str, kind: DeviceKind, state: ConnState, at: Milli
 }
 
 fn agent(login_id: &str) -> LineInput {
-    LineInput::Agent(Some(crate::line::Agent {
+    LineInput::Agent(Some(Box::new(crate::line::Agent {
         login_id: login_id.into(),
         state: crate::domain::AgentState::Ready,
         roles: vec!["agent".into()],
         reason: String::new(),
-    }))
+    })))
 }
 
 /// An inbound call C1 from outside, answered at line 2001 at t=1000.
@@ -219,7 +219,7 @@ async fn a_transfer_merges_both_calls_under_the_new_id() {
     router.route(party("C2", "2002", DeviceKind::Line, ConnState::Connected, 6000)).await;
     let mut events = fixture.model.publisher().subscribe();
     router
-        .route(ModelInput::Merge {
+        .route(ModelInput::Merge(Box::new(Merge {
             primary: "C1".into(),
             secondary: Some("C2".into()),
             new: "C3".into(),
@@ -227,7 +227,7 @@ async fn a_transfer_merges_both_calls_under_the_new_id() {
             devices: vec!["+4930111".into(), "2002".into()],
             linkage: None,
             at: 9000,
-        })
+        })))
         .await;
     let model = &fixture.model;
     eventually(|| model.call("C3").is_some()).await;
@@ -515,7 +515,7 @@ async fn transfer_c1_to_c2s_party(fixture: &mut Fixture) {
     router.route(party("C2", "2001", DeviceKind::Line, ConnState::Connected, 5000)).await;
     router.route(party("C2", "2002", DeviceKind::Line, ConnState::Connected, 6000)).await;
     router
-        .route(ModelInput::Merge {
+        .route(ModelInput::Merge(Box::new(Merge {
             primary: "C1".into(),
             secondary: Some("C2".into()),
             new: "C3".into(),
@@ -523,7 +523,7 @@ async fn transfer_c1_to_c2s_party(fixture: &mut Fixture) {
             devices: vec!["+4930111".into(), "2002".into()],
             linkage: None,
             at: 9000,
-        })
+        })))
         .await;
 }
 
@@ -586,7 +586,7 @@ async fn a_merge_and_a_snapshot_take_the_pbxs_linkage_id_as_the_root() {
     // the transfer joins it with C1, itself the customer's call C0 after an earlier transfer.
     router.route(party("C2", "2002", DeviceKind::Line, ConnState::Connected, 6000)).await;
     router
-        .route(ModelInput::Merge {
+        .route(ModelInput::Merge(Box::new(Merge {
             primary: "C1".into(),
             secondary: Some("C2".into()),
             new: "C3".into(),
@@ -594,7 +594,7 @@ async fn a_merge_and_a_snapshot_take_the_pbxs_linkage_id_as_the_root() {
             devices: vec!["+4930111".into(), "2002".into()],
             linkage: Some("C0".into()),
             at: 9000,
-        })
+        })))
         .await;
     eventually(|| fixture.model.call("C3").is_some_and(|call| call.root == "C0")).await;
     fixture.router.route(end("C3", 20_000)).await;
@@ -652,7 +652,7 @@ async fn a_call_handed_to_an_outside_number_leaves_the_view_and_its_lines_record
     // 2001 hands the call on to an outside number: no party this gateway monitors is left in it.
     fixture
         .router
-        .route(ModelInput::Merge {
+        .route(ModelInput::Merge(Box::new(Merge {
             primary: "C1".into(),
             secondary: None,
             new: "C2".into(),
@@ -660,7 +660,7 @@ async fn a_call_handed_to_an_outside_number_leaves_the_view_and_its_lines_record
             devices: vec!["+4930111".into()],
             linkage: None,
             at: 9000,
-        })
+        })))
         .await;
     fixture
         .router

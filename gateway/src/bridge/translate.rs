@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use actors::call::{CallInput, Party};
 use actors::domain::{AgentState, Cause, ConnState, DeviceKind, Direction, Millis};
 use actors::line::{Agent, LineInput};
-use actors::runtime::{CallSnapshot, IdHasher, ModelInput};
+use actors::runtime::{CallSnapshot, IdHasher, Merge, ModelInput};
 use proto::pbx::{self, EventCause, event_report::Event};
 
 use crate::pbx::LinkEvent;
@@ -132,7 +132,7 @@ impl Kinds<'_> {
                 line_inputs.push(ModelInput::Line { device: leaving.clone(), input });
             }
         }
-        out.push(ModelInput::Merge { primary, secondary, new, leaving, devices, linkage, at });
+        out.push(ModelInput::Merge(Box::new(Merge { primary, secondary, new, leaving, devices, linkage, at })));
         out.extend(line_inputs);
     }
 }
@@ -232,7 +232,7 @@ impl Translator {
                     Some((call.call_id.clone(), conn_state(party.state)))
                 })
                 .collect();
-            let input = LineInput::Snapshot { agent: agent(snapshot.agent.as_ref()), calls };
+            let input = LineInput::Snapshot { agent: agent(snapshot.agent.as_ref()).map(Box::new), calls };
             out.push(ModelInput::Line { device: device.device_id.clone(), input });
         }
         let at = wall_clock_ms();
@@ -261,10 +261,12 @@ impl Translator {
         // The PBX's linkage id goes first into inputs that may create the call, so the call's
         // root is set before it has any leg.
         let mut linkage = non_empty(report.call_linkage_id);
-        let mut linked = |mut inputs: Vec<CallInput>| -> Vec<CallInput> {
-            if let Some(id) = linkage.take() {
-                inputs.insert(0, CallInput::Linkage { id });
-            }
+        // Allocated once, with room for the event's own inputs and the party's, which
+        // `Kinds::party` adds last: an event's inputs are one allocation, not two or three.
+        let mut linked = |own: &mut dyn Iterator<Item = CallInput>| -> Vec<CallInput> {
+            let mut inputs = Vec::with_capacity(5);
+            inputs.extend(linkage.take().map(|id| CallInput::Linkage { id }));
+            inputs.extend(own);
             inputs
         };
         let event_cause = EventCause::try_from(report.cause).unwrap_or(EventCause::Unspecified);
@@ -284,53 +286,48 @@ impl Translator {
                 if let Some(connection) = event.initiated {
                     let info = (!event.called_device.is_empty())
                         .then(|| kinds.info(event.calling_device, event.called_device));
-                    kinds.party(connection, ConnState::Initiated, cause, at, linked(info.into_iter().collect()), out);
+                    kinds.party(connection, ConnState::Initiated, cause, at, linked(&mut info.into_iter()), out);
                 }
             }
             Event::Originated(event) => {
                 if let Some(connection) = event.originating {
                     let info = kinds.info(event.calling_device, event.called_device);
-                    kinds.party(connection, ConnState::Connected, cause, at, linked(vec![info]), out);
+                    kinds.party(connection, ConnState::Connected, cause, at, linked(&mut std::iter::once(info)), out);
                 }
             }
             Event::Delivered(event) => {
                 if let Some(connection) = event.alerting {
-                    let mut inputs = vec![kinds.info(event.calling_device, event.called_device)];
-                    if kinds.kind(&event.last_redirection_device) == DeviceKind::Queue {
-                        inputs.push(CallInput::Queue { queue: event.last_redirection_device });
-                    }
-                    kinds.party(connection, ConnState::Alerting, cause, at, linked(inputs), out);
+                    let info = kinds.info(event.calling_device, event.called_device);
+                    let queue = (kinds.kind(&event.last_redirection_device) == DeviceKind::Queue)
+                        .then_some(CallInput::Queue { queue: event.last_redirection_device });
+                    let inputs = linked(&mut std::iter::once(info).chain(queue));
+                    kinds.party(connection, ConnState::Alerting, cause, at, inputs, out);
                 }
             }
             Event::Established(event) => {
                 if let Some(connection) = event.answering {
-                    let mut inputs = vec![kinds.info(event.calling_device, event.called_device)];
-                    if !event.recording_url.is_empty() {
-                        inputs.push(CallInput::Recording { url: event.recording_url });
-                    }
-                    if cause == Cause::Park {
-                        inputs.push(CallInput::Unparked { at });
-                    }
-                    kinds.party(connection, ConnState::Connected, cause, at, linked(inputs), out);
+                    let info = kinds.info(event.calling_device, event.called_device);
+                    let recording = non_empty(event.recording_url).map(|url| CallInput::Recording { url });
+                    let unparked = (cause == Cause::Park).then_some(CallInput::Unparked { at });
+                    let inputs = linked(&mut std::iter::once(info).chain(recording).chain(unparked));
+                    kinds.party(connection, ConnState::Connected, cause, at, inputs, out);
                 }
             }
             Event::Held(event) => {
                 if let Some(connection) = event.held {
-                    kinds.party(connection, ConnState::Held, cause, at, linked(Vec::new()), out);
+                    kinds.party(connection, ConnState::Held, cause, at, linked(&mut std::iter::empty()), out);
                 }
             }
             Event::Retrieved(event) => {
                 if let Some(connection) = event.retrieved {
-                    kinds.party(connection, ConnState::Connected, cause, at, linked(Vec::new()), out);
+                    kinds.party(connection, ConnState::Connected, cause, at, linked(&mut std::iter::empty()), out);
                 }
             }
             Event::Queued(event) => {
                 if let Some(connection) = event.queued {
-                    let inputs = vec![
-                        kinds.info(event.calling_device, event.called_device),
-                        CallInput::Queue { queue: event.queue_device },
-                    ];
-                    kinds.party(connection, ConnState::Queued, cause, at, linked(inputs), out);
+                    let info = kinds.info(event.calling_device, event.called_device);
+                    let inputs = linked(&mut [info, CallInput::Queue { queue: event.queue_device }].into_iter());
+                    kinds.party(connection, ConnState::Queued, cause, at, inputs, out);
                 }
             }
             Event::Diverted(event) => {
@@ -340,7 +337,7 @@ impl Translator {
             }
             Event::Failed(event) => {
                 if let Some(connection) = event.failed {
-                    kinds.party(connection, ConnState::Failed, Cause::Failed, at, linked(Vec::new()), out);
+                    kinds.party(connection, ConnState::Failed, Cause::Failed, at, linked(&mut std::iter::empty()), out);
                 }
             }
             Event::ConnectionCleared(event) => {
@@ -398,7 +395,7 @@ impl Translator {
             }
             Event::AgentState(event) => {
                 if kinds.kind(&event.device_id) == DeviceKind::Line {
-                    let input = LineInput::Agent(agent(event.agent.as_ref()));
+                    let input = LineInput::Agent(agent(event.agent.as_ref()).map(Box::new));
                     out.push(ModelInput::Line { device: event.device_id, input });
                 }
             }
@@ -480,7 +477,7 @@ mod tests {
         };
         let out = translated(report("C0", Event::Transferred(transferred)));
         assert!(
-            matches!(&out[0], ModelInput::Merge { new, linkage: Some(linkage), .. } if new == "C3" && linkage == "C0"),
+            matches!(&out[0], ModelInput::Merge(merge) if merge.new == "C3" && merge.linkage.as_deref() == Some("C0")),
             "{out:?}"
         );
         let snapshot = pbx::SnapshotDeviceResult {
