@@ -3,7 +3,7 @@
 //! `switchboard` processes in a cluster; once every line is owned and monitored by its owner and
 //! its standby, kills one node (`kill -9`) and times until every line has an owner again in etcd
 //! (the killed node's lines go to their standbys, which monitor them already). Repeats `--runs`
-//! times, bringing the killed node back in between.
+//! times, bringing the killed node back in between, and at the end reports each node's self-fences.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -299,6 +299,17 @@ async fn main() -> anyhow::Result<()> {
         median(|run| run.lease_gone).as_secs_f64(),
         median(|run| run.all_back.saturating_sub(run.lease_gone)).as_secs_f64(),
         worst.as_secs_f64(),
+    )?;
+    // A node that fenced itself stopped serving every line for a while: none should have.
+    let mut fences = Vec::new();
+    for (n, node) in nodes.iter().enumerate() {
+        let text = gateway::scrape(node.metrics).await?;
+        fences.push(format!("node-{}: {}", n + 1, gateway::metric_sum(&text, "switchboard_cluster_self_fences_total")));
+    }
+    writeln!(
+        out,
+        "self-fences of the nodes running at the end (the killed node's died with it): {}",
+        fences.join(", ")
     )?;
     drop(nodes);
     let _ = std::fs::remove_dir_all(&work);
