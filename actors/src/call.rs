@@ -321,13 +321,14 @@ pub enum LegNote {
     /// so it is ordered with the notes of everything after it).
     Present(Vec<CallId>),
     /// Lines this node took over from another (a failover or a handover), once their snapshots are
-    /// applied, and the calls the model holds then: the legs the previous owner journaled on these
-    /// lines whose calls are not among them ended while no node watched.
+    /// applied, and the legs the model holds on them then: the legs the previous owner journaled on
+    /// these lines that are not among them ended while no node watched (their call ended, or the
+    /// line left it).
     Taken {
         /// The lines taken.
         lines: Vec<DeviceId>,
-        /// The calls the model holds.
-        calls: Vec<CallId>,
+        /// The legs the model holds on those lines: (call id, line).
+        legs: Vec<(CallId, DeviceId)>,
     },
 }
 

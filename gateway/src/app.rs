@@ -284,8 +284,8 @@ impl Promotions {
             model.settled().await;
             model.announce(&promoted);
             if let Some(notes) = notes {
-                let calls = model.calls().into_iter().map(|call| call.id).collect();
-                let _ = notes.send(LegNote::Taken { lines: promoted, calls }).await;
+                let legs = model.legs_on(&promoted);
+                let _ = notes.send(LegNote::Taken { lines: promoted, legs }).await;
             }
         });
     }
@@ -315,8 +315,8 @@ impl ResyncNotes {
             let _ = self.notes.send(LegNote::Present(calls)).await;
         }
         if self.taken_lines && !taken.is_empty() {
-            let calls = self.model.calls().into_iter().map(|call| call.id).collect();
-            let _ = self.notes.send(LegNote::Taken { lines: taken, calls }).await;
+            let legs = self.model.legs_on(&taken);
+            let _ = self.notes.send(LegNote::Taken { lines: taken, legs }).await;
         }
     }
 }

@@ -552,6 +552,22 @@ impl<P: PbxPort> Model<P> {
         }
     }
 
+    /// The legs of calls in progress on `lines` (whatever the scope), as (call id, line): what the
+    /// model will write a record for when the call ends.
+    pub fn legs_on(&self, lines: &[DeviceId]) -> Vec<(CallId, DeviceId)> {
+        let mut legs = Vec::new();
+        for entry in self.context.calls.iter() {
+            let call = lock(&entry.state);
+            if call.is_ended() {
+                continue;
+            }
+            for leg in call.legs.iter().filter(|leg| lines.contains(&leg.device)) {
+                legs.push((call.id.clone(), leg.device.clone()));
+            }
+        }
+        legs
+    }
+
     /// Every call in progress with a party on a line in the publisher's scope (every call, without
     /// one), by id.
     pub fn calls(&self) -> Vec<CallView> {

@@ -7,8 +7,9 @@
 //! token; the model's first notes about a taken line come from its snapshot, with the call's id at
 //! that time as its first id and the snapshot's time as its start. A journaled leg of the same
 //! call continues: its key (the call's first id, as the previous owner knew it) and its start
-//! times win. When the model says which calls it holds after taking lines ([`LegNote::Taken`]),
-//! the journaled legs of calls it does not hold ended in the gap: they are logged, and a tombstone
+//! times win. When the model says which legs it holds on the lines it took ([`LegNote::Taken`]),
+//! the journaled legs it does not hold ended in the gap (their call ended, or the line left it):
+//! they are logged, and a tombstone
 //! takes their place in the journal.
 //!
 //! A node also keeps, for a while (the standby window), what the model said about the lines it
@@ -260,14 +261,19 @@ impl SharedLegs {
                     writes.entry(line).or_default().insert(key, None);
                 }
             }
-            LegNote::Taken { lines, calls } => {
-                let present: HashSet<&str> = calls.iter().map(String::as_str).collect();
+            LegNote::Taken { lines, legs: held } => {
+                let present: HashSet<(&str, &str)> =
+                    held.iter().map(|(call, line)| (call.as_str(), line.as_str())).collect();
                 for line in lines.iter().filter(|line| owned.contains_key(*line)) {
                     let Some(legs) = self.open.get_mut(line) else { continue };
-                    tracing::debug!(line, legs = legs.len(), "line taken; its journaled legs checked");
+                    tracing::debug!(line, legs = ?legs.keys().collect::<Vec<_>>(), ?held, "line taken; its journaled legs checked");
+                    // A journaled leg goes on if the model holds its call with a leg on this line: a
+                    // call rebuilt after the line left it (a transfer in the gap) has none.
                     let vanished: Vec<String> = legs
                         .iter()
-                        .filter(|(_, leg)| !leg.continued && !present.contains(leg.current.call_id.as_str()))
+                        .filter(|(_, leg)| {
+                            !leg.continued && !present.contains(&(leg.current.call_id.as_str(), line.as_str()))
+                        })
                         .map(|(key, _)| key.clone())
                         .collect();
                     for key in vanished {
@@ -303,6 +309,7 @@ impl SharedLegs {
                 }
                 _ => false,
             };
+            tracing::debug!(?note, skip, "replaying a note heard while standing by");
             if !skip {
                 self.apply(note, owned, &mut batch, now_ms);
             }
@@ -421,7 +428,7 @@ mod tests {
         let plan = shared.plan(
             &[
                 LegNote::Open(rebuilt.clone()),
-                LegNote::Taken { lines: vec!["2001".into(), "2002".into()], calls: vec!["C5".into()] },
+                LegNote::Taken { lines: vec!["2001".into(), "2002".into()], legs: vec![("C5".into(), "2001".into())] },
             ],
             &owned,
             &BTreeSet::new(),
@@ -449,7 +456,10 @@ mod tests {
         // Transferred in the gap: the snapshot shows C8, placed from and to the same numbers.
         let rebuilt = record("C8", "C8", "2001", 9_000);
         let plan = shared.plan(
-            &[LegNote::Open(rebuilt.clone()), LegNote::Taken { lines: vec!["2001".into()], calls: vec!["C8".into()] }],
+            &[
+                LegNote::Open(rebuilt.clone()),
+                LegNote::Taken { lines: vec!["2001".into()], legs: vec![("C8".into(), "2001".into())] },
+            ],
             &owned,
             &BTreeSet::new(),
             10_000,
@@ -511,7 +521,7 @@ mod tests {
         let owned = owned(&[("2002", 9)]);
         taken(&mut shared, &owned, vec![consultation]);
         let plan = shared.plan(
-            &[LegNote::Taken { lines: vec!["2002".into()], calls: vec!["C1".into()] }],
+            &[LegNote::Taken { lines: vec!["2002".into()], legs: vec![("C1".into(), "2002".into())] }],
             &owned,
             &BTreeSet::new(),
             5_000,
@@ -535,5 +545,21 @@ mod tests {
         taken(&mut shared, &owned, Vec::new());
         let plan = shared.plan(&[], &owned, &BTreeSet::new(), 41_000);
         assert_eq!(plan, Plan::default(), "30 s on, the owner had long journaled C1; C3 was never stood by for");
+    }
+    #[test]
+    fn a_journaled_leg_whose_line_left_the_call_in_the_gap_ended_though_the_call_goes_on() {
+        let owned = owned(&[("2007", 9)]);
+        let mut shared = SharedLegs::new("n3".into(), WINDOW);
+        // 2007 transferred C9 (now C36) to 2001 while the line had no owner; C36 goes on at 2001.
+        let mut transferred = record("C9", "C36", "2007", 100);
+        transferred.outcome = LegOutcome::Transferred;
+        taken(&mut shared, &owned, vec![transferred]);
+        let plan = shared.plan(
+            &[LegNote::Taken { lines: vec!["2007".into()], legs: vec![("C36".into(), "2001".into())] }],
+            &owned,
+            &BTreeSet::new(),
+            10_000,
+        );
+        assert_eq!(plan.logs.iter().map(CallLogRecord::key).collect::<Vec<_>>(), ["C9:2007"]);
     }
 }
