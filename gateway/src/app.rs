@@ -125,7 +125,7 @@ impl Gateway {
             let promotions = Promotions {
                 model: model.clone(),
                 notes: shared_journal.then(|| logs_tx_for_promotions.clone()),
-                last: Arc::default(),
+                standby: Arc::default(),
             };
             let serving = link.clone();
             let serve: Serve = Arc::new(move |lines| {
@@ -259,8 +259,8 @@ struct Promotions {
     model: Model<LinkPort>,
     /// Where the journal hears of lines taken, when legs are journaled.
     notes: Option<mpsc::Sender<LegNote>>,
-    /// The lines watched and owned last.
-    last: Arc<tokio::sync::Mutex<Serving>>,
+    /// The lines stood by for last: those owned now among them were taken already watched.
+    standby: Arc<tokio::sync::Mutex<BTreeSet<String>>>,
 }
 
 impl Promotions {
@@ -268,26 +268,29 @@ impl Promotions {
     /// new snapshot (it is monitored already, and the model has its calls): its state is published
     /// now that it is in scope, and the journal is told it was taken, as a snapshot would.
     async fn serve(&self, link: &LinkHandle, lines: Serving) {
-        let mut last = self.last.lock().await;
-        let promoted: Vec<String> = lines.owned.iter().filter(|line| last.standby.contains(*line)).cloned().collect();
         let watched: BTreeSet<String> = lines.owned.union(&lines.standby).cloned().collect();
-        link.monitor_only(watched).await;
-        *last = lines;
-        drop(last);
-        if promoted.is_empty() {
-            return;
+        let promoted: Vec<String> = {
+            let mut standby = self.standby.lock().await;
+            let promoted = lines.owned.iter().filter(|line| standby.contains(*line)).cloned().collect();
+            *standby = lines.standby;
+            promoted
+        };
+        // Told before the link is asked, in a task of its own: the cluster stops waiting for the
+        // link after a while, and the journal must hear of every line taken. The lines taken are
+        // monitored already; the link's change concerns others.
+        if !promoted.is_empty() {
+            tracing::info!(lines = promoted.len(), "took lines this node stood by for");
+            let (model, notes) = (self.model.clone(), self.notes.clone());
+            tokio::spawn(async move {
+                model.settled().await;
+                model.announce(&promoted);
+                if let Some(notes) = notes {
+                    let legs = model.legs_on(&promoted);
+                    let _ = notes.send(LegNote::Taken { lines: promoted, legs }).await;
+                }
+            });
         }
-        tracing::info!(lines = promoted.len(), "took lines this node stood by for");
-        // Not bounded by the cluster's wait for the link: the journal must hear of every line taken.
-        let (model, notes) = (self.model.clone(), self.notes.clone());
-        tokio::spawn(async move {
-            model.settled().await;
-            model.announce(&promoted);
-            if let Some(notes) = notes {
-                let legs = model.legs_on(&promoted);
-                let _ = notes.send(LegNote::Taken { lines: promoted, legs }).await;
-            }
-        });
+        link.monitor_only(watched).await;
     }
 }
 
