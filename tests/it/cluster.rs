@@ -379,6 +379,47 @@ async fn a_killed_node_that_comes_back_leaves_every_line_monitored_by_its_owner_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_owns_no_line_still_stands_by_for_one() {
+    let etcd_server = EtcdServer::start().await.expect("etcd starts");
+    let etcd = Etcd::new(&[etcd_server.url().to_owned()], Duration::from_secs(2)).expect("an etcd client");
+    let simulator = simulator(4).await;
+    // One line for two nodes: one owns it, the other owns nothing and is its standby.
+    let line = simulator.shared_devices().into_iter().next().expect("a station");
+    let lines = BTreeSet::from([line.clone()]);
+    let prefix = "/it-idle-standby";
+    let config = |name: &str| {
+        let mut config = node_config(&simulator, etcd_server.url().to_owned(), name, prefix);
+        config.pbx.devices = vec![line.clone()];
+        config
+    };
+    let first = Gateway::start(&config("node-1")).await.unwrap();
+    let second = Gateway::start(&config("node-2")).await.unwrap();
+    let nodes = [("node-1", &first), ("node-2", &second)];
+    let owners = one_owner_each(&etcd, prefix, &lines, &nodes).await;
+    let (owner, idle) = if owners[&line] == "node-1" { (first, second) } else { (second, first) };
+    assert!(idle.cluster().expect("cluster mode").owned().is_empty(), "the idle node owns nothing");
+    monitored_by_owner_and_standby(&simulator, &lines).await;
+    let standby = idle.cluster().expect("cluster mode").watch_standby().borrow().clone();
+    assert_eq!(*standby, lines, "the node owning nothing stands by for the line");
+
+    // Its owner dies: the standby takes the line, and it was watching it all along.
+    let idle_name = if owners[&line] == "node-1" { "node-2" } else { "node-1" };
+    owner.kill().await;
+    one_owner_each(&etcd, prefix, &lines, &[(idle_name, &idle)]).await;
+    within(async {
+        while monitors(&simulator).get(&line) != Some(&1) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    mirrors(&simulator, idle_name, &idle).await;
+    idle.shutdown(Duration::from_secs(5)).await;
+    // Leaving, it neither serves nor stands by: the simulator sees no monitor left.
+    assert_eq!(monitors(&simulator).get(&line), None, "a node that left still monitors its line");
+    simulator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joining_node_takes_only_its_share_and_a_leaving_one_hands_over_at_once() {
     let etcd_server = EtcdServer::start().await.expect("etcd starts");
     let etcd = Etcd::new(&[etcd_server.url().to_owned()], Duration::from_secs(2)).expect("an etcd client");

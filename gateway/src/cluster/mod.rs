@@ -124,18 +124,30 @@ struct Shared {
 }
 
 impl Shared {
+    /// Serves `owned`, and stands by for the lines this node is ranked second for.
     async fn serve(&self, owned: BTreeMap<String, i64>) {
+        self.apply(owned, true).await;
+    }
+
+    /// Serves nothing and stands by for nothing: the node is fenced or leaving.
+    async fn serve_nothing(&self) {
+        self.apply(BTreeMap::new(), false).await;
+    }
+
+    async fn apply(&self, owned: BTreeMap<String, i64>, stands_by: bool) {
         let _one_at_a_time = self.serving.lock().await;
         // Checked under the lock the fence also takes: once fenced, nothing is served again until a
         // new lease is held.
-        let owned = if self.fenced.load(Ordering::SeqCst) { BTreeMap::new() } else { owned };
+        let fenced = self.fenced.load(Ordering::SeqCst);
+        let owned = if fenced { BTreeMap::new() } else { owned };
         let lines: BTreeSet<String> = owned.keys().cloned().collect();
         let count = lines.len();
-        // A node serving nothing (fenced, leaving) stands by for nothing either.
-        let standby = if owned.is_empty() {
-            BTreeSet::new()
-        } else {
+        // A node that owns nothing still stands by (with more nodes than lines, or as a line's
+        // second choice): only a fenced or leaving node stands by for nothing.
+        let standby: BTreeSet<String> = if stands_by && !fenced {
             self.standby.borrow().iter().filter(|line| !owned.contains_key(*line)).cloned().collect()
+        } else {
+            BTreeSet::new()
         };
         self.owned.send_replace(Arc::new(owned));
         crate::metrics::cluster(self.members.borrow().len() as u64, count as u64, standby.len() as u64);
@@ -154,7 +166,7 @@ impl Shared {
         crate::metrics::cluster_self_fence();
         let lines = self.owned.borrow().len();
         tracing::error!(node = self.node_id, lines, reason, "self-fencing: stopping every line this node served");
-        self.serve(BTreeMap::new()).await;
+        self.serve_nothing().await;
     }
 }
 
@@ -492,7 +504,7 @@ impl Node {
             }
             if self.shutdown.is_cancelled() {
                 // Leave cleanly: stop serving, then revoke (every claim goes with the lease).
-                self.shared.serve(BTreeMap::new()).await;
+                self.shared.serve_nothing().await;
                 if let Err(error) = self.etcd.revoke(term.lease).await {
                     self.etcd_failed("revoking the lease on leaving", &error);
                 }
@@ -502,7 +514,7 @@ impl Node {
             // The term ended in a fence: nothing is served any more (whatever ended the term, no line
             // is served once its claim may be gone); drop what is left of the old lease, if etcd
             // still has it, so its claims do not block the lines until it expires.
-            self.shared.serve(BTreeMap::new()).await;
+            self.shared.serve_nothing().await;
             if let Err(error) = self.etcd.revoke(term.lease).await {
                 self.etcd_failed("revoking a fenced lease", &error);
             }
