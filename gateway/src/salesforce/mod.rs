@@ -137,7 +137,8 @@ impl Salesforce {
                 let held = outbox.unconfirmed()?;
                 if !held.is_empty() {
                     let (outbox, crm, stop) = (outbox.clone(), crm.clone(), stop.clone());
-                    tokio::spawn(settle_held_back(held, journal.clone(), node_id.clone(), outbox, crm, stop));
+                    let deliver = move |logs| crm.logs(logs);
+                    tokio::spawn(settle_held_back(held, journal.clone(), node_id.clone(), outbox, deliver, stop));
                 }
                 let legs = tokio::sync::Mutex::new(SharedLegs::new(node_id, standby_window));
                 Some(SharedPath { journal, legs })
@@ -337,7 +338,7 @@ async fn settle_held_back(
     journal: Arc<dyn LegJournal>,
     node_id: String,
     outbox: Arc<SqliteOutbox>,
-    crm: Arc<CrmHandle>,
+    deliver: impl Fn(Vec<PendingLog>),
     stop: CancellationToken,
 ) {
     let mut delay = Duration::from_millis(250);
@@ -368,7 +369,7 @@ async fn settle_held_back(
         .await
         .unwrap_or_else(|error| Err(OutboxError(error.to_string())));
         match settled {
-            Ok(released) if !released.is_empty() => crm.logs(released),
+            Ok(released) if !released.is_empty() => deliver(released),
             Ok(_) => {}
             Err(error) => tracing::error!(%error, "settling held-back call logs"),
         }
@@ -376,5 +377,137 @@ async fn settle_held_back(
         if !held.is_empty() && !back_off(&mut delay, &stop).await {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use futures::future::BoxFuture;
+
+    use actors::call::CallLogRecord;
+    use actors::crm::port::Outbox;
+
+    use super::outbox::tests::{record, temp_outbox};
+    use super::*;
+    use crate::cluster::EtcdError;
+    use crate::cluster::journal::{JournalError, Journaled, LineWrites};
+
+    /// A leg journal in memory: its entries by leg key, and keys whose next reads fail.
+    #[derive(Default)]
+    struct MemoryJournal {
+        entries: Mutex<BTreeMap<String, JournalEntry>>,
+        failing: Mutex<BTreeMap<String, usize>>,
+    }
+
+    impl LegJournal for MemoryJournal {
+        fn load<'a>(&'a self, lines: &'a BTreeSet<String>) -> BoxFuture<'a, Result<Journaled, JournalError>> {
+            let mut journaled = Journaled::default();
+            for (key, entry) in self.entries.lock().unwrap().iter() {
+                match entry {
+                    JournalEntry::Open { record } if lines.contains(line_of(key)) => {
+                        journaled
+                            .open
+                            .entry(line_of(key).to_owned())
+                            .or_default()
+                            .insert(key.clone(), (**record).clone());
+                    }
+                    JournalEntry::Open { .. } => {}
+                    JournalEntry::Closed { .. } | JournalEntry::Logged { .. } => {
+                        journaled.logged.insert(key.clone());
+                    }
+                }
+            }
+            Box::pin(async move { Ok(journaled) })
+        }
+
+        fn write<'a>(&'a self, writes: &'a [LineWrites]) -> BoxFuture<'a, Vec<WriteOutcome>> {
+            let mut entries = self.entries.lock().unwrap();
+            for write in writes {
+                for (key, entry) in &write.legs {
+                    match entry {
+                        Some(entry) => entries.insert(key.clone(), entry.clone()),
+                        None => entries.remove(key),
+                    };
+                }
+            }
+            Box::pin(std::future::ready(vec![WriteOutcome::Applied; writes.len()]))
+        }
+
+        fn entry<'a>(
+            &'a self,
+            _line: &'a str,
+            key: &'a str,
+        ) -> BoxFuture<'a, Result<Option<JournalEntry>, JournalError>> {
+            let mut failing = self.failing.lock().unwrap();
+            let answer = match failing.get_mut(key) {
+                Some(left) if *left > 0 => {
+                    *left -= 1;
+                    Err(JournalError::Etcd(EtcdError::Unreachable("etcd is away".to_owned())))
+                }
+                _ => Ok(self.entries.lock().unwrap().get(key).cloned()),
+            };
+            Box::pin(std::future::ready(answer))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn held_back_logs_are_delivered_when_the_journal_clears_them_and_dropped_when_another_node_logs_them() {
+        let (_dir, outbox) = temp_outbox();
+        let outbox = Arc::new(outbox);
+        let roots = ["gone", "mine", "theirs", "open", "closed", "flaky"];
+        let records: Vec<CallLogRecord> = roots.iter().map(|root| record(root)).collect();
+        let held: Vec<String> =
+            outbox.append_unconfirmed(&records, 1).unwrap().into_iter().map(|log| log.key).collect();
+        let key = |root: &str| held.iter().find(|key| key.starts_with(root)).unwrap().clone();
+        let journal = MemoryJournal::default();
+        {
+            let mut entries = journal.entries.lock().unwrap();
+            // "gone": the mark this node left has lapsed, or the node never reached the journal.
+            entries.insert(key("mine"), JournalEntry::Logged { by: "node-1".into() });
+            entries.insert(key("theirs"), JournalEntry::Logged { by: "node-2".into() });
+            entries.insert(key("open"), JournalEntry::Open { record: Box::new(record("open")) });
+            entries.insert(key("closed"), JournalEntry::Closed { by: "node-2".into() });
+        }
+        // etcd fails twice for one leg: it stays held and is asked about again after a back-off.
+        journal.failing.lock().unwrap().insert(key("flaky"), 2);
+        let delivered = Arc::new(Mutex::new(Vec::new()));
+        let sink = delivered.clone();
+        let deliver = move |logs: Vec<PendingLog>| sink.lock().unwrap().extend(logs.into_iter().map(|log| log.key));
+        settle_held_back(
+            held.clone(),
+            Arc::new(journal),
+            "node-1".into(),
+            outbox.clone(),
+            deliver,
+            CancellationToken::new(),
+        )
+        .await;
+
+        let delivered = delivered.lock().unwrap().clone();
+        assert_eq!(delivered, vec![key("gone"), key("mine"), key("flaky")], "what this node logs, each once");
+        assert!(outbox.unconfirmed().unwrap().is_empty(), "nothing is left held back");
+        let mut pending: Vec<String> = outbox.pending().unwrap().into_iter().map(|log| log.key).collect();
+        pending.sort();
+        let mut expected = delivered.clone();
+        expected.sort();
+        assert_eq!(pending, expected, "the legs another node logs left the outbox");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn settling_stops_on_shutdown_and_leaves_unanswered_logs_held_for_the_next_start() {
+        let (_dir, outbox) = temp_outbox();
+        let outbox = Arc::new(outbox);
+        let held: Vec<String> =
+            outbox.append_unconfirmed(&[record("C1")], 1).unwrap().into_iter().map(|log| log.key).collect();
+        let journal = MemoryJournal::default();
+        journal.failing.lock().unwrap().insert(held[0].clone(), usize::MAX);
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let deliver = |_: Vec<PendingLog>| panic!("nothing the journal did not answer for is delivered");
+        settle_held_back(held.clone(), Arc::new(journal), "node-1".into(), outbox.clone(), deliver, stop).await;
+        assert_eq!(outbox.unconfirmed().unwrap(), held, "still held back");
+        assert!(outbox.pending().unwrap().is_empty());
     }
 }

@@ -509,12 +509,12 @@ impl Outbox for SqliteOutbox {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use actors::domain::{Direction, LegOutcome};
 
     use super::*;
 
-    fn record(root: &str) -> CallLogRecord {
+    pub(crate) fn record(root: &str) -> CallLogRecord {
         CallLogRecord {
             root_call_id: root.into(),
             call_id: root.into(),
@@ -538,15 +538,15 @@ mod tests {
         }
     }
 
-    fn temp_outbox() -> (tempfile_dir::Dir, SqliteOutbox) {
+    pub(crate) fn temp_outbox() -> (tempfile_dir::Dir, SqliteOutbox) {
         let dir = tempfile_dir::Dir::new();
         let outbox = SqliteOutbox::open(&dir.path().join("outbox.sqlite3")).unwrap();
         (dir, outbox)
     }
 
     /// A directory under the target dir removed on drop (no extra crate for one test helper).
-    mod tempfile_dir {
-        pub(super) struct Dir(std::path::PathBuf);
+    pub(crate) mod tempfile_dir {
+        pub(crate) struct Dir(std::path::PathBuf);
         impl Dir {
             pub(super) fn new() -> Self {
                 static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
