@@ -5,9 +5,11 @@
 //! held, retrieved, two connections cleared, call cleared): 14,000 events. An iteration ends when
 //! the model has ended every call (so every event was applied and every call log record written).
 //!
-//! Both sides run as tasks on the runtime's two workers, as the gateway's link and feed tasks do:
-//! the producer (decode, or decode, translate and route) and the consumer (the channel's reader, or
-//! the actors). `block_on`'s thread only waits for the iteration to end.
+//! Everything runs as tasks on the runtime's two workers. The baseline: a producer decodes and
+//! sends each event through a channel to a task that counts them. The pipeline, as the gateway
+//! runs it: the link task decodes and sends the events of the frames it reads in a row as one burst
+//! (`gateway::pbx::event_channel`), the feed task translates and routes what has arrived, and the
+//! actors apply it. `block_on`'s thread only waits for the iteration to end.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,8 +31,10 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 const LINES: usize = 1_000;
 const CALLS: usize = 2_000;
-/// Events routed together: about what one 64 KiB read of the link holds.
+/// Events routed together at most, as the gateway's feed does.
 const BATCH: usize = 1_024;
+/// Frames the link reads in a row, and so events in one burst (one turn of its reading).
+const FRAMES_PER_TURN: usize = 64;
 
 /// Nothing in the event path asks anything of the PBX; a benchmark needs no link.
 struct NoPbx;
@@ -207,19 +211,35 @@ fn pipeline(c: &mut Criterion) {
                         let (mut bytes, _) = stream(run + 1);
                         let ended_before = ModelStats::get(&watched.stats().calls_ended);
                         let started = Instant::now();
-                        let mut codec = LinkCodec::default();
-                        // As the gateway's feed does: route what one read of the link delivered as
-                        // a batch.
-                        let mut batched = 0;
-                        while let Some(LinkMessage::Event(report)) = codec.decode(&mut bytes).unwrap() {
-                            translator.translate(LinkEvent::Event(report), &mut inputs);
-                            batched += 1;
-                            if batched == BATCH {
-                                router.route_all(&mut inputs).await;
-                                batched = 0;
+                        // As in the gateway: the link task decodes and sends the events of the
+                        // frames it reads in a row (up to one turn, 64 frames) as one burst, and
+                        // the feed task routes what has arrived, up to a bound, as one batch.
+                        let (sender, mut events) = gateway::pbx::event_channel(128);
+                        let link = tokio::spawn(async move {
+                            let mut codec = LinkCodec::default();
+                            let mut burst = Vec::with_capacity(FRAMES_PER_TURN);
+                            while let Some(LinkMessage::Event(report)) = codec.decode(&mut bytes).unwrap() {
+                                burst.push(LinkEvent::Event(report));
+                                if burst.len() == FRAMES_PER_TURN {
+                                    let full = std::mem::replace(&mut burst, Vec::with_capacity(FRAMES_PER_TURN));
+                                    sender.send(full).await.unwrap();
+                                }
                             }
+                            if !burst.is_empty() {
+                                sender.send(burst).await.unwrap();
+                            }
+                        });
+                        while let Some(first) = events.recv().await {
+                            translator.translate(first, &mut inputs);
+                            let mut batched = 1;
+                            while batched < BATCH {
+                                let Some(next) = events.try_recv() else { break };
+                                translator.translate(next, &mut inputs);
+                                batched += 1;
+                            }
+                            router.route_all(&mut inputs).await;
                         }
-                        router.route_all(&mut inputs).await;
+                        link.await.unwrap();
                         // A call counts as ended just after its last note is sent: a note wakes
                         // this check, and a millisecond's timer catches the last call.
                         while ModelStats::get(&watched.stats().calls_ended) < ended_before + CALLS as u64 {

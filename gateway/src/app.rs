@@ -77,7 +77,9 @@ impl Gateway {
     /// Starts the gateway's parts with `config`.
     pub async fn start(config: &Config) -> Result<Self, StartError> {
         let shutdown = CancellationToken::new();
-        let (events_tx, events) = mpsc::channel(8_192);
+        // Some 8,000 events at most wait for the model (bursts are at most 64 frames' events, one
+        // turn of the link's reading, but for a gap closing); then the link stops reading.
+        let (events_tx, events) = pbx::event_channel(128);
         // In a cluster the link monitors only the lines this node owns, as the cluster says.
         let (link, link_task) = if config.cluster.enabled {
             pbx::start_selective(config.pbx.clone(), events_tx, shutdown.child_token())
@@ -327,7 +329,7 @@ impl ResyncNotes {
 /// Translates link events and routes them into the model, in link order. Progress is counted once
 /// the model has the batch, so "resynced" means the model has every snapshot.
 async fn feed(
-    mut events: mpsc::Receiver<LinkEvent>,
+    mut events: pbx::LinkEvents,
     mut translator: Translator,
     mut router: runtime::Router<LinkPort>,
     progress: watch::Sender<Progress>,
@@ -362,7 +364,7 @@ async fn feed(
             batched += 1;
             // A batch ends at a resync, so the model can be read as the snapshot left it.
             if batched < FEED_BATCH && !(resynced && first_resync_due) {
-                event = events.try_recv().ok();
+                event = events.try_recv();
             }
         }
         router.route_all(&mut inputs).await;

@@ -625,3 +625,56 @@ async fn a_request_goes_out_while_a_flood_of_events_is_still_being_read() {
     assert_eq!(sequences, (1..=FLOOD).collect::<Vec<_>>(), "no event was dropped for it");
     client.stop().await;
 }
+
+#[tokio::test]
+async fn events_read_without_a_wait_reach_the_model_as_bursts_in_order() {
+    use request::Service as S;
+    const FLOOD: u64 = 5_000;
+    let address = scripted_pbx(std::sync::Arc::new(move |invoke_id, service| match service {
+        S::SnapshotDevice(request) => {
+            let device = pbx::DeviceInfo { device_id: request.device_id, ..Default::default() };
+            let snapshot = pbx::SnapshotDeviceResult { device: Some(device), ..Default::default() };
+            let result = response::Result::SnapshotDevice(snapshot);
+            let mut frames = vec![LinkMessage::Result { invoke_id, body: pbx::Response { result: Some(result) } }];
+            frames.extend((1..=FLOOD).map(|sequence| {
+                LinkMessage::Event(pbx::EventReport { sequence, monitor_ids: vec![1], ..Default::default() })
+            }));
+            frames
+        }
+        _ => Vec::new(),
+    }))
+    .await;
+    // The raw channel, to see the bursts themselves.
+    let (sender, mut bursts) = tokio::sync::mpsc::channel(4);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (link, task) = gateway::pbx::start(scripted_config(address), sender, shutdown.clone());
+    let mut sizes = Vec::new();
+    let mut sequences = Vec::new();
+    within(async {
+        while let Some(burst) = bursts.recv().await {
+            sizes.push(burst.len());
+            sequences.extend(burst.into_iter().filter_map(|event| match event {
+                LinkEvent::Event(report) => Some(report.sequence),
+                _ => None,
+            }));
+            if sequences.len() as u64 == FLOOD {
+                break;
+            }
+        }
+    })
+    .await;
+    assert_eq!(sequences, (1..=FLOOD).collect::<Vec<_>>(), "every event once, in link order");
+    let largest = sizes.iter().copied().max().unwrap_or_default();
+    assert!(largest > 1, "frames read together came one by one: bursts {sizes:?}");
+    assert!(largest <= gateway::pbx::MAX_BURST, "a burst of {largest} events");
+    assert!(sizes.len() < FLOOD as usize, "{} bursts for {FLOOD} events", sizes.len());
+    assert!(matches!(link.status(), LinkStatus::Up { .. }));
+    shutdown.cancel();
+    within(task).await.expect("the link task ends cleanly");
+    // The link said it went down, after everything it read.
+    let mut last = None;
+    while let Some(burst) = bursts.recv().await {
+        last = burst.last().cloned().or(last);
+    }
+    assert!(matches!(last, Some(LinkEvent::Down { .. })), "the last event is the link going down: {last:?}");
+}

@@ -50,7 +50,7 @@ pub(crate) fn link_config(simulator: &Simulator) -> PbxConfig {
 /// A running link client and the receiving end of its event stream.
 pub(crate) struct Client {
     pub(crate) link: LinkHandle,
-    pub(crate) events: mpsc::Receiver<LinkEvent>,
+    pub(crate) events: pbx::LinkEvents,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -60,10 +60,11 @@ impl Client {
         Self::start_with_room(config, 100_000)
     }
 
-    /// A client whose event stream holds at most `room` events before the link feels back-pressure.
+    /// A client whose event stream holds at most `room` bursts of events (see [`pbx::LinkEvents`])
+    /// before the link feels back-pressure.
     pub(crate) fn start_with_room(config: PbxConfig, room: usize) -> Self {
         let shutdown = CancellationToken::new();
-        let (events_tx, events) = mpsc::channel(room);
+        let (events_tx, events) = pbx::event_channel(room);
         let (link, task) = pbx::start(config, events_tx, shutdown.clone());
         Self { link, events, shutdown, task }
     }
@@ -87,7 +88,7 @@ impl Client {
     /// Takes what has arrived so far without waiting.
     pub(crate) fn drain(&mut self) -> Vec<LinkEvent> {
         let mut seen = Vec::new();
-        while let Ok(event) = self.events.try_recv() {
+        while let Some(event) = self.events.try_recv() {
             seen.push(event);
         }
         seen

@@ -35,6 +35,75 @@ const FRAMES_PER_TURN: usize = 64;
 /// Events waiting behind a gap before the gap is given up on, whatever the gap timeout.
 const MAX_EVENTS_BEHIND_GAP: usize = 1024;
 
+/// Events in one burst at most: a longer one (a gap closing releases up to
+/// [`MAX_EVENTS_BEHIND_GAP`] at once) goes in several.
+pub const MAX_BURST: usize = 1024;
+
+/// The sending end of the link's events: bursts of them, in link order (see [`LinkEvents`]).
+pub type EventSender = mpsc::Sender<Vec<LinkEvent>>;
+
+/// A channel for the link's events with room for `bursts` bursts before the link feels
+/// back-pressure (and stops reading the socket).
+pub fn event_channel(bursts: usize) -> (EventSender, LinkEvents) {
+    let (sender, receiver) = mpsc::channel(bursts);
+    (sender, LinkEvents { receiver, burst: Vec::new().into_iter() })
+}
+
+/// The receiving end of the link's events, one at a time, in link order. The link sends the
+/// events of the frames it reads without waiting in between as one burst: one channel message (and
+/// one wake-up of the reader) per burst, and a reader that takes what has arrived gets the burst
+/// whole, however fast it is.
+#[derive(Debug)]
+pub struct LinkEvents {
+    receiver: mpsc::Receiver<Vec<LinkEvent>>,
+    burst: std::vec::IntoIter<LinkEvent>,
+}
+
+impl LinkEvents {
+    /// The next event; `None` once the link has ended and every event has been taken.
+    pub async fn recv(&mut self) -> Option<LinkEvent> {
+        loop {
+            if let Some(event) = self.burst.next() {
+                return Some(event);
+            }
+            self.burst = self.receiver.recv().await?.into_iter();
+        }
+    }
+
+    /// The next event if one has arrived, without waiting.
+    pub fn try_recv(&mut self) -> Option<LinkEvent> {
+        loop {
+            if let Some(event) = self.burst.next() {
+                return Some(event);
+            }
+            self.burst = self.receiver.try_recv().ok()?.into_iter();
+        }
+    }
+}
+
+/// The link task's events on their way out: gathered while frames keep arriving, and sent as one
+/// burst before the task next waits for anything (or once [`MAX_BURST`] are gathered).
+struct Outgoing {
+    sender: EventSender,
+    burst: Vec<LinkEvent>,
+}
+
+impl Outgoing {
+    async fn push(&mut self, event: LinkEvent) -> Result<(), String> {
+        self.burst.push(event);
+        if self.burst.len() >= MAX_BURST { self.flush().await } else { Ok(()) }
+    }
+
+    /// Sends what is gathered; waits while the channel is full (back-pressure).
+    async fn flush(&mut self) -> Result<(), String> {
+        if self.burst.is_empty() {
+            return Ok(());
+        }
+        let burst = std::mem::replace(&mut self.burst, Vec::with_capacity(FRAMES_PER_TURN));
+        self.sender.send(burst).await.map_err(|_| "the event consumer is gone".to_owned())
+    }
+}
+
 /// Pages of one device snapshot gathered at most (docs/pbx-link.md §7): with the default 64 KiB
 /// frames, 16 MiB, some 100,000 waiting calls. A longer snapshot is refused, so a faulty PBX cannot
 /// make the gateway gather without bound.
@@ -425,11 +494,7 @@ impl LinkHandle {
 
 /// Starts the link task. `events` receives the ordered [`LinkEvent`] stream; when it is full, the
 /// link stops reading (back-pressure) rather than drop anything. `shutdown` ends the task.
-pub fn start(
-    config: PbxConfig,
-    events: mpsc::Sender<LinkEvent>,
-    shutdown: CancellationToken,
-) -> (LinkHandle, JoinHandle<()>) {
+pub fn start(config: PbxConfig, events: EventSender, shutdown: CancellationToken) -> (LinkHandle, JoinHandle<()>) {
     start_with(config, None, events, shutdown)
 }
 
@@ -437,7 +502,7 @@ pub fn start(
 /// cluster node, which monitors only the lines it owns.
 pub fn start_selective(
     config: PbxConfig,
-    events: mpsc::Sender<LinkEvent>,
+    events: EventSender,
     shutdown: CancellationToken,
 ) -> (LinkHandle, JoinHandle<()>) {
     start_with(config, Some(Arc::default()), events, shutdown)
@@ -446,7 +511,7 @@ pub fn start_selective(
 fn start_with(
     config: PbxConfig,
     devices: Option<Arc<BTreeSet<String>>>,
-    events: mpsc::Sender<LinkEvent>,
+    events: EventSender,
     shutdown: CancellationToken,
 ) -> (LinkHandle, JoinHandle<()>) {
     let (selection_tx, selection) = watch::channel(Selection { generation: 0, devices });
@@ -479,7 +544,7 @@ async fn run(
     config: PbxConfig,
     mut commands: mpsc::Receiver<Command>,
     status: watch::Sender<LinkStatus>,
-    events: mpsc::Sender<LinkEvent>,
+    events: EventSender,
     stats: Arc<LinkStats>,
     mut selector: Selector,
     shutdown: CancellationToken,
@@ -490,6 +555,7 @@ async fn run(
     );
     let mut session_number = 0;
     let mut attempt = 0;
+    let mut events = Outgoing { sender: events, burst: Vec::with_capacity(FRAMES_PER_TURN) };
     while !shutdown.is_cancelled() {
         attempt += 1;
         let (generation, selected) = {
@@ -503,14 +569,16 @@ async fn run(
                 let started = Instant::now();
                 selector.applied.send_replace(generation);
                 let reason =
-                    session.serve(session_number, &mut commands, &status, &events, &mut selector, &shutdown).await;
+                    session.serve(session_number, &mut commands, &status, &mut events, &mut selector, &shutdown).await;
                 if started.elapsed() > Duration::from_secs(10) {
                     backoff.reset();
                 }
                 bump(&stats.sessions_lost);
                 tracing::warn!(session = session_number, %reason, "pbx link down");
                 session.fail_pending(&reason);
-                let _ = events.send(LinkEvent::Down { session: session_number, reason: reason.clone() }).await;
+                // What the session gathered goes first: nothing it read is lost with it.
+                let _ = events.push(LinkEvent::Down { session: session_number, reason: reason.clone() }).await;
+                let _ = events.flush().await;
                 (session.end_reason.unwrap_or(ReconnectReason::ProtocolError), reason)
             }
             Err((reason, error)) => {
@@ -700,13 +768,13 @@ impl Session {
         session: u64,
         commands: &mut mpsc::Receiver<Command>,
         status: &watch::Sender<LinkStatus>,
-        events: &mpsc::Sender<LinkEvent>,
+        events: &mut Outgoing,
         selector: &mut Selector,
         shutdown: &CancellationToken,
     ) -> String {
         let up = LinkEvent::Up { session, pbx_name: self.pbx_name.clone() };
-        if events.send(up).await.is_err() {
-            return "the event consumer is gone".to_owned();
+        if let Err(reason) = events.push(up).await {
+            return reason;
         }
         self.publish_status(session, status);
         let silence_limit = self.config.heartbeat_interval().max(self.pbx_heartbeat) * 3;
@@ -716,6 +784,14 @@ impl Session {
         let mut sweep = tokio::time::interval(Duration::from_millis(250));
         let mut frames_in_a_row = 0;
         loop {
+            // The events gathered go before the task can wait: unless the last frame read left a
+            // whole frame buffered, which the select below takes at once (the socket comes first).
+            let frame_buffered = frames_in_a_row > 0
+                && frames_in_a_row < FRAMES_PER_TURN
+                && self.reader.decoder().has_frame(self.reader.read_buffer());
+            if !frame_buffered && let Err(reason) = events.flush().await {
+                return reason;
+            }
             if let Err(reason) = self.send_internal().await {
                 return reason;
             }
@@ -820,7 +896,7 @@ impl Session {
         &mut self,
         session: u64,
         devices: Option<Arc<BTreeSet<String>>>,
-        events: &mpsc::Sender<LinkEvent>,
+        events: &mut Outgoing,
     ) -> Result<(), String> {
         self.selection = devices;
         let Some(wanted) = self.selection.clone() else { return Ok(()) };
@@ -948,16 +1024,11 @@ impl Session {
         Ok(())
     }
 
-    async fn emit(&self, events: &mpsc::Sender<LinkEvent>, event: LinkEvent) -> Result<(), String> {
-        events.send(event).await.map_err(|_| "the event consumer is gone".to_owned())
+    async fn emit(&self, events: &mut Outgoing, event: LinkEvent) -> Result<(), String> {
+        events.push(event).await
     }
 
-    async fn on_message(
-        &mut self,
-        session: u64,
-        message: LinkMessage,
-        events: &mpsc::Sender<LinkEvent>,
-    ) -> Result<(), String> {
+    async fn on_message(&mut self, session: u64, message: LinkMessage, events: &mut Outgoing) -> Result<(), String> {
         self.last_frame_at = Instant::now();
         self.stats.last_frame_unix_ms.store(unix_time_ms(), Ordering::Relaxed);
         bump(&self.stats.frames_in);
@@ -1093,7 +1164,7 @@ impl Session {
         session: u64,
         pending: Pending,
         outcome: Result<Option<response::Result>, LinkError>,
-        events: &mpsc::Sender<LinkEvent>,
+        events: &mut Outgoing,
     ) -> Result<(), String> {
         match pending {
             Pending::Caller { reply, sent, .. } => {
@@ -1202,7 +1273,7 @@ impl Session {
         }
     }
 
-    async fn finish_resync_if_done(&mut self, session: u64, events: &mpsc::Sender<LinkEvent>) -> Result<(), String> {
+    async fn finish_resync_if_done(&mut self, session: u64, events: &mut Outgoing) -> Result<(), String> {
         let done = self.snapshots_due == 0 && self.internal.is_empty() && self.internal_in_flight == 0;
         if done && !self.resynced {
             self.resynced = true;
@@ -1215,7 +1286,7 @@ impl Session {
     }
 
     /// Stops waiting for lost events: delivers what waited, then snapshots every monitored device.
-    async fn give_up_gap(&mut self, events: &mpsc::Sender<LinkEvent>) -> Result<(), String> {
+    async fn give_up_gap(&mut self, events: &mut Outgoing) -> Result<(), String> {
         self.gap_open_since = None;
         let waiting = self.sequencer.give_up_gap();
         if waiting.is_empty() {

@@ -10,6 +10,6 @@ pub mod sequencer;
 
 pub use backoff::Backoff;
 pub use link::{
-    LinkError, LinkEvent, LinkHandle, LinkStats, LinkStatus, MAX_SNAPSHOT_PAGES, PROTOCOL_VERSION, ReconnectReason,
-    start, start_selective,
+    EventSender, LinkError, LinkEvent, LinkEvents, LinkHandle, LinkStats, LinkStatus, MAX_BURST, MAX_SNAPSHOT_PAGES,
+    PROTOCOL_VERSION, ReconnectReason, event_channel, start, start_selective,
 };

@@ -120,6 +120,19 @@ impl LinkCodec {
         self.max_frame_length
     }
 
+    /// Whether `buffered` (what the reader holds after this codec's last decode) makes the next
+    /// decode return at once, a frame or an error, without reading more.
+    pub fn has_frame(&self, buffered: &[u8]) -> bool {
+        match self.state {
+            DecodeState::Body(header) => buffered.len() >= header.body_len,
+            DecodeState::Head => match self.check_header(buffered) {
+                Ok(Some(header)) => buffered.len() >= HEADER_LEN + header.body_len,
+                Ok(None) => false,
+                Err(_) => true,
+            },
+        }
+    }
+
     /// Checks whatever part of a header has arrived, so garbage is refused as soon as it is seen
     /// rather than when twelve bytes of it have come.
     fn check_header(&self, src: &[u8]) -> Result<Option<Header>, FrameError> {

@@ -108,6 +108,32 @@ fn encode_all(messages: &[LinkMessage]) -> BytesMut {
     bytes
 }
 
+/// Decodes what `buffer` holds; checks on the way that [`LinkCodec::has_frame`] foretells each
+/// decode: a frame or an error exactly when it says so.
+fn decode_buffered(
+    codec: &mut LinkCodec,
+    buffer: &mut BytesMut,
+    decoded: &mut Vec<LinkMessage>,
+) -> Result<(), FrameError> {
+    loop {
+        let foretold = codec.has_frame(buffer);
+        match codec.decode(buffer) {
+            Ok(Some(message)) => {
+                assert!(foretold, "a frame was decoded that has_frame did not see");
+                decoded.push(message);
+            }
+            Ok(None) => {
+                assert!(!foretold, "has_frame saw a frame that was not there");
+                return Ok(());
+            }
+            Err(error) => {
+                assert!(foretold, "an error was found that has_frame did not see: {error}");
+                return Err(error);
+            }
+        }
+    }
+}
+
 /// Feeds `stream` to a fresh decoder in the given chunk sizes (cycled), then signals end of stream.
 fn decode_in_chunks(stream: &[u8], chunk_sizes: &[usize]) -> Result<Vec<LinkMessage>, FrameError> {
     let mut codec = LinkCodec::default();
@@ -119,9 +145,7 @@ fn decode_in_chunks(stream: &[u8], chunk_sizes: &[usize]) -> Result<Vec<LinkMess
         let take = (*sizes.next().unwrap_or(&1)).clamp(1, rest.len());
         buffer.extend_from_slice(&rest[..take]);
         rest = &rest[take..];
-        while let Some(message) = codec.decode(&mut buffer)? {
-            decoded.push(message);
-        }
+        decode_buffered(&mut codec, &mut buffer, &mut decoded)?;
     }
     while let Some(message) = codec.decode_eof(&mut buffer)? {
         decoded.push(message);
@@ -154,9 +178,7 @@ fn every_single_split_point_yields_the_same_frames() {
         let mut codec = LinkCodec::default();
         let mut buffer = BytesMut::from(&stream[..split]);
         let mut decoded = Vec::new();
-        while let Some(message) = codec.decode(&mut buffer).unwrap() {
-            decoded.push(message);
-        }
+        decode_buffered(&mut codec, &mut buffer, &mut decoded).unwrap();
         buffer.extend_from_slice(&stream[split..]);
         while let Some(message) = codec.decode_eof(&mut buffer).unwrap() {
             decoded.push(message);
