@@ -785,9 +785,11 @@ impl Session {
         let mut frames_in_a_row = 0;
         loop {
             // The events gathered go before the task can wait: unless the last frame read left a
-            // whole frame buffered, which the select below takes at once (the socket comes first).
+            // whole frame buffered, which the select below takes at once (the socket comes first),
+            // and no request is due to go out first (a write may wait on the socket).
             let frame_buffered = frames_in_a_row > 0
                 && frames_in_a_row < FRAMES_PER_TURN
+                && (self.internal.is_empty() || self.internal_in_flight >= RESYNC_WINDOW)
                 && self.reader.decoder().has_frame(self.reader.read_buffer());
             if !frame_buffered && let Err(reason) = events.flush().await {
                 return reason;
