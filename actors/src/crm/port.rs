@@ -202,8 +202,8 @@ pub struct PendingLog {
 pub struct DeadLetter {
     /// Its key.
     pub key: String,
-    /// The record.
-    pub record: CallLogRecord,
+    /// The record; `None` when this version cannot read what was stored (the reason says why).
+    pub record: Option<CallLogRecord>,
     /// Why it was refused.
     pub reason: String,
     /// When, in ms since the epoch.

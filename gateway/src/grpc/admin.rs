@@ -142,7 +142,7 @@ impl Admin for AdminService {
                 .into_iter()
                 .map(|letter| api::DeadLetter {
                     key: letter.key,
-                    call_log: Some(convert::call_log(letter.record)),
+                    call_log: letter.record.map(convert::call_log),
                     reason: letter.reason,
                     dead_lettered_at_ms: letter.at,
                 })

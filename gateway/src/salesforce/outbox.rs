@@ -270,10 +270,12 @@ impl SqliteOutbox {
         let mut letters = Vec::new();
         for row in rows {
             let (key, record, reason, at) = row.map_err(failed)?;
-            match serde_json::from_str(&record) {
-                Ok(record) => letters.push(DeadLetter { key, record, reason, at: at as u64 }),
-                Err(error) => tracing::warn!(key, %error, "a dead letter this version cannot read is left out"),
-            }
+            // Listed even when unreadable: the count says it is there, so the list must too.
+            let (record, reason) = match serde_json::from_str(&record) {
+                Ok(record) => (Some(record), reason),
+                Err(error) => (None, format!("{reason} (the stored record is unreadable by this version: {error})")),
+            };
+            letters.push(DeadLetter { key, record, reason, at: at as u64 });
         }
         Ok(letters)
     }
@@ -308,6 +310,14 @@ impl SqliteOutbox {
         };
         let mut replayed = Vec::new();
         for (key, json) in chosen {
+            // One letter this version cannot read must not stop the others: it stays a dead letter.
+            let record = match serde_json::from_str(&json) {
+                Ok(record) => record,
+                Err(error) => {
+                    tracing::warn!(key, %error, "a dead letter this version cannot read is not replayed");
+                    continue;
+                }
+            };
             transaction
                 .execute(
                     "INSERT OR IGNORE INTO outbox (key, record, stored_at) VALUES (?1, ?2, ?3)",
@@ -315,7 +325,6 @@ impl SqliteOutbox {
                 )
                 .map_err(failed)?;
             transaction.execute("DELETE FROM dead_letters WHERE key = ?1", params![key]).map_err(failed)?;
-            let record = serde_json::from_str(&json).map_err(failed)?;
             replayed.push(PendingLog { key, record, attempts: 0 });
         }
         transaction.commit().map_err(failed)?;
@@ -611,7 +620,7 @@ pub(crate) mod tests {
         assert_eq!(outbox.dead_letter_count().unwrap(), 2);
         let letters = outbox.dead_letters(10).unwrap();
         assert_eq!(letters[0].reason, "STRING_TOO_LONG: Subject");
-        assert_eq!(letters[0].record, record("C1"));
+        assert_eq!(letters[0].record, Some(record("C1")));
 
         let replayed = outbox.replay(&["C2:2001".to_owned()]).unwrap();
         assert_eq!(replayed.len(), 1);
@@ -619,6 +628,34 @@ pub(crate) mod tests {
         assert_eq!(outbox.dead_letter_count().unwrap(), 1);
         assert_eq!(outbox.replay(&[]).unwrap().len(), 1, "empty replays all");
         assert_eq!(outbox.dead_letter_count().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_dead_letter_this_version_cannot_read_is_listed_and_does_not_stop_a_replay_of_the_rest() {
+        let (_dir, outbox) = temp_outbox();
+        outbox.append(&[record("C1"), record("C2")]).unwrap();
+        outbox.dead_letter("C1:2001", "INVALID_FIELD: x").unwrap();
+        outbox.dead_letter("C2:2001", "INVALID_FIELD: y").unwrap();
+        // As another version might have stored it.
+        outbox
+            .connection()
+            .execute("UPDATE dead_letters SET record = '{\"future_field\": 1}' WHERE key = 'C1:2001'", [])
+            .unwrap();
+        let letters = outbox.dead_letters(10).unwrap();
+        assert_eq!(letters.len(), 2, "the count says two, and so does the list");
+        assert_eq!(letters[0].key, "C1:2001");
+        assert_eq!(letters[0].record, None);
+        assert!(
+            letters[0].reason.starts_with("INVALID_FIELD: x (the stored record is unreadable"),
+            "{}",
+            letters[0].reason
+        );
+        assert_eq!(letters[1].record, Some(record("C2")));
+
+        let replayed = outbox.replay(&[]).unwrap();
+        assert_eq!(replayed.iter().map(|log| log.key.as_str()).collect::<Vec<_>>(), ["C2:2001"]);
+        assert_eq!(outbox.pending().unwrap().len(), 1);
+        assert_eq!(outbox.dead_letter_count().unwrap(), 1, "the unreadable one stays a dead letter");
     }
 
     fn answered(root: &str, call: &str) -> CallLogRecord {
