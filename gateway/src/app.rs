@@ -96,9 +96,16 @@ impl Gateway {
         let logs_tx_for_promotions = logs_tx.clone();
         let (model, router) = runtime::start(model_config.clone(), port, logs_tx).await?;
         let node_id = config.cluster.node_id(&config.grpc.listen);
+        // One etcd client (one connection pool) for the node's parts, each with its own deadline.
+        let etcd_timeout = LeaseClock::new(Duration::from_secs(config.cluster.lease_ttl_secs)).request_timeout();
+        let etcd = if config.cluster.enabled {
+            Some(Etcd::new(&config.cluster.etcd_endpoints, etcd_timeout).map_err(ClusterError::from)?)
+        } else {
+            None
+        };
         // In a cluster, open legs are journaled in etcd, where the next owner of a line finds them.
-        let journal = if config.cluster.enabled && model_config.journal_legs {
-            let journal = EtcdJournal::new(&config.cluster, node_id.clone()).map_err(ClusterError::from)?;
+        let journal = if let Some(etcd) = etcd.as_ref().filter(|_| model_config.journal_legs) {
+            let journal = EtcdJournal::new(&config.cluster, etcd, node_id.clone());
             let journal: Arc<dyn LegJournal> = Arc::new(journal);
             let standby_window = config.cluster.standby_window();
             Some(SharedJournal { journal, node_id: node_id.clone(), standby_window })
@@ -108,9 +115,8 @@ impl Gateway {
         let shared_journal = journal.is_some();
         let salesforce = if config.salesforce.enabled {
             // A cluster's nodes spend one allowance, taken in blocks from a counter in etcd.
-            let budget = if config.cluster.enabled {
-                let timeout = LeaseClock::new(Duration::from_secs(config.cluster.lease_ttl_secs)).request_timeout();
-                let etcd = Etcd::new(&config.cluster.etcd_endpoints, timeout).map_err(ClusterError::from)?;
+            let budget = if let Some(etcd) = &etcd {
+                let etcd = etcd.with_timeout(etcd_timeout);
                 let ledger: Arc<dyn BudgetLedger> = Arc::new(EtcdLedger::new(etcd, &config.cluster.key_prefix));
                 Some((ledger, config.cluster.salesforce_budget_block))
             } else {
@@ -120,7 +126,7 @@ impl Gateway {
         } else {
             None
         };
-        let (cluster, lines_task) = if config.cluster.enabled {
+        let (cluster, lines_task) = if let Some(etcd) = &etcd {
             let (lines_tx, lines) = watch::channel(Arc::new(BTreeSet::new()));
             let lines_task =
                 tokio::spawn(list_lines(config.pbx.devices.clone(), link.clone(), lines_tx, shutdown.child_token()));
@@ -135,7 +141,7 @@ impl Gateway {
                 Box::pin(async move { promotions.serve(&link, lines).await })
             });
             let advertise = config.cluster.advertise(&config.grpc.listen);
-            let cluster = Cluster::start(&config.cluster, node_id, advertise, lines, serve)?;
+            let cluster = Cluster::start(&config.cluster, etcd, node_id, advertise, lines, serve)?;
             // Standby lines are watched, not served: the model says nothing of them until taken.
             model.publisher().set_scope(Arc::new(cluster.placement()));
             (Some(cluster), Some(lines_task))

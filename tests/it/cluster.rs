@@ -1001,3 +1001,30 @@ async fn over_mutual_tls_nodes_forward_requests_and_merge_events_verified_agains
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn a_nodes_etcd_clients_share_what_they_learn_of_dead_endpoints_and_keep_their_own_deadlines() {
+    let etcd_server = EtcdServer::start().await.expect("etcd starts");
+    // An endpoint that takes connections and never answers, listed first.
+    let silent = TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
+    let silent_url = format!("http://{}", silent.local_addr().expect("bound"));
+    let held = tokio::spawn(async move {
+        let mut accepted = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            accepted.push(stream);
+        }
+    });
+    let base = Etcd::new(&[silent_url.clone(), etcd_server.url().to_owned()], Duration::from_secs(60)).unwrap();
+    let quick = base.with_timeout(Duration::from_millis(300));
+    assert_eq!(quick.preferred_endpoint(), Some(silent_url.as_str()));
+    // The quick client gives up on the silent endpoint after its own deadline, not the base's, and
+    // goes on to the live one.
+    within(quick.put("/it-shared/a", "1", 0)).await.expect("the live endpoint took the write");
+    assert_eq!(quick.preferred_endpoint(), Some(etcd_server.url()));
+    // The base client learnt it too: it goes to the live endpoint first, so its long deadline is
+    // never spent on the silent one.
+    assert_eq!(base.preferred_endpoint(), Some(etcd_server.url()));
+    let read = within(base.get("/it-shared/a")).await.expect("a read");
+    assert_eq!(read.map(|kv| kv.value), Some("1".to_owned()));
+    held.abort();
+}

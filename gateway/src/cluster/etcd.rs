@@ -3,6 +3,7 @@
 //! transactions ownership and the shared budget need (create-if-absent, delete-if-unchanged,
 //! put-if-unchanged). Workspace Cargo.toml says why not gRPC.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -85,13 +86,18 @@ impl TxnOp {
 }
 
 /// A client for one etcd cluster: requests go to the endpoint that last answered, then the others.
+/// A node's parts (membership, the leg journal, the Salesforce ledger) each hold one, made with
+/// [`Etcd::with_timeout`] from the first: one connection pool, and one endpoint preference, per
+/// node, each part with its own deadline.
 #[derive(Debug)]
 pub struct Etcd {
     http: reqwest::Client,
     /// For watches, which stay open: no overall timeout.
     watcher: reqwest::Client,
-    endpoints: Vec<String>,
-    preferred: AtomicUsize,
+    endpoints: Arc<[String]>,
+    preferred: Arc<AtomicUsize>,
+    /// How long each request may take.
+    timeout: Duration,
 }
 
 fn encode(text: &str) -> String {
@@ -141,7 +147,6 @@ impl Etcd {
         // still wants one installed (the Salesforce client installs the same one).
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
-            .timeout(timeout)
             .connect_timeout(timeout)
             .pool_max_idle_per_host(64)
             .build()
@@ -151,7 +156,26 @@ impl Etcd {
             .build()
             .map_err(|error| EtcdError::Unreachable(format!("building the http client: {error}")))?;
         let endpoints = endpoints.iter().map(|endpoint| endpoint.trim_end_matches('/').to_owned()).collect();
-        Ok(Self { http, watcher, endpoints, preferred: AtomicUsize::new(0) })
+        Ok(Self { http, watcher, endpoints, preferred: Arc::default(), timeout })
+    }
+
+    /// The endpoint the next request goes to first: the one that answered last (none configured:
+    /// `None`).
+    pub fn preferred_endpoint(&self) -> Option<&str> {
+        let preferred = self.preferred.load(Ordering::Relaxed);
+        self.endpoints.get(preferred % self.endpoints.len().max(1)).map(String::as_str)
+    }
+
+    /// This client's connections and endpoint preference, with requests that give up after
+    /// `timeout` instead.
+    pub fn with_timeout(&self, timeout: Duration) -> Self {
+        Self {
+            http: self.http.clone(),
+            watcher: self.watcher.clone(),
+            endpoints: self.endpoints.clone(),
+            preferred: self.preferred.clone(),
+            timeout,
+        }
     }
 
     async fn post(&self, path: &str, body: Value) -> Result<Value, EtcdError> {
@@ -160,7 +184,7 @@ impl Etcd {
         for offset in 0..self.endpoints.len() {
             let index = (first + offset) % self.endpoints.len();
             let url = format!("{}{path}", self.endpoints[index]);
-            let response = match self.http.post(&url).json(&body).send().await {
+            let response = match self.http.post(&url).timeout(self.timeout).json(&body).send().await {
                 Ok(response) => response,
                 Err(error) => {
                     last = EtcdError::Unreachable(format!("{url}: {error}"));

@@ -180,18 +180,19 @@ impl std::fmt::Debug for EtcdJournal {
 }
 
 impl EtcdJournal {
-    /// The journal of the cluster `config` describes, written as `node_id`.
-    pub fn new(config: &ClusterConfig, node_id: String) -> Result<Self, EtcdError> {
+    /// The journal of the cluster `config` describes, over `etcd`'s connections, written as
+    /// `node_id`.
+    pub fn new(config: &ClusterConfig, etcd: &Etcd, node_id: String) -> Self {
         let timeout = super::LeaseClock::new(Duration::from_secs(config.lease_ttl_secs)).request_timeout();
-        Ok(Self {
-            etcd: Etcd::new(&config.etcd_endpoints, timeout.max(Duration::from_secs(1)))?,
+        Self {
+            etcd: etcd.with_timeout(timeout.max(Duration::from_secs(1))),
             prefix: config.key_prefix.trim_end_matches('/').to_owned(),
             node_id,
             tombstone_lease: Mutex::new(None),
             logged_lease: Mutex::new(None),
             logged_ttl: config.standby_window() * 4,
             stats: Arc::default(),
-        })
+        }
     }
 
     /// The counters.

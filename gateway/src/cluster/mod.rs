@@ -288,17 +288,18 @@ impl std::fmt::Debug for Cluster {
 }
 
 impl Cluster {
-    /// Joins the cluster as `node_id`, reachable at `advertise`, sharing the lines `lines` lists
-    /// (it may change), serving through `serve`.
+    /// Joins the cluster as `node_id`, reachable at `advertise`, over `etcd`'s connections,
+    /// sharing the lines `lines` lists (it may change), serving through `serve`.
     pub fn start(
         config: &ClusterConfig,
+        etcd: &Etcd,
         node_id: String,
         advertise: String,
         lines: watch::Receiver<Arc<BTreeSet<String>>>,
         serve: Serve,
     ) -> Result<Self, ClusterError> {
         let clock = LeaseClock::new(Duration::from_secs(config.lease_ttl_secs));
-        let etcd = Arc::new(Etcd::new(&config.etcd_endpoints, clock.request_timeout())?);
+        let etcd = Arc::new(etcd.with_timeout(clock.request_timeout()));
         let shared = Arc::new(Shared {
             node_id,
             owned: watch::channel(Arc::default()).0,
