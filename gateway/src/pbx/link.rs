@@ -492,8 +492,9 @@ impl LinkHandle {
     }
 }
 
-/// Starts the link task. `events` receives the ordered [`LinkEvent`] stream; when it is full, the
-/// link stops reading (back-pressure) rather than drop anything. `shutdown` ends the task.
+/// Starts the link task. `events` receives the ordered [`LinkEvent`] stream, in bursts (see
+/// [`event_channel`]); when it is full, the link stops reading (back-pressure) rather than drop
+/// anything. `shutdown` ends the task.
 pub fn start(config: PbxConfig, events: EventSender, shutdown: CancellationToken) -> (LinkHandle, JoinHandle<()>) {
     start_with(config, None, events, shutdown)
 }
