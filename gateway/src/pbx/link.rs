@@ -914,7 +914,7 @@ impl Session {
         }
         if !released.is_empty() {
             tracing::info!(devices = released.len(), "monitors stopped: lines released");
-            self.emit(events, LinkEvent::Released { session, devices: released }).await?;
+            events.push(LinkEvent::Released { session, devices: released }).await?;
         }
         for device in wanted.iter() {
             if !self.monitors.contains_key(device) && self.monitoring.insert(device.clone()) {
@@ -1027,10 +1027,6 @@ impl Session {
         Ok(())
     }
 
-    async fn emit(&self, events: &mut Outgoing, event: LinkEvent) -> Result<(), String> {
-        events.push(event).await
-    }
-
     async fn on_message(&mut self, session: u64, message: LinkMessage, events: &mut Outgoing) -> Result<(), String> {
         self.last_frame_at = Instant::now();
         self.stats.last_frame_unix_ms.store(unix_time_ms(), Ordering::Relaxed);
@@ -1060,7 +1056,7 @@ impl Session {
                 }
                 for event in released.events {
                     bump(&self.stats.events);
-                    self.emit(events, LinkEvent::Event(event)).await?;
+                    events.push(LinkEvent::Event(event)).await?;
                 }
                 self.gap_open_since = match (self.sequencer.has_gap(), self.gap_open_since) {
                     (false, _) => None,
@@ -1262,11 +1258,11 @@ impl Session {
                     // Released since it was asked for: the model has forgotten it already.
                     Ok(Some(response::Result::SnapshotDevice(_))) if !self.monitors.contains_key(&device) => {}
                     Ok(Some(response::Result::SnapshotDevice(snapshot))) if self.acquiring.remove(&device) => {
-                        self.emit(events, LinkEvent::Acquired { session, snapshot }).await?;
+                        events.push(LinkEvent::Acquired { session, snapshot }).await?;
                     }
                     Ok(Some(response::Result::SnapshotDevice(snapshot))) => {
                         self.snapshotted += 1;
-                        self.emit(events, LinkEvent::Snapshot { session, snapshot }).await?;
+                        events.push(LinkEvent::Snapshot { session, snapshot }).await?;
                     }
                     Ok(_) => return Err(format!("the pbx answered snapshot_device for {device} with another result")),
                     Err(error) => tracing::error!(device, %error, "device snapshot refused"),
@@ -1283,7 +1279,7 @@ impl Session {
             bump(&self.stats.resyncs);
             tracing::info!(devices = self.snapshotted, "pbx link resynced");
             let devices = self.snapshotted;
-            self.emit(events, LinkEvent::ResyncComplete { session, devices }).await?;
+            events.push(LinkEvent::ResyncComplete { session, devices }).await?;
         }
         Ok(())
     }
@@ -1299,7 +1295,7 @@ impl Session {
         tracing::warn!(next = self.sequencer.next_expected(), "events lost on the pbx link; resyncing from snapshots");
         for event in waiting {
             bump(&self.stats.events);
-            self.emit(events, LinkEvent::Event(event)).await?;
+            events.push(LinkEvent::Event(event)).await?;
         }
         self.resync();
         Ok(())
