@@ -371,6 +371,18 @@ mod tests {
         lines.iter().map(|(line, token)| ((*line).to_owned(), *token)).collect()
     }
 
+    /// The model's word that it took `line`, holding `legs` (call, line) on it.
+    fn model_took(
+        shared: &mut SharedLegs,
+        owned: &BTreeMap<String, i64>,
+        line: &str,
+        legs: &[(&str, &str)],
+        at: u64,
+    ) -> Plan {
+        let legs = legs.iter().map(|(call, line)| ((*call).to_owned(), (*line).to_owned())).collect();
+        shared.plan(&[LegNote::Taken { lines: vec![line.to_owned()], legs }], owned, &BTreeSet::new(), at)
+    }
+
     fn taken(shared: &mut SharedLegs, owned: &BTreeMap<String, i64>, journal: Vec<CallLogRecord>) {
         taken_with_marks(shared, owned, journal, &[]);
     }
@@ -520,12 +532,7 @@ mod tests {
         shared.plan(&heard, &BTreeMap::new(), &standby(&["2002"]), 2_000);
         let owned = owned(&[("2002", 9)]);
         taken(&mut shared, &owned, vec![consultation]);
-        let plan = shared.plan(
-            &[LegNote::Taken { lines: vec!["2002".into()], legs: vec![("C1".into(), "2002".into())] }],
-            &owned,
-            &BTreeSet::new(),
-            5_000,
-        );
+        let plan = model_took(&mut shared, &owned, "2002", &[("C1", "2002")], 5_000);
         assert!(plan.logs.is_empty(), "the consultation's leg goes on in C1: {:?}", plan.logs);
         assert_eq!(plan.writes[0].legs["C2:2002"], None);
         assert!(matches!(plan.writes[0].legs["C1:2002"], Some(JournalEntry::Open { .. })));
@@ -546,6 +553,7 @@ mod tests {
         let plan = shared.plan(&[], &owned, &BTreeSet::new(), 41_000);
         assert_eq!(plan, Plan::default(), "30 s on, the owner had long journaled C1; C3 was never stood by for");
     }
+
     #[test]
     fn a_journaled_leg_whose_line_left_the_call_in_the_gap_ended_though_the_call_goes_on() {
         let owned = owned(&[("2007", 9)]);
@@ -554,12 +562,7 @@ mod tests {
         let mut transferred = record("C9", "C36", "2007", 100);
         transferred.outcome = LegOutcome::Transferred;
         taken(&mut shared, &owned, vec![transferred]);
-        let plan = shared.plan(
-            &[LegNote::Taken { lines: vec!["2007".into()], legs: vec![("C36".into(), "2001".into())] }],
-            &owned,
-            &BTreeSet::new(),
-            10_000,
-        );
+        let plan = model_took(&mut shared, &owned, "2007", &[("C36", "2001")], 10_000);
         assert_eq!(plan.logs.iter().map(CallLogRecord::key).collect::<Vec<_>>(), ["C9:2007"]);
     }
 }
