@@ -7,7 +7,7 @@
 use crate::domain::{CallId, Cause, ConnState, DeviceId, DeviceKind, Direction, LegOutcome, Millis};
 
 /// A party to the call now.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Party {
     /// The device.
     pub device: DeviceId,

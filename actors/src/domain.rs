@@ -13,7 +13,7 @@ pub type CallId = String;
 pub type Millis = u64;
 
 /// A connection's state (CSTA LocalConnectionState).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum ConnState {
     /// No connection.
     Null,
@@ -53,7 +53,7 @@ impl fmt::Display for ConnState {
 }
 
 /// What kind of device a party is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum DeviceKind {
     /// An agent line: it gets a call log record for its leg.
     Line,
@@ -89,7 +89,7 @@ impl Direction {
 }
 
 /// The PBX's agent state on a line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum AgentState {
     /// No agent is logged on.
     LoggedOff,
@@ -104,7 +104,7 @@ pub enum AgentState {
 }
 
 /// What a desktop shows of an agent: derived from the agent state and the line's calls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Presence {
     /// No agent logged on.
     Offline,

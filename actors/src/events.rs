@@ -4,6 +4,7 @@
 //! A subscriber that falls more than the buffer behind is cut off (it sees `Lagged`); it never slows
 //! the model down.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -15,7 +16,7 @@ use crate::domain::{CallId, ConnState, DeviceId, Direction, Millis, Presence};
 use crate::line::{Agent, LineState};
 
 /// A line as subscribers see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LineView {
     /// The line.
     pub device: DeviceId,
@@ -39,7 +40,7 @@ impl From<&LineState> for LineView {
 }
 
 /// A call as subscribers see it (its legs and timeline stay in the model until the call log).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CallView {
     /// Its id now.
     pub id: CallId,
@@ -90,7 +91,7 @@ impl From<&CallState> for CallView {
 }
 
 /// One change in the model.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ModelEvent {
     /// A line changed.
     Line(LineView),
@@ -110,7 +111,7 @@ pub enum ModelEvent {
 }
 
 /// What the CRM knows of a call's outside party, for one agent's screen.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ScreenPop {
     /// The call.
     pub call: CallId,
@@ -123,7 +124,7 @@ pub struct ScreenPop {
 }
 
 /// What a screen pop shows.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PopResult {
     /// One record: open it.
     Single(CrmRecord),
@@ -166,10 +167,97 @@ pub struct TooOld {
     pub oldest: u64,
 }
 
+/// The events kept for subscribers that resume, encoded (postcard) one after another in one ring of
+/// bytes. Kept as themselves, each of the tens of thousands would hold a dozen strings, and the
+/// oldest, going, would free them all from memory long out of the caches, which slowed the whole
+/// event path (BENCHMARKS.md, ninth round). In the ring, the oldest goes by moving its start,
+/// touching nothing; a resume, which is rare, decodes what it needs.
 struct History {
     next_sequence: u64,
-    recent: VecDeque<Arc<Sequenced>>,
-    keep: usize,
+    /// The kept events' encodings, oldest first.
+    bytes: VecDeque<u8>,
+    /// The length of each kept event's encoding, oldest first. Kept events are the last ones
+    /// numbered, with no gap: the oldest's sequence number is `next_sequence - lengths.len()`.
+    lengths: VecDeque<u32>,
+}
+
+impl History {
+    /// The next sequence number, taken.
+    fn number(&mut self) -> u64 {
+        self.next_sequence += 1;
+        self.next_sequence - 1
+    }
+
+    /// The sequence number of the oldest event kept (the next one's when none is).
+    fn oldest(&self) -> u64 {
+        self.next_sequence - self.lengths.len() as u64
+    }
+
+    /// Keeps the event just numbered, letting the oldest go to keep at most `keep`.
+    fn keep(&mut self, encoded: &[u8], keep: usize) -> Result<(), HistoryError> {
+        let length = u32::try_from(encoded.len()).map_err(|_| HistoryError::TooLarge(encoded.len()))?;
+        while self.lengths.len() >= keep {
+            let Some(oldest) = self.lengths.pop_front() else { break };
+            self.bytes.drain(..oldest as usize);
+        }
+        self.bytes.extend(encoded);
+        self.lengths.push_back(length);
+        Ok(())
+    }
+
+    /// Lets every kept event go: a resume from before now fails and takes a fresh snapshot.
+    fn forget(&mut self) {
+        self.bytes.clear();
+        self.lengths.clear();
+    }
+
+    /// The encodings of the kept events after `after` (which must not be before the oldest kept but
+    /// one), copied out with each one's sequence number and length.
+    fn after(&self, after: u64) -> (Vec<u8>, Vec<(u64, u32)>) {
+        let skip = usize::try_from(after + 1 - self.oldest()).unwrap_or(usize::MAX).min(self.lengths.len());
+        let skipped: usize = self.lengths.iter().take(skip).map(|&length| length as usize).sum();
+        let (front, back) = self.bytes.as_slices();
+        let mut bytes = Vec::with_capacity(self.bytes.len() - skipped);
+        if skipped < front.len() {
+            bytes.extend_from_slice(&front[skipped..]);
+            bytes.extend_from_slice(back);
+        } else {
+            bytes.extend_from_slice(&back[skipped - front.len()..]);
+        }
+        let first = self.oldest() + skip as u64;
+        let events =
+            self.lengths.iter().skip(skip).zip(first..).map(|(&length, sequence)| (sequence, length)).collect();
+        (bytes, events)
+    }
+}
+
+/// Why an event could not be kept, or read back, for resumes. Neither is expected: every event
+/// encodes, and what was encoded decodes.
+#[derive(Debug, thiserror::Error)]
+enum HistoryError {
+    #[error("{0}")]
+    Encoding(#[from] postcard::Error),
+    #[error("its encoding is {0} bytes long")]
+    TooLarge(usize),
+    #[error("{0} bytes after its end")]
+    Trailing(usize),
+}
+
+thread_local! {
+    /// Where [`Publisher::publish`] encodes, reused by every event one thread publishes.
+    static ENCODING: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Largest buffer [`ENCODING`] holds on to between events; a rare larger event's is let go.
+const ENCODING_KEPT: usize = 64 * 1024;
+
+/// Reads back one kept event, all of its bytes.
+fn decode(encoded: &[u8]) -> Result<ModelEvent, HistoryError> {
+    let (event, rest) = postcard::take_from_bytes(encoded)?;
+    if !rest.is_empty() {
+        return Err(HistoryError::Trailing(rest.len()));
+    }
+    Ok(event)
 }
 
 /// The lines a model answers for, when it watches more lines than it serves: a cluster node also
@@ -183,6 +271,8 @@ pub trait Scope: Send + Sync {
 /// Numbers, keeps and fans out model events.
 pub struct Publisher {
     history: Mutex<History>,
+    /// Events kept for subscribers that resume, at most.
+    keep: usize,
     sender: broadcast::Sender<Arc<Sequenced>>,
     /// Events about lines out of scope only are not published; with none, every event is.
     scope: OnceLock<Arc<dyn Scope>>,
@@ -200,7 +290,8 @@ impl Publisher {
     pub fn new(buffer: usize, keep: usize) -> Self {
         let (sender, _) = broadcast::channel(buffer.max(1));
         Self {
-            history: Mutex::new(History { next_sequence: 1, recent: VecDeque::new(), keep }),
+            history: Mutex::new(History { next_sequence: 1, bytes: VecDeque::new(), lengths: VecDeque::new() }),
+            keep,
             sender,
             scope: OnceLock::new(),
         }
@@ -239,26 +330,42 @@ impl Publisher {
         self.history.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Numbers and sends one event.
+    /// Numbers and sends one event, and keeps it for resumes.
     pub fn publish(&self, event: ModelEvent) {
         if !self.in_scope(&event) {
             return;
         }
-        let mut history = self.history();
-        let sequenced = Arc::new(Sequenced { sequence: history.next_sequence, event });
-        history.next_sequence += 1;
-        let mut evicted = None;
-        if history.keep > 0 {
-            if history.recent.len() == history.keep {
-                evicted = history.recent.pop_front();
-            }
-            history.recent.push_back(sequenced.clone());
+        if self.keep == 0 {
+            let sequence = self.history().number();
+            // No subscriber is not an error.
+            let _ = self.sender.send(Arc::new(Sequenced { sequence, event }));
+            return;
         }
-        // No subscriber is not an error: the event is still kept for those who come later.
-        let _ = self.sender.send(sequenced);
-        // Freed after the lock is let go: other actors publishing meanwhile need not wait for it.
-        drop(history);
-        drop(evicted);
+        ENCODING.with_borrow_mut(|buffer| {
+            // Encoded before the lock is taken: other actors publishing meanwhile need not wait.
+            buffer.clear();
+            let encoded = postcard::to_extend(&event, std::mem::take(buffer));
+            let mut history = self.history();
+            let sequence = history.number();
+            let kept = match encoded {
+                Ok(written) => {
+                    let kept = history.keep(&written, self.keep);
+                    if written.capacity() <= ENCODING_KEPT {
+                        *buffer = written;
+                    }
+                    kept
+                }
+                Err(error) => Err(error.into()),
+            };
+            if let Err(error) = kept {
+                // A gap in what is kept would let a resume skip this event unseen: with everything
+                // before it let go too, a resume from before it fails and takes a fresh snapshot.
+                tracing::error!(sequence, %error, "an event could not be kept for resumes; older ones are let go");
+                history.forget();
+            }
+            // No subscriber is not an error: the event is still kept for those who come later.
+            let _ = self.sender.send(Arc::new(Sequenced { sequence, event }));
+        });
     }
 
     /// The sequence number of the last event published (0 before any).
@@ -276,18 +383,30 @@ impl Publisher {
     pub fn resume(&self, after: u64) -> Result<Resumed, TooOld> {
         let history = self.history();
         let last = history.next_sequence - 1;
-        if after > last {
-            return Err(TooOld {
-                asked: after,
-                oldest: history.recent.front().map_or(last + 1, |event| event.sequence),
-            });
-        }
-        let oldest = history.recent.front().map_or(last + 1, |event| event.sequence);
-        if after + 1 < oldest {
+        let oldest = history.oldest();
+        // From the future (another gateway run), or from before the oldest kept.
+        if after > last || after + 1 < oldest {
             return Err(TooOld { asked: after, oldest });
         }
-        let missed = history.recent.iter().filter(|event| event.sequence > after).cloned().collect();
-        Ok((missed, self.sender.subscribe()))
+        let (bytes, kept) = history.after(after);
+        // Subscribed under the lock, so no event falls between what was kept and what is live.
+        let live = self.sender.subscribe();
+        // Decoded after the lock is let go: publishing need not wait for a long resume.
+        drop(history);
+        let mut missed = Vec::with_capacity(kept.len());
+        let mut start = 0;
+        for (sequence, length) in kept {
+            let end = start + length as usize;
+            match decode(&bytes[start..end]) {
+                Ok(event) => missed.push(Arc::new(Sequenced { sequence, event })),
+                Err(error) => {
+                    tracing::error!(sequence, %error, "a kept event could not be read back");
+                    return Err(TooOld { asked: after, oldest: sequence + 1 });
+                }
+            }
+            start = end;
+        }
+        Ok((missed, live))
     }
 
     /// A subscription to every event from now on.
@@ -487,6 +606,155 @@ mod tests {
         // It can resume where it was, from history.
         let mut resumed = publisher.resume_subscription(subscription.last_seen()).unwrap();
         assert_eq!(resumed.next().await.unwrap().sequence, 4);
+    }
+
+    fn record(device: &str) -> CallLogRecord {
+        CallLogRecord {
+            root_call_id: "C1".into(),
+            call_id: "C2".into(),
+            device: device.into(),
+            agent_id: Some("agent.ü@example.com".into()),
+            direction: Direction::Inbound,
+            outcome: crate::domain::LegOutcome::Transferred,
+            via_queue: true,
+            queue: Some("6000".into()),
+            calling: "+49 30 1234567".into(),
+            called: "6000".into(),
+            parties: vec!["+49 30 1234567".into(), device.into(), "2002".into()],
+            offered_at: 1_764_000_000_000,
+            answered_at: Some(1_764_000_004_000),
+            ended_at: 1_764_000_090_000,
+            talk_seconds: 80,
+            hold_seconds: 6,
+            notes: "called back about order #12 \u{1F4DE}\nsecond line".into(),
+            disposition: None,
+            recording_url: Some("https://recordings.example/C1.wav".into()),
+        }
+    }
+
+    /// One event of every kind, with every optional part filled in one of them and empty in another.
+    fn one_of_each() -> Vec<ModelEvent> {
+        let mut full = CallState::new("C2".into(), 1_764_000_000_000);
+        full.root = "C1".into();
+        full.parties = vec![
+            Party { device: "+4930".into(), kind: crate::domain::DeviceKind::External, state: ConnState::Connected },
+            Party { device: "2001".into(), kind: crate::domain::DeviceKind::Line, state: ConnState::Held },
+        ];
+        full.calling = "+4930".into();
+        full.called = "6000".into();
+        full.direction = Some(Direction::Inbound);
+        full.queue = Some("6000".into());
+        full.park_id = Some("71".into());
+        full.recording_url = Some("https://recordings.example/C1.wav".into());
+        full.notes = "Rückruf erbeten".into();
+        full.disposition = Some("sale".into());
+        full.ended_at = Some(1_764_000_090_000);
+        let crm = |kind, id: &str| crate::crm::port::CrmRecord {
+            kind,
+            id: id.into(),
+            name: "Ada Lovelace".into(),
+            phones: vec!["+4930".into(), String::new()],
+        };
+        let pop = |result| {
+            ModelEvent::ScreenPop(ScreenPop {
+                call: "C2".into(),
+                device: "2001".into(),
+                number: "+4930".into(),
+                result,
+            })
+        };
+        vec![
+            line("2001"),
+            ModelEvent::Line(LineView {
+                device: "2001".into(),
+                agent: Some(Agent {
+                    login_id: "ada".into(),
+                    state: crate::domain::AgentState::NotReady,
+                    roles: vec!["agent".into(), "operator".into()],
+                    reason: "lunch".into(),
+                }),
+                presence: Presence::Away,
+                calls: vec![("C1".into(), ConnState::Held), ("C3".into(), ConnState::Alerting)],
+            }),
+            call(&[]),
+            ModelEvent::Call(CallView::from(&full)),
+            renamed(1),
+            ModelEvent::CallLog(record("2001")),
+            pop(PopResult::Single(crm(crate::crm::port::RecordKind::Contact, "003A"))),
+            pop(PopResult::Multiple(vec![
+                crm(crate::crm::port::RecordKind::Lead, "00QA"),
+                crm(crate::crm::port::RecordKind::Account, "001A"),
+            ])),
+            pop(PopResult::NoMatch),
+            pop(PopResult::Failed("the CRM answered 503".into())),
+        ]
+    }
+
+    #[test]
+    fn every_kind_of_event_is_kept_and_read_back_whole_on_resume() {
+        let publisher = Publisher::new(64, 64);
+        let events = one_of_each();
+        for event in &events {
+            publisher.publish(event.clone());
+        }
+        let (missed, _) = publisher.resume(0).unwrap();
+        assert_eq!(
+            missed.iter().map(|kept| kept.sequence).collect::<Vec<_>>(),
+            (1..=events.len() as u64).collect::<Vec<_>>()
+        );
+        assert_eq!(missed.into_iter().map(|kept| kept.event.clone()).collect::<Vec<_>>(), events);
+    }
+
+    #[test]
+    fn a_kept_event_that_cannot_be_read_back_makes_a_resume_from_before_it_ask_for_a_snapshot() {
+        let publisher = Publisher::new(16, 16);
+        for n in 0..5 {
+            publisher.publish(renamed(n));
+        }
+        {
+            // The third event's first byte names a kind of event there is not.
+            let mut history = publisher.history();
+            let third: usize = history.lengths.iter().take(2).map(|&length| length as usize).sum();
+            history.bytes[third] = 0x7f;
+        }
+        assert_eq!(publisher.resume(1).unwrap_err(), TooOld { asked: 1, oldest: 4 });
+        let (missed, _) = publisher.resume(3).expect("after the unreadable event, resuming works");
+        assert_eq!(missed.iter().map(|kept| kept.sequence).collect::<Vec<_>>(), vec![4, 5]);
+    }
+
+    proptest::proptest! {
+        /// Any text in any field comes back as it went in, the kept events stay in order, and only
+        /// the last `keep` are kept.
+        #[test]
+        fn kept_events_read_back_as_published(
+            texts in proptest::collection::vec(".*", 1..40),
+            keep in 1usize..8,
+            back in 0usize..8,
+        ) {
+            let publisher = Publisher::new(64, keep);
+            let mut published = Vec::new();
+            for (n, text) in texts.iter().enumerate() {
+                let mut record = record(text);
+                record.notes = text.repeat(n);
+                record.disposition = (n % 2 == 0).then(|| text.clone());
+                let event = match n % 3 {
+                    0 => ModelEvent::CallLog(record),
+                    1 => line(text),
+                    _ => ModelEvent::CallRenamed { old: vec![text.clone(), String::new()], new: text.clone() },
+                };
+                publisher.publish(event.clone());
+                published.push(event);
+            }
+            // Resumed from anywhere in what is kept: the ring has wrapped by then, most times.
+            let after = published.len().saturating_sub(back.min(keep)) as u64;
+            let (missed, _) = publisher.resume(after).unwrap();
+            let expected = &published[after as usize..];
+            proptest::prop_assert_eq!(missed.iter().map(|kept| kept.event.clone()).collect::<Vec<_>>(), expected.to_vec());
+            let oldest = published.len().saturating_sub(keep) as u64;
+            if oldest >= 1 {
+                proptest::prop_assert_eq!(publisher.resume(oldest - 1).unwrap_err(), TooOld { asked: oldest - 1, oldest: oldest + 1 });
+            }
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use crate::domain::{AgentState, CallId, ConnState, DeviceId, Presence};
 
 /// The agent logged on at a line.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Agent {
     /// The agent's own login id (it follows the agent from desk to desk).
     pub login_id: String,

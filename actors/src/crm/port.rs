@@ -8,7 +8,7 @@ use crate::call::CallLogRecord;
 use crate::crm::budget::BlockGrant;
 
 /// A kind of CRM record a caller can be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum RecordKind {
     /// A person we do business with.
     Contact,
@@ -30,7 +30,7 @@ impl RecordKind {
 }
 
 /// A record a phone search found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CrmRecord {
     /// What it is.
     pub kind: RecordKind,
