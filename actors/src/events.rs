@@ -178,7 +178,7 @@ struct History {
     bytes: VecDeque<u8>,
     /// The length of each kept event's encoding, oldest first. Kept events are the last ones
     /// numbered, with no gap: the oldest's sequence number is `next_sequence - lengths.len()`.
-    lengths: VecDeque<u32>,
+    lengths: VecDeque<usize>,
 }
 
 impl History {
@@ -194,15 +194,13 @@ impl History {
     }
 
     /// Keeps the event just numbered, letting the oldest go to keep at most `keep`.
-    fn keep(&mut self, encoded: &[u8], keep: usize) -> Result<(), HistoryError> {
-        let length = u32::try_from(encoded.len()).map_err(|_| HistoryError::TooLarge(encoded.len()))?;
+    fn keep(&mut self, encoded: &[u8], keep: usize) {
         while self.lengths.len() >= keep {
             let Some(oldest) = self.lengths.pop_front() else { break };
-            self.bytes.drain(..oldest as usize);
+            self.bytes.drain(..oldest);
         }
         self.bytes.extend(encoded);
-        self.lengths.push_back(length);
-        Ok(())
+        self.lengths.push_back(encoded.len());
     }
 
     /// Lets every kept event go: a resume from before now fails and takes a fresh snapshot.
@@ -213,9 +211,9 @@ impl History {
 
     /// The encodings of the kept events after `after` (which must not be before the oldest kept but
     /// one), copied out with each one's sequence number and length.
-    fn after(&self, after: u64) -> (Vec<u8>, Vec<(u64, u32)>) {
+    fn after(&self, after: u64) -> (Vec<u8>, Vec<(u64, usize)>) {
         let skip = usize::try_from(after + 1 - self.oldest()).unwrap_or(usize::MAX).min(self.lengths.len());
-        let skipped: usize = self.lengths.iter().take(skip).map(|&length| length as usize).sum();
+        let skipped: usize = self.lengths.iter().take(skip).sum();
         let (front, back) = self.bytes.as_slices();
         let mut bytes = Vec::with_capacity(self.bytes.len() - skipped);
         if skipped < front.len() {
@@ -231,14 +229,11 @@ impl History {
     }
 }
 
-/// Why an event could not be kept, or read back, for resumes. Neither is expected: every event
-/// encodes, and what was encoded decodes.
+/// Why a kept event could not be read back for a resume. Not expected: what was encoded decodes.
 #[derive(Debug, thiserror::Error)]
 enum HistoryError {
     #[error("{0}")]
-    Encoding(#[from] postcard::Error),
-    #[error("its encoding is {0} bytes long")]
-    TooLarge(usize),
+    Decoding(#[from] postcard::Error),
     #[error("{0} bytes after its end")]
     Trailing(usize),
 }
@@ -347,21 +342,20 @@ impl Publisher {
             let encoded = postcard::to_extend(&event, std::mem::take(buffer));
             let mut history = self.history();
             let sequence = history.number();
-            let kept = match encoded {
+            match encoded {
                 Ok(written) => {
-                    let kept = history.keep(&written, self.keep);
+                    history.keep(&written, self.keep);
                     if written.capacity() <= ENCODING_KEPT {
                         *buffer = written;
                     }
-                    kept
                 }
-                Err(error) => Err(error.into()),
-            };
-            if let Err(error) = kept {
-                // A gap in what is kept would let a resume skip this event unseen: with everything
-                // before it let go too, a resume from before it fails and takes a fresh snapshot.
-                tracing::error!(sequence, %error, "an event could not be kept for resumes; older ones are let go");
-                history.forget();
+                // Not expected (every event type encodes). A gap in what is kept would let a resume
+                // skip this event unseen: with everything before it let go too, a resume from
+                // before it fails and takes a fresh snapshot.
+                Err(error) => {
+                    tracing::error!(sequence, %error, "an event could not be kept for resumes; older ones are let go");
+                    history.forget();
+                }
             }
             // No subscriber is not an error: the event is still kept for those who come later.
             let _ = self.sender.send(Arc::new(Sequenced { sequence, event }));
@@ -396,7 +390,7 @@ impl Publisher {
         let mut missed = Vec::with_capacity(kept.len());
         let mut start = 0;
         for (sequence, length) in kept {
-            let end = start + length as usize;
+            let end = start + length;
             match decode(&bytes[start..end]) {
                 Ok(event) => missed.push(Arc::new(Sequenced { sequence, event })),
                 Err(error) => {
@@ -714,12 +708,29 @@ mod tests {
         {
             // The third event's first byte names a kind of event there is not.
             let mut history = publisher.history();
-            let third: usize = history.lengths.iter().take(2).map(|&length| length as usize).sum();
+            let third: usize = history.lengths.iter().take(2).sum();
             history.bytes[third] = 0x7f;
         }
         assert_eq!(publisher.resume(1).unwrap_err(), TooOld { asked: 1, oldest: 4 });
         let (missed, _) = publisher.resume(3).expect("after the unreadable event, resuming works");
         assert_eq!(missed.iter().map(|kept| kept.sequence).collect::<Vec<_>>(), vec![4, 5]);
+    }
+
+    #[test]
+    fn after_the_history_is_let_go_a_resume_from_before_it_asks_for_a_snapshot() {
+        // What `publish` does when an event cannot be encoded: no gap may stay in what is kept.
+        let publisher = Publisher::new(16, 16);
+        for n in 0..3 {
+            publisher.publish(renamed(n));
+        }
+        publisher.history().forget();
+        publisher.publish(renamed(3));
+        assert_eq!(publisher.resume(2).unwrap_err(), TooOld { asked: 2, oldest: 4 });
+        let (missed, _) = publisher.resume(3).unwrap();
+        assert_eq!(
+            missed.iter().map(|kept| (kept.sequence, kept.event.clone())).collect::<Vec<_>>(),
+            [(4, renamed(3))]
+        );
     }
 
     proptest::proptest! {
